@@ -1,0 +1,94 @@
+"""Engine and session factory: the one place that knows how to talk to the database."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import MetaData, event
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.orm import DeclarativeBase, sessionmaker
+from sqlalchemy.orm import Session as Session  # re-exported for type hints
+
+# Constraint names that Alembic can find again on every database.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every ORM model."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
+    # WAL lets the C-FIND and web readers run while HL7 writes; the busy timeout
+    # makes a second writer wait instead of failing at once.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+WRITER_OPTION = "mwl_writer"
+
+
+def _begin(conn: Any) -> None:
+    # A deferred BEGIN that later writes fails at once with "database is locked" when
+    # another writer committed meanwhile (the busy timeout does not apply to that
+    # upgrade); writers therefore take the write lock up front and wait for it.
+    # Readers stay deferred so that C-FIND never queues behind HL7 in WAL mode.
+    if conn.get_execution_options().get(WRITER_OPTION):
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    else:
+        conn.exec_driver_sql("BEGIN")
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    """Create the engine for ``url`` with the broker's connection settings.
+
+    SQLite runs in WAL mode with a busy timeout; PostgreSQL goes through psycopg 3
+    (``postgresql://`` URLs are mapped to the ``postgresql+psycopg`` driver).
+    """
+    from sqlalchemy import create_engine
+
+    parsed = make_url(url)
+    if parsed.drivername in {"postgresql", "postgres"}:
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.get_backend_name() == "sqlite":
+        connect_args = kwargs.pop("connect_args", {})
+        connect_args.setdefault("check_same_thread", False)
+        connect_args.setdefault("timeout", SQLITE_BUSY_TIMEOUT_MS / 1000)
+        # Let SQLAlchemy emit BEGIN itself (see _begin).
+        connect_args.setdefault("isolation_level", None)
+        engine = create_engine(parsed, connect_args=connect_args, **kwargs)
+        event.listen(engine, "connect", _configure_sqlite)
+        event.listen(engine, "begin", _begin)
+        return engine
+    kwargs.setdefault("pool_pre_ping", True)
+    kwargs.setdefault("pool_size", 10)
+    kwargs.setdefault("max_overflow", 20)
+    return create_engine(parsed, **kwargs)
+
+
+def make_session_factory(engine: Engine, *, writer: bool = False) -> sessionmaker[Session]:
+    """Return a session factory; each unit of work is ``with factory.begin() as session``.
+
+    Parameters
+    ----------
+    engine
+        From :func:`make_engine`; one per process.
+    writer
+        For units of work that write (HL7 intake, web edits): on SQLite they take the
+        write lock when they begin, so concurrent writers queue instead of failing.
+    """
+    bind = engine.execution_options(**{WRITER_OPTION: True}) if writer else engine
+    return sessionmaker(bind, expire_on_commit=False)

@@ -1,0 +1,323 @@
+"""Apply an order to the worklist: create, update, reconcile or end its scheduled steps.
+
+The service never commits: the caller's unit of work does, so the HL7 adapter can
+acknowledge only after the commit.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import logging
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from mwl.domain import Code, Order, PatientDemographics, RequestedProcedure, ScheduledStep, SpsStatus
+from mwl.errors import InvalidOrderError
+from mwl.models import Patient, ScheduledProcedureStep
+from mwl.models import RequestedProcedure as RequestedProcedureRow
+from mwl.names import name_search_key
+
+logger = logging.getLogger(__name__)
+
+# ORC-1 x ORC-5 -> step status. dcm4chee-arc-light's defaults (NW_SC, NW_IP, XO_SC,
+# XO_CM, SC_CM, CA_CA, DC_CA) plus the pairs RIS send in practice with an empty
+# ORC-5, and hold/release. A pair missing here is rejected (AE naming ORC-1).
+DEFAULT_STATUS_TABLE: Mapping[tuple[str, str], SpsStatus] = {
+    ("NW", ""): SpsStatus.SCHEDULED,
+    ("NW", "SC"): SpsStatus.SCHEDULED,
+    ("NW", "IP"): SpsStatus.SCHEDULED,
+    ("XO", ""): SpsStatus.SCHEDULED,
+    ("XO", "SC"): SpsStatus.SCHEDULED,
+    ("XO", "IP"): SpsStatus.STARTED,
+    ("XO", "CM"): SpsStatus.COMPLETED,
+    ("SC", "IP"): SpsStatus.STARTED,
+    ("SC", "CM"): SpsStatus.COMPLETED,
+    ("SC", "A"): SpsStatus.COMPLETED,
+    ("CA", ""): SpsStatus.CANCELED,
+    ("CA", "CA"): SpsStatus.CANCELED,
+    ("OC", ""): SpsStatus.CANCELED,
+    ("OC", "CA"): SpsStatus.CANCELED,
+    ("DC", ""): SpsStatus.DISCONTINUED,
+    ("DC", "CA"): SpsStatus.DISCONTINUED,
+    ("DC", "DC"): SpsStatus.DISCONTINUED,
+    ("HD", ""): SpsStatus.HELD,
+    ("HD", "HD"): SpsStatus.HELD,
+    ("RL", ""): SpsStatus.SCHEDULED,
+    ("RL", "SC"): SpsStatus.SCHEDULED,
+}
+
+# Statuses after which an order message only changes the status of steps that exist:
+# a cancel for an order we never saw creates nothing.
+_ENDING = frozenset({SpsStatus.CANCELED, SpsStatus.DISCONTINUED, SpsStatus.COMPLETED})
+
+# Root for UIDs derived from order numbers: a UUID-derived UID (PS3.5 B.2) whose
+# UUID is name-based, so the same order always gets the same Study Instance UID.
+_UID_NAMESPACE = uuid.UUID("5b1d7a52-4f0c-4b43-9a57-6d3b1f0d4c21")
+
+
+class OrderAction(enum.Enum):
+    """What applying an order did to one requested procedure."""
+
+    CREATED = "created"
+    UPDATED = "updated"
+    STATUS_CHANGED = "status changed"
+    UNKNOWN_ORDER = "unknown order, nothing changed"
+
+
+@dataclass(frozen=True)
+class OrderOutcome:
+    """The result of :func:`apply_order`, for the ACK and the message log."""
+
+    status: SpsStatus
+    actions: tuple[tuple[str, OrderAction], ...]  # (study instance UID, action)
+    steps_created: int = 0
+    steps_updated: int = 0
+    steps_removed: int = 0
+
+
+def step_status_for(
+    order_control: str,
+    order_status: str,
+    table: Mapping[tuple[str, str], SpsStatus] = DEFAULT_STATUS_TABLE,
+) -> SpsStatus:
+    """Look up the step status for ORC-1/ORC-5.
+
+    Raises
+    ------
+    InvalidOrderError
+        When the pair is not in ``table`` (location ``ORC-1``).
+    """
+    key = (order_control.strip().upper(), order_status.strip().upper())
+    try:
+        return table[key]
+    except KeyError:
+        raise InvalidOrderError(
+            f"order control {key[0] or '(empty)'} with order status {key[1] or '(empty)'}"
+            " is not mapped to a step status",
+            location="ORC-1",
+        ) from None
+
+
+def derive_study_instance_uid(order: Order, procedure: RequestedProcedure) -> str:
+    """A Study Instance UID that depends only on the order's numbers.
+
+    Used when the order carries none (no ZDS-1 / IPC-3): every message about the
+    same order, a later cancel included, gets the same UID, and a modality never
+    sees a UID change between two queries.
+    """
+    basis = "|".join(
+        (
+            order.sending_facility,
+            procedure.placer_order_number,
+            procedure.filler_order_number,
+            procedure.accession_number,
+            procedure.requested_procedure_id,
+        )
+    )
+    if not basis.strip("|") or basis.strip("|") == order.sending_facility:
+        raise InvalidOrderError(
+            "the order has no placer or filler order number, accession number or"
+            " study instance UID to identify it",
+            location="ORC-2",
+        )
+    return f"2.25.{uuid.uuid5(_UID_NAMESPACE, basis).int}"
+
+
+def complete_identifiers(order: Order, procedure: RequestedProcedure) -> RequestedProcedure:
+    """Fill in missing Study Instance UID, Requested Procedure ID and SPS IDs.
+
+    Policy (documented in docs/hl7-interface.md): the UID is derived from the order
+    numbers; the Requested Procedure ID falls back to the accession number, then
+    the placer order number, then a digest of the UID (16 characters, SH); an SPS
+    ID falls back to the Requested Procedure ID, with ``.n`` for the n-th step.
+    """
+    uid = procedure.study_instance_uid or derive_study_instance_uid(order, procedure)
+    rp_id = procedure.requested_procedure_id
+    if not rp_id:
+        for candidate in (procedure.accession_number, procedure.placer_order_number):
+            if candidate and len(candidate) <= 16:
+                rp_id = candidate
+                break
+        else:
+            rp_id = uuid.uuid5(_UID_NAMESPACE, uid).hex[:16].upper()
+    steps = []
+    many = len(procedure.steps) > 1
+    for index, step in enumerate(procedure.steps, start=1):
+        if not step.scheduled_procedure_step_id:
+            sps_id = f"{rp_id[: 16 - len(str(index)) - 1]}.{index}" if many else rp_id
+            step = replace(step, scheduled_procedure_step_id=sps_id)
+        steps.append(step)
+    return replace(
+        procedure, study_instance_uid=uid, requested_procedure_id=rp_id, steps=tuple(steps)
+    )
+
+
+def format_codes(codes: tuple[Code, ...]) -> str:
+    """Store a code list as lines of ``value^scheme^meaning``."""
+    return "\n".join(f"{c.value}^{c.scheme}^{c.meaning}" for c in codes)
+
+
+def parse_codes(text: str) -> tuple[Code, ...]:
+    """Inverse of :func:`format_codes`."""
+    codes = []
+    for line in text.splitlines():
+        value, scheme, meaning = (line.split("^", 2) + ["", ""])[:3]
+        codes.append(Code(value, scheme, meaning))
+    return tuple(codes)
+
+
+def apply_order(
+    session: Session,
+    order: Order,
+    *,
+    status_table: Mapping[tuple[str, str], SpsStatus] = DEFAULT_STATUS_TABLE,
+    now: dt.datetime | None = None,
+) -> OrderOutcome:
+    """Bring the worklist in line with ``order``; the caller commits.
+
+    Each requested procedure is identified by its Study Instance UID and each of
+    its steps by SPS ID: steps in the order are created or updated, steps of the
+    procedure that the order no longer lists are removed. Applying the same order
+    twice therefore changes nothing the second time.
+
+    Parameters
+    ----------
+    session
+        The unit of work.
+    order
+        As the HL7 adapter (or the admin page) built it.
+    status_table
+        ORC-1/ORC-5 pairs to step status.
+    now
+        Start time for steps that have none (local time).
+
+    Raises
+    ------
+    InvalidOrderError
+        Unmapped order control, no patient ID, or nothing to identify the order.
+    """
+    status = step_status_for(order.order_control, order.order_status, status_table)
+    if not order.patient.patient_id.strip():
+        raise InvalidOrderError("the order has no patient ID", location="PID-3")
+    if not order.procedures:
+        raise InvalidOrderError("the order has no requested procedure", location="OBR")
+    start_default = now or dt.datetime.now().replace(microsecond=0)
+
+    patient: Patient | None = None
+    actions: list[tuple[str, OrderAction]] = []
+    created = updated = removed = 0
+    for raw_procedure in order.procedures:
+        procedure = complete_identifiers(order, raw_procedure)
+        row = session.scalars(
+            select(RequestedProcedureRow).where(
+                RequestedProcedureRow.study_instance_uid == procedure.study_instance_uid
+            )
+        ).one_or_none()
+        if status in _ENDING and row is None:
+            actions.append((procedure.study_instance_uid, OrderAction.UNKNOWN_ORDER))
+            logger.warning(
+                "order %s/%s ends an order that is not on the worklist; nothing changed",
+                procedure.placer_order_number or "-",
+                procedure.filler_order_number or "-",
+            )
+            continue
+        if patient is None:
+            patient = _upsert_patient(session, order.patient)
+        if status in _ENDING and row is not None:
+            for step_row in row.steps:
+                step_row.status = status.value
+                updated += 1
+            actions.append((procedure.study_instance_uid, OrderAction.STATUS_CHANGED))
+            continue
+        if row is None:
+            row = RequestedProcedureRow(study_instance_uid=procedure.study_instance_uid)
+            session.add(row)
+            action = OrderAction.CREATED
+        else:
+            action = OrderAction.UPDATED
+        row.patient = patient
+        _copy_procedure(row, procedure, order)
+        c, u, r = _reconcile_steps(row, procedure.steps, status, start_default)
+        created, updated, removed = created + c, updated + u, removed + r
+        actions.append((procedure.study_instance_uid, action))
+    session.flush()
+    return OrderOutcome(status, tuple(actions), created, updated, removed)
+
+
+def _upsert_patient(session: Session, demographics: PatientDemographics) -> Patient:
+    patient = session.scalars(
+        select(Patient).where(
+            Patient.patient_id == demographics.patient_id,
+            Patient.issuer_of_patient_id == demographics.issuer_of_patient_id,
+        )
+    ).one_or_none()
+    if patient is None:
+        patient = Patient(
+            patient_id=demographics.patient_id,
+            issuer_of_patient_id=demographics.issuer_of_patient_id,
+        )
+        session.add(patient)
+    patient.patient_name = demographics.patient_name
+    patient.patient_name_key = name_search_key(demographics.patient_name)
+    patient.patient_birth_date = demographics.patient_birth_date
+    patient.patient_sex = demographics.patient_sex
+    return patient
+
+
+def _copy_procedure(row: RequestedProcedureRow, procedure: RequestedProcedure, order: Order) -> None:
+    row.requested_procedure_id = procedure.requested_procedure_id
+    row.accession_number = procedure.accession_number
+    row.requested_procedure_description = procedure.requested_procedure_description
+    code = procedure.requested_procedure_code
+    row.requested_procedure_code_value = code.value if code else ""
+    row.requested_procedure_code_scheme = code.scheme if code else ""
+    row.requested_procedure_code_meaning = code.meaning if code else ""
+    row.requested_procedure_priority = procedure.requested_procedure_priority
+    row.requesting_physician = procedure.requesting_physician
+    row.referring_physician_name = procedure.referring_physician_name
+    row.placer_order_number = procedure.placer_order_number
+    row.filler_order_number = procedure.filler_order_number
+    row.sending_application = order.sending_application
+    row.sending_facility = order.sending_facility
+
+
+def _reconcile_steps(
+    row: RequestedProcedureRow,
+    steps: tuple[ScheduledStep, ...],
+    status: SpsStatus,
+    start_default: dt.datetime,
+) -> tuple[int, int, int]:
+    existing = {s.scheduled_procedure_step_id: s for s in row.steps}
+    wanted = {s.scheduled_procedure_step_id for s in steps}
+    created = updated = removed = 0
+    for step in steps:
+        step_row = existing.get(step.scheduled_procedure_step_id)
+        if step_row is None:
+            step_row = ScheduledProcedureStep(
+                scheduled_procedure_step_id=step.scheduled_procedure_step_id
+            )
+            row.steps.append(step_row)
+            created += 1
+        else:
+            updated += 1
+        start = step.start or step_row.start_datetime or start_default
+        step_row.modality = step.modality
+        step_row.scheduled_station_ae_title = step.scheduled_station_ae_title
+        step_row.scheduled_station_name = step.scheduled_station_name
+        step_row.scheduled_procedure_step_location = step.scheduled_procedure_step_location
+        step_row.start_datetime = start
+        step_row.start_time = start.strftime("%H%M%S")
+        step_row.scheduled_performing_physician_name = step.scheduled_performing_physician_name
+        step_row.scheduled_procedure_step_description = step.scheduled_procedure_step_description
+        step_row.scheduled_protocol_codes = format_codes(step.scheduled_protocol_codes)
+        step_row.status = status.value
+    for sps_id, step_row in existing.items():
+        if sps_id not in wanted:
+            row.steps.remove(step_row)
+            removed += 1
+    return created, updated, removed
