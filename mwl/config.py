@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import json
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -122,8 +123,27 @@ def _coerce(name: str, kind: type, value: Any) -> Any:
 _TYPES = {"str": str, "int": int, "float": float, "bool": bool}
 
 
-def _field_types() -> dict[str, type]:
-    return {f.name: _TYPES[str(f.type)] for f in fields(Settings)}
+def structured(convert: Callable[[Any], Any]) -> dict[str, Any]:
+    """Field metadata for a structured setting (tables, lists of rules).
+
+    ``convert`` takes the TOML value (or the JSON-decoded environment variable) and
+    returns the field's value, raising ``ValueError`` with a reason when it is bad.
+    Use as ``field(default=..., metadata=structured(fn))``.
+    """
+    return {"convert": convert}
+
+
+def _convert(name: str, variable: str, value: Any, from_env: bool) -> Any:
+    f = _FIELDS[name]
+    convert = f.metadata.get("convert")
+    if convert is None:
+        return _coerce(variable, _TYPES[str(f.type)], value)
+    try:
+        if from_env:
+            value = json.loads(value)
+        return convert(value)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise SettingsError(variable, f"not valid: {exc}") from None
 
 
 def _flatten_toml(data: Mapping[str, Any]) -> dict[str, Any]:
@@ -150,7 +170,6 @@ def load_settings(
     SettingsError
         Naming the first bad setting: unknown key, wrong type or invalid value.
     """
-    types = _field_types()
     values: dict[str, Any] = {}
     if config_file is not None:
         try:
@@ -161,15 +180,18 @@ def load_settings(
         except tomllib.TOMLDecodeError as exc:
             raise SettingsError("config", f"{config_file} is not valid TOML: {exc}") from None
         for key, value in _flatten_toml(data).items():
-            if key not in types:
+            if key not in _FIELDS:
                 raise SettingsError(key, f"unknown setting in {config_file}")
-            values[key] = _coerce(key, types[key], value)
+            values[key] = _convert(key, key, value, from_env=False)
     env = os.environ if environ is None else environ
-    for name, kind in types.items():
+    for name in _FIELDS:
         variable = ENV_PREFIX + name.upper()
         if variable in env:
-            values[name] = _coerce(variable, kind, env[variable])
+            values[name] = _convert(name, variable, env[variable], from_env=True)
     for key, value in overrides.items():
         if value is not None:
-            values[key] = _coerce(key, types[key], value)
+            values[key] = _convert(key, key, value, from_env=False)
     return Settings(**values)
+
+
+_FIELDS = {f.name: f for f in fields(Settings)}
