@@ -39,3 +39,12 @@ class InvalidQueryError(MwlError):
         self.reason = reason
         self.offending_keyword = offending_keyword
         super().__init__(reason)
+
+
+class UserError(MwlError):
+    """A user account cannot be created or changed as asked (duplicate, empty password, ...)."""
+
+    def __init__(self, reason: str, username: str = "") -> None:
+        self.reason = reason
+        self.username = username
+        super().__init__(reason)

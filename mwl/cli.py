@@ -1,0 +1,211 @@
+"""The ``mwl`` command: composition root that reads settings and starts the services."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from mwl import __version__
+from mwl.config import Settings, load_settings
+from mwl.db import make_engine, make_session_factory
+from mwl.errors import MwlError, SettingsError
+
+logger = logging.getLogger("mwl.cli")
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+def configure_logging(settings: Settings) -> None:
+    """Log to standard error; the only place that installs handlers."""
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+    # pynetdicom narrates every PDU at INFO (and dumps identifiers at DEBUG).
+    logging.getLogger("pynetdicom").setLevel(
+        logging.DEBUG if settings.log_phi and settings.log_level.upper() == "DEBUG" else logging.WARNING
+    )
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mwl",
+        description="Modality Worklist broker: HL7 v2 orders in, DICOM Modality Worklist out.",
+    )
+    parser.add_argument("--version", action="version", version=f"mwl {__version__}")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="TOML settings file (MWL_* environment variables override it)",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    commands.add_parser(
+        "serve", help="run the HL7 listener, the DICOM worklist SCP and the web page"
+    )
+    commands.add_parser("settings", help="print the effective settings (secrets hidden)")
+
+    db = commands.add_parser("db", help="database schema")
+    db_commands = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
+    db_commands.add_parser("upgrade", help="migrate the database to the newest schema")
+
+    user = commands.add_parser("user", help="web users")
+    user_commands = user.add_subparsers(dest="user_command", metavar="ACTION", required=True)
+    add = user_commands.add_parser(
+        "add", help="create a user; the password is prompted for, or read from standard input"
+    )
+    add.add_argument("name")
+    add.add_argument("--role", choices=["viewer", "editor", "admin"], default="viewer")
+
+    hl7 = commands.add_parser("hl7", help="HL7 tools")
+    hl7_commands = hl7.add_subparsers(dest="hl7_command", metavar="ACTION", required=True)
+    send = hl7_commands.add_parser("send", help="send HL7 message files over MLLP")
+    send.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    send.add_argument("--host", default="127.0.0.1")
+    send.add_argument("--port", type=int, help="default: the hl7_port setting")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``mwl`` console script; returns the exit code."""
+    args = _build_parser().parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+    except SettingsError as exc:
+        print(f"mwl: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    configure_logging(settings)
+    try:
+        if args.command == "serve":
+            return serve(settings)
+        if args.command == "settings":
+            for key, value in settings.redacted().items():
+                print(f"{key} = {value!r}")
+            return EXIT_OK
+        if args.command == "db":
+            return db_upgrade(settings)
+        if args.command == "user":
+            return user_add(settings, args.name, args.role)
+        if args.command == "hl7":
+            from mwl.hl7.client import send_files
+
+            port = args.port if args.port is not None else settings.hl7_port
+            return send_files(args.host, port, args.files, progress=sys.stderr.isatty())
+    except MwlError as exc:
+        print(f"mwl: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except SQLAlchemyError as exc:
+        print(f"mwl: database error: {exc.__class__.__name__}: {exc.args[0] if exc.args else ''}",
+              file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_USAGE
+
+
+def db_upgrade(settings: Settings) -> int:
+    """``mwl db upgrade``: migrate the configured database to the newest schema."""
+    from mwl.migrate import upgrade
+
+    engine = make_engine(settings.database_url)
+    try:
+        upgrade(engine)
+    finally:
+        engine.dispose()
+    print("database is at the newest schema")
+    return EXIT_OK
+
+
+def _read_password(name: str) -> str:
+    if sys.stdin.isatty():
+        first = getpass.getpass(f"Password for {name}: ")
+        if getpass.getpass("Repeat password: ") != first:
+            raise MwlError("the passwords do not match")
+        return first
+    return sys.stdin.readline().rstrip("\r\n")
+
+
+def user_add(settings: Settings, name: str, role: str) -> int:
+    """``mwl user add NAME --role ROLE``: create a web user with a hashed password."""
+    from mwl.migrate import upgrade
+    from mwl.users import add_user
+
+    password = _read_password(name)
+    engine = make_engine(settings.database_url)
+    try:
+        upgrade(engine)
+        with make_session_factory(engine, writer=True).begin() as session:
+            add_user(session, name, password, role)
+    finally:
+        engine.dispose()
+    print(f"user {name} added with role {role}")
+    return EXIT_OK
+
+
+def serve(settings: Settings) -> int:
+    """``mwl serve``: migrate, start HL7, DICOM and web, run until SIGTERM or SIGINT."""
+    from mwl.dicom.scp import WorklistScp
+    from mwl.hl7.server import Hl7Server
+    from mwl.migrate import upgrade
+    from web import create_app
+    from web.server import WebServer
+
+    for key, value in settings.redacted().items():
+        logger.info("setting %s = %r", key, value)
+    engine = make_engine(settings.database_url)
+    stop = threading.Event()
+
+    def request_stop(signum: int, _frame: FrameType | None) -> None:
+        logger.info("received %s, stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+
+    upgrade(engine)
+    readers = make_session_factory(engine)
+    writers = make_session_factory(engine, writer=True)
+    services: list[Hl7Server | WorklistScp | WebServer] = []
+    try:
+        hl7 = Hl7Server(settings, writers)
+        hl7.start()
+        services.append(hl7)
+        scp = WorklistScp(settings, readers)
+        scp.start()
+        services.append(scp)
+        web = WebServer(create_app(settings, writers), settings.bind_address, settings.web_port)
+        web.start()
+        services.append(web)
+        host, port = hl7.address[:2]
+        print(f"HL7 MLLP listening on {host}:{port}", flush=True)
+        host, port = scp.address[:2]
+        print(f"DICOM worklist SCP {settings.dicom_ae_title} listening on {host}:{port}", flush=True)
+        host, port = web.address[:2]
+        print(f"web page on http://{host}:{port}/", flush=True)
+        print("mwl is ready", flush=True)
+        stop.wait()
+    except OSError as exc:
+        print(f"mwl: cannot start: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    finally:
+        for service in reversed(services):
+            service.shutdown()
+        engine.dispose()
+    print("mwl stopped", flush=True)
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
