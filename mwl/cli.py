@@ -185,7 +185,7 @@ def serve(settings: Settings) -> int:
         scp = WorklistScp(settings, readers)
         scp.start()
         services.append(scp)
-        web = WebServer(create_app(settings, writers), settings.bind_address, settings.web_port)
+        web = WebServer(create_app(settings, readers), settings.bind_address, settings.web_port)
         web.start()
         services.append(web)
         host, port = hl7.address[:2]

@@ -132,7 +132,9 @@ def _valid_role(role: str | Role) -> Role:
         raise UserError(f"unknown role {role!r} (one of: {allowed})") from None
 
 
-def add_user(session: Session, username: str, password: str, role: str | Role = Role.VIEWER) -> User:
+def add_user(
+    session: Session, username: str, password: str, role: str | Role = Role.VIEWER
+) -> User:
     """Create a user account; the caller commits.
 
     Parameters

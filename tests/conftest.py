@@ -27,7 +27,8 @@ from mwl.migrate import upgrade
 POSTGRES_URL = os.environ.get(
     "MWL_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
-POSTGRES_SCHEMA = "mwl_test"
+# One schema per test process, so that two test runs on one machine never collide.
+POSTGRES_SCHEMA = f"mwl_test_{os.getpid()}"
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 
 
@@ -63,6 +64,16 @@ def _reset_postgres_schema() -> None:
         conn.execute(text(f"DROP SCHEMA IF EXISTS {POSTGRES_SCHEMA} CASCADE"))
         conn.execute(text(f"CREATE SCHEMA {POSTGRES_SCHEMA}"))
     engine.dispose()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_postgres_schema() -> Iterator[None]:
+    yield
+    if postgres_unavailable() is None:
+        engine = create_engine(make_url(POSTGRES_URL).set(drivername="postgresql+psycopg"))
+        with engine.begin() as conn:
+            conn.execute(text(f"DROP SCHEMA IF EXISTS {POSTGRES_SCHEMA} CASCADE"))
+        engine.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

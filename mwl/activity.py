@@ -1,0 +1,166 @@
+"""What the broker has been doing: the HL7 message log and the modalities that query it."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from sqlalchemy import case, func, select
+from sqlalchemy.orm import Session
+
+from mwl.models import Hl7Message, QueryLogEntry
+
+
+@dataclass(frozen=True)
+class MessageSummary:
+    """One received HL7 message as listed in the log (no body)."""
+
+    key: int
+    received_at: dt.datetime  # naive UTC
+    message_type: str
+    message_control_id: str
+    sending_application: str
+    sending_facility: str
+    peer_address: str
+    outcome: str  # RECEIVED, or the ACK code sent: AA, AE, AR
+    error: str
+
+
+@dataclass(frozen=True)
+class MessageDetail:
+    """One received HL7 message with its raw text and the ACK sent."""
+
+    summary: MessageSummary
+    raw: bytes
+    ack: bytes | None
+    processed_at: dt.datetime | None  # naive UTC
+
+
+@dataclass(frozen=True)
+class ScannerActivity:
+    """What one calling AE title asked of the worklist."""
+
+    calling_ae_title: str
+    last_seen: dt.datetime  # naive UTC
+    last_peer_address: str
+    queries_since: int
+    matches_since: int
+    failures_since: int  # queries answered with a status other than success/pending
+    total_queries: int
+
+
+def _summary(row: Hl7Message) -> MessageSummary:
+    return MessageSummary(
+        key=row.id,
+        received_at=row.received_at,
+        message_type=row.message_type,
+        message_control_id=row.message_control_id,
+        sending_application=row.sending_application,
+        sending_facility=row.sending_facility,
+        peer_address=row.peer_address,
+        outcome=row.outcome,
+        error=row.error,
+    )
+
+
+def recent_messages(
+    session: Session, *, limit: int = 100, before_key: int | None = None
+) -> list[MessageSummary]:
+    """The newest HL7 messages first, without their bodies.
+
+    Parameters
+    ----------
+    session
+        A read-only unit of work.
+    limit
+        At most this many.
+    before_key
+        Only messages with a smaller key (the next page of the log).
+
+    Returns
+    -------
+    list[MessageSummary]
+        Newest first.
+    """
+    stmt = select(Hl7Message).order_by(Hl7Message.id.desc()).limit(limit)
+    if before_key is not None:
+        stmt = stmt.where(Hl7Message.id < before_key)
+    return [_summary(row) for row in session.scalars(stmt)]
+
+
+def message_detail(session: Session, key: int) -> MessageDetail | None:
+    """The message with database key ``key``, body and ACK included, or None."""
+    row = session.get(Hl7Message, key)
+    if row is None:
+        return None
+    return MessageDetail(_summary(row), row.raw, row.ack, row.processed_at)
+
+
+def scanner_activity(session: Session, since: dt.datetime) -> list[ScannerActivity]:
+    """One line per calling AE title that ever queried, most recently seen first.
+
+    Parameters
+    ----------
+    session
+        A read-only unit of work.
+    since
+        Naive UTC start of the period counted in ``queries_since`` and
+        ``matches_since`` (e.g. local midnight of today, in UTC).
+
+    Returns
+    -------
+    list[ScannerActivity]
+        Ordered by last query, newest first.
+    """
+    recent = QueryLogEntry.received_at >= since
+    # Success (0x0000) and Pending (0xFF00/0xFF01) are normal answers; anything
+    # else (cancel, failure) counts as a failure for the overview.
+    failed = QueryLogEntry.status.not_in([0x0000, 0xFF00, 0xFF01])
+    stmt = (
+        select(
+            QueryLogEntry.calling_ae_title,
+            func.max(QueryLogEntry.received_at),
+            func.sum(case((recent, 1), else_=0)),
+            func.sum(case((recent, QueryLogEntry.matches), else_=0)),
+            func.sum(case((recent & failed, 1), else_=0)),
+            func.count(),
+        )
+        .group_by(QueryLogEntry.calling_ae_title)
+        .order_by(func.max(QueryLogEntry.received_at).desc(), QueryLogEntry.calling_ae_title)
+    )
+    rows = session.execute(stmt).all()
+    if not rows:
+        return []
+    # The peer address of each AE's latest query, found by joining on that time:
+    # portable to SQLite and PostgreSQL, unlike DISTINCT ON.
+    latest = (
+        select(
+            QueryLogEntry.calling_ae_title.label("ae"),
+            func.max(QueryLogEntry.received_at).label("last"),
+        )
+        .group_by(QueryLogEntry.calling_ae_title)
+        .subquery()
+    )
+    peer_rows = session.execute(
+        select(QueryLogEntry.calling_ae_title, QueryLogEntry.peer_address)
+        .join(
+            latest,
+            (QueryLogEntry.calling_ae_title == latest.c.ae)
+            & (QueryLogEntry.received_at == latest.c.last),
+        )
+        # Of queries logged at the same instant, the last stored wins.
+        .order_by(QueryLogEntry.id)
+    )
+    peers = {ae: peer for ae, peer in peer_rows}
+    return [
+        ScannerActivity(
+            calling_ae_title=ae,
+            last_seen=last_seen,
+            last_peer_address=peers.get(ae, ""),
+            queries_since=int(queries or 0),
+            matches_since=int(matches or 0),
+            failures_since=int(failures or 0),
+            total_queries=int(total),
+        )
+        for ae, last_seen, queries, matches, failures, total in rows
+    ]

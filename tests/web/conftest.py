@@ -1,0 +1,121 @@
+"""Fixtures for the web adapter: apps on the migrated test database, users and orders."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from mwl.config import Settings
+from mwl.db import make_session_factory
+from mwl.domain import Code, Order, PatientDemographics, RequestedProcedure, ScheduledStep
+from mwl.orders import apply_order
+from mwl.users import add_user
+from web import create_app
+
+PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture
+def password() -> str:
+    """The password of the ``user`` fixture's account."""
+    return PASSWORD
+
+
+@pytest.fixture
+def reader_factory(engine: Engine) -> sessionmaker[Session]:
+    """A reader session factory, as the composition root gives the web page."""
+    return make_session_factory(engine)
+
+
+@pytest.fixture
+def app(settings: Settings, reader_factory: sessionmaker[Session]) -> Flask:
+    """The app with CSRF off, for tests about other things (one test turns it on)."""
+    return create_app(settings, reader_factory, config={"TESTING": True, "WTF_CSRF_ENABLED": False})
+
+
+@pytest.fixture
+def csrf_app(settings: Settings, reader_factory: sessionmaker[Session]) -> Flask:
+    """The app as in production: CSRF protection on."""
+    return create_app(settings, reader_factory, config={"TESTING": True})
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    """A test client, not logged in."""
+    return app.test_client()
+
+
+@pytest.fixture
+def user(session_factory: sessionmaker[Session]) -> str:
+    """A viewer account ``alice`` with password :data:`PASSWORD`; returns the username."""
+    with session_factory.begin() as session:
+        add_user(session, "alice", PASSWORD, "viewer")
+    return "alice"
+
+
+@pytest.fixture
+def logged_in(client: FlaskClient, user: str) -> FlaskClient:
+    """The test client, logged in as ``alice``."""
+    response = client.post("/login", data={"username": user, "password": PASSWORD})
+    assert response.status_code == 302
+    return client
+
+
+AddOrder = Callable[..., str]
+
+
+@pytest.fixture
+def add_order(session_factory: sessionmaker[Session]) -> AddOrder:
+    """Store an order with one step through ``apply_order``; returns its accession."""
+
+    def add(
+        accession: str,
+        start: dt.datetime,
+        *,
+        patient_id: str = "PAT1",
+        patient_name: str = "Doe^Jane",
+        birth_date: str = "19800214",
+        sex: str = "F",
+        modality: str = "CT",
+        station: str = "CT01",
+        description: str = "CT head without contrast",
+        control: str = "NW",
+        order_status: str = "SC",
+        protocol: tuple[Code, ...] = (),
+    ) -> str:
+        order = Order(
+            order_control=control,
+            order_status=order_status,
+            patient=PatientDemographics(patient_id, "HOSP", patient_name, birth_date, sex),
+            procedures=(
+                RequestedProcedure(
+                    study_instance_uid="",
+                    requested_procedure_id=accession,
+                    accession_number=accession,
+                    requested_procedure_description=description,
+                    placer_order_number=f"PL-{accession}",
+                    steps=(
+                        ScheduledStep(
+                            f"S-{accession}",
+                            modality=modality,
+                            scheduled_station_ae_title=station,
+                            start=start,
+                            scheduled_procedure_step_description=description,
+                            scheduled_protocol_codes=protocol,
+                        ),
+                    ),
+                ),
+            ),
+            sending_facility="HOSP",
+        )
+        with session_factory.begin() as session:
+            apply_order(session, order)
+        return accession
+
+    return add

@@ -1,0 +1,156 @@
+"""The admin web page: application factory wiring settings, database, login and blueprints."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import secrets
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask, Response, render_template
+from flask.typing import ResponseReturnValue
+from flask_wtf.csrf import CSRFError, CSRFProtect
+from sqlalchemy.orm import Session, sessionmaker
+from werkzeug.exceptions import HTTPException
+
+from mwl.config import Settings
+from mwl.db import make_engine, make_session_factory
+from web import auth, display, messages, scanners, status, worklist
+from web.ratelimit import LoginRateLimiter
+from web.store import WebState, close_session, rollback_session
+
+logger = logging.getLogger(__name__)
+# Only the composition root (mwl.cli) configures handlers; a library stays quiet.
+logger.addHandler(logging.NullHandler())
+
+
+def create_app(
+    settings: Settings,
+    session_factory: sessionmaker[Session] | None = None,
+    *,
+    config: Mapping[str, Any] | None = None,
+) -> Flask:
+    """Build the admin web application.
+
+    Parameters
+    ----------
+    settings
+        The broker's settings (secret key, secure cookies, database URL).
+    session_factory
+        Where each request gets its one session. The page only reads today, so a
+        reader factory (``make_session_factory(engine)``) is enough. When None, the
+        app builds its own engine from ``settings.database_url``; it is kept in
+        ``app.extensions["mwl"].owned_engine`` for the caller to dispose.
+    config
+        Flask configuration applied last, e.g. ``{"WTF_CSRF_ENABLED": False}`` in tests.
+
+    Returns
+    -------
+    Flask
+        The WSGI application, ready for waitress.
+    """
+    app = Flask(__name__)
+    app.config.update(
+        # Without a configured key, sessions are signed with a key that dies with the
+        # process: safe, only tiresome (everyone logs in again after a restart).
+        SECRET_KEY=settings.web_secret_key or secrets.token_hex(32),
+        SESSION_COOKIE_NAME="mwl_session",
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=settings.web_secure_cookies,
+        # A login lasts a shift without use; every request restarts the clock, so a
+        # console showing today's self-refreshing list stays logged in.
+        PERMANENT_SESSION_LIFETIME=dt.timedelta(hours=12),
+        # The token lives in the signed session cookie, which ends with the browser
+        # session; a time limit would only break the logout button of a console left
+        # open all day.
+        WTF_CSRF_TIME_LIMIT=None,
+        # Only small forms are posted.
+        MAX_CONTENT_LENGTH=64 * 1024,
+    )
+    if config:
+        app.config.update(config)
+
+    owned_engine = None
+    if session_factory is None:
+        owned_engine = make_engine(settings.database_url)
+        session_factory = make_session_factory(owned_engine)
+    app.extensions["mwl"] = WebState(
+        settings=settings,
+        session_factory=session_factory,
+        limiter=LoginRateLimiter(),
+        owned_engine=owned_engine,
+    )
+
+    CSRFProtect(app)
+    auth.init_login(app)
+    display.register_filters(app)
+    app.register_blueprint(auth.bp)
+    app.register_blueprint(status.bp)
+    app.register_blueprint(worklist.bp)
+    app.register_blueprint(messages.bp)
+    app.register_blueprint(scanners.bp)
+
+    app.teardown_appcontext(close_session)
+    app.after_request(_security_headers)
+    app.register_error_handler(CSRFError, _csrf_error)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _server_error)
+    return app
+
+
+def _security_headers(response: Response) -> Response:
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("X-Frame-Options", "DENY")
+    response.headers.setdefault("Referrer-Policy", "same-origin")
+    # No inline script or style anywhere, so the strictest policy costs nothing.
+    response.headers.setdefault(
+        "Content-Security-Policy",
+        "default-src 'self'; script-src 'none'; object-src 'none'; frame-ancestors 'none';"
+        " base-uri 'none'; form-action 'self'",
+    )
+    if response.mimetype in {"text/html", "application/json"}:
+        # Pages show patient data: the back button after logout must not show them
+        # again from the cache.
+        response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _csrf_error(error: CSRFError) -> tuple[str, int]:
+    return (
+        render_template(
+            "error.html",
+            title="Form expired",
+            message="The form was not accepted (missing or expired security token)."
+            " Reload the page and try again.",
+        ),
+        400,
+    )
+
+
+def _http_error(error: HTTPException) -> ResponseReturnValue:
+    if error.code is None or error.code < 400:
+        return error.get_response()
+    return (
+        render_template(
+            "error.html",
+            title=f"{error.code} {error.name}",
+            message=error.description or "",
+        ),
+        error.code,
+    )
+
+
+def _server_error(error: Exception) -> tuple[str, int]:
+    # Logged once with its traceback; the page shows none (it could hold patient data).
+    logger.exception("unexpected error while serving a web request")
+    rollback_session()
+    return (
+        render_template(
+            "error.html",
+            title="500 Internal Server Error",
+            message="Something went wrong on the server. The error has been logged.",
+        ),
+        500,
+    )

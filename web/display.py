@@ -1,0 +1,77 @@
+"""Presentation of DICOM and HL7 values for people: names, dates, times, message text."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from flask import Flask
+
+from mwl.domain import Code
+
+
+def person_name(value: str) -> str:
+    """A DICOM person name as people write it: ``Müller^Hans^^Dr.`` -> ``Müller, Dr. Hans``.
+
+    The alphabetic group is used; when it is empty, the first non-empty group
+    (ideographic or phonetic) is. Components are family, given, middle, prefix and
+    suffix (PS3.5 6.2.1.1).
+    """
+    groups = [g for g in value.split("=") if g.strip("^ ")]
+    if not groups:
+        return ""
+    parts = [p.strip() for p in (groups[0].split("^") + [""] * 5)[:5]]
+    family, given, middle, prefix, suffix = parts
+    rest = " ".join(p for p in (prefix, given, middle, suffix) if p)
+    if family and rest:
+        return f"{family}, {rest}"
+    return family or rest
+
+
+def dicom_date(value: str) -> str:
+    """``YYYYMMDD`` as ``YYYY-MM-DD``; anything else unchanged (it is shown, not judged)."""
+    try:
+        return dt.datetime.strptime(value, "%Y%m%d").date().isoformat()
+    except ValueError:
+        return value
+
+
+def local_time(value: dt.datetime | None, fmt: str = "%Y-%m-%d %H:%M:%S") -> str:
+    """A naive UTC timestamp from the logs, shown in the server's local time."""
+    if value is None:
+        return ""
+    return value.replace(tzinfo=dt.UTC).astimezone().strftime(fmt)
+
+
+def code_text(code: Code | None) -> str:
+    """A coded entry as ``meaning (value)``, or just the value when it has no meaning."""
+    if code is None:
+        return ""
+    if code.meaning and code.value:
+        return f"{code.meaning} ({code.value})"
+    return code.meaning or code.value
+
+
+def hl7_text(raw: bytes | None) -> str:
+    """An HL7 message or ACK as readable text, one segment per line.
+
+    UTF-8 when it decodes, else Latin-1 (which decodes anything): a display aid,
+    not a parse, so the message's own charset field is not consulted.
+    """
+    if not raw:
+        return ""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")
+    # Segments end in CR (HL7 v2.5.1 2.5.4); strip the MLLP frame bytes if stored.
+    text = text.strip("\x0b\x1c\r\n")
+    return "\n".join(text.replace("\r\n", "\r").replace("\n", "\r").split("\r"))
+
+
+def register_filters(app: Flask) -> None:
+    """Make the functions above available as Jinja filters."""
+    app.add_template_filter(person_name, "person_name")
+    app.add_template_filter(dicom_date, "dicom_date")
+    app.add_template_filter(local_time, "local_time")
+    app.add_template_filter(code_text, "code_text")
+    app.add_template_filter(hl7_text, "hl7_text")
