@@ -34,6 +34,8 @@ def configure_logging(settings: Settings) -> None:
         stream=sys.stderr,
         force=True,
     )
+    # Alembic announces its context on every start; the CLI says what it did instead.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     # pynetdicom narrates every PDU at INFO (and dumps identifiers at DEBUG).
     logging.getLogger("pynetdicom").setLevel(
         logging.DEBUG if settings.log_phi and settings.log_level.upper() == "DEBUG" else logging.WARNING
