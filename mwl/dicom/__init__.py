@@ -1,0 +1,1 @@
+"""DICOM adapter: Modality Worklist C-FIND SCP (Identifier -> WorklistQuery -> responses)."""

@@ -1,0 +1,306 @@
+"""Identifier dataset -> WorklistQuery: PS3.4 K.6.1.2 keys, C.2.2.2 matching kinds, validated.
+
+The translation is pure (no database, no sockets). Values are read decoded:
+pydicom applies the query's Specific Character Set (0008,0005) when an element
+is accessed. Query/Retrieve Level is not required and is ignored (an MWL
+Identifier has none, PS3.4 K.6.1.2).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+
+from mwl.dicom import keys as keytable
+from mwl.dicom.keys import START, KeySpec, Level
+from mwl.domain import KeyMatch, MatchKind, SpsStatus, WorklistQuery
+from mwl.errors import InvalidQueryError
+from mwl.worklist import START_TIME, STATUS
+
+# VRs whose values may hold wildcards (PS3.4 C.2.2.2.4).
+WILDCARD_VRS = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"})
+# Keywords that are never matching keys (they describe the Identifier itself).
+_IGNORED = frozenset({"SpecificCharacterSet", "QueryRetrieveLevel", "TimezoneOffsetFromUTC"})
+# Statuses a modality may ask for: the DICOM defined terms (HELD is the broker's own).
+_ASKABLE_STATUSES = {s.value: s for s in SpsStatus if s is not SpsStatus.HELD}
+
+_DATE = re.compile(r"^(\d{4})\.?(\d{2})\.?(\d{2})$")  # YYYYMMDD; YYYY.MM.DD (ACR-NEMA) too
+_TIME = re.compile(r"^(\d{2})(?::?(\d{2})(?::?(\d{2})(?:\.(\d{1,6}))?)?)?$")
+
+
+@dataclass(frozen=True)
+class ParsedIdentifier:
+    """The result of translating an Identifier.
+
+    Attributes
+    ----------
+    query
+        The domain query.
+    unsupported_keys
+        Keywords that carried a matching value the broker does not match on; they
+        were ignored (PS3.4 K.2.2.1.1.2), which the pending status reports as
+        0xFF01 (PS3.4 Table K.4-1).
+    """
+
+    query: WorklistQuery
+    unsupported_keys: tuple[str, ...] = ()
+
+
+def parse_identifier(identifier: Dataset, *, limit: int | None = None) -> ParsedIdentifier:
+    """Translate a Modality Worklist C-FIND Identifier into a :class:`WorklistQuery`.
+
+    Parameters
+    ----------
+    identifier
+        The C-FIND request Identifier, as pydicom decoded it.
+    limit
+        Upper bound on the number of matches, or ``None``.
+
+    Returns
+    -------
+    ParsedIdentifier
+
+    Raises
+    ------
+    InvalidQueryError
+        A value is malformed for its VR (a date such as ``2026-13-45``), a key that
+        allows one value carries several, or the SPS Sequence holds more than one
+        item (PS3.4 C.2.2.2.6); ``offending_keyword`` names the key.
+    """
+    builder = _Builder()
+    for elem in identifier:
+        builder.add(elem, Level.TOP)
+    return builder.build(limit)
+
+
+def query_from_identifier(identifier: Dataset, *, limit: int | None = None) -> WorklistQuery:
+    """Shortcut for ``parse_identifier(identifier).query``; raises the same errors."""
+    return parse_identifier(identifier, limit=limit).query
+
+
+class _Builder:
+    def __init__(self) -> None:
+        self.keys: list[KeyMatch] = []
+        self.unsupported: list[str] = []
+        self.statuses: set[SpsStatus] = set()
+        self.start_date: str = ""
+        self.start_time: str = ""
+
+    def add(self, elem: DataElement, level: Level) -> None:
+        keyword = elem.keyword
+        if elem.tag.is_private or elem.tag.element == 0 or not keyword or keyword in _IGNORED:
+            return
+        if elem.VR == "SQ":
+            self._add_sequence(elem)
+            return
+        spec = keytable.spec(keyword, level)
+        values = _values(elem)
+        if not values or values == ["*"]:
+            return  # universal matching, C.2.2.2.3 (and a lone '*', C.2.2.2.4)
+        if spec is None or not spec.matching or spec.attribute is None:
+            self.unsupported.append(keyword)
+            return
+        if spec.attribute == START:
+            if keyword == "ScheduledProcedureStepStartDate":
+                self.start_date = _one(values, keyword)
+            else:
+                self.start_time = _one(values, keyword)
+            return
+        if spec.attribute == STATUS:
+            self._add_statuses(values)
+            return
+        self.keys.append(_key_match(spec, values))
+
+    def _add_sequence(self, elem: DataElement) -> None:
+        items = list(elem.value or ())
+        if not items:
+            return  # zero items: universal sequence matching (C.2.2.2.6)
+        if elem.keyword != keytable.SPS_SEQUENCE:
+            # Code and reference sequences are return keys only.
+            if any(_has_value(e) for item in items for e in item):
+                self.unsupported.append(elem.keyword)
+            return
+        if len(items) > 1:
+            raise InvalidQueryError(
+                "the Scheduled Procedure Step Sequence of a query holds a single item"
+                " (PS3.4 C.2.2.2.6)",
+                elem.keyword,
+            )
+        for inner in items[0]:
+            self.add(inner, Level.SPS)
+
+    def _add_statuses(self, values: list[str]) -> None:
+        known = {_ASKABLE_STATUSES[v] for v in values if v in _ASKABLE_STATUSES}
+        if known:
+            self.statuses |= known
+        else:
+            # Only values no step can have: single value matching that finds nothing.
+            self.keys.append(KeyMatch(STATUS, MatchKind.SINGLE, (values[0],)))
+
+    def build(self, limit: int | None) -> ParsedIdentifier:
+        start_from, start_until = None, None
+        if self.start_date:
+            start_from, start_until = _combined_start(self.start_date, self.start_time)
+        elif self.start_time:
+            low, high = _time_range(self.start_time, "ScheduledProcedureStepStartTime")
+            self.keys.append(
+                KeyMatch(
+                    START_TIME,
+                    MatchKind.RANGE,
+                    low=low.strftime("%H%M%S") if low else None,
+                    high=high.strftime("%H%M%S") if high else None,
+                )
+            )
+        query = WorklistQuery(
+            keys=tuple(self.keys),
+            start_from=start_from,
+            start_until=start_until,
+            statuses=frozenset(self.statuses),
+            limit=limit,
+        )
+        return ParsedIdentifier(query, tuple(self.unsupported))
+
+
+def _values(elem: DataElement) -> list[str]:
+    """The element's values as stripped text; an empty list for a zero-length value."""
+    value = elem.value
+    if value is None or value == "" or value == b"":
+        return []
+    raw: Iterable[object] = value if elem.VM > 1 else [value]
+    out = []
+    for v in raw:
+        text = str(v) if not isinstance(v, bytes) else v.decode("ascii", "replace")
+        # Leading and trailing spaces are padding for the text VRs we match (PS3.5 6.2).
+        out.append(text.strip(" \x00"))
+    return [v for v in out if v] or []
+
+
+def _has_value(elem: DataElement) -> bool:
+    if elem.VR == "SQ":
+        return any(_has_value(e) for item in elem.value or () for e in item)
+    return bool(_values(elem))
+
+
+def _one(values: list[str], keyword: str) -> str:
+    if len(values) > 1:
+        raise InvalidQueryError(f"{keyword} takes a single value", keyword)
+    return values[0]
+
+
+def _key_match(spec: KeySpec, values: list[str]) -> KeyMatch:
+    assert spec.attribute is not None
+    keyword = spec.keyword
+    if spec.vr == "DA":
+        low, high = _date_range(_one(values, keyword), keyword)
+        return KeyMatch(
+            spec.attribute,
+            MatchKind.RANGE if low != high else MatchKind.SINGLE,
+            values=(low.strftime("%Y%m%d"),) if low == high and low else (),
+            low=low.strftime("%Y%m%d") if low else None,
+            high=high.strftime("%Y%m%d") if high else None,
+        )
+    wildcard_ok = MatchKind.WILDCARD in spec.matching and spec.vr in WILDCARD_VRS
+    if len(values) > 1:
+        # List of UID (C.2.2.2.2) or multiple value matching (C.2.2.2.8).
+        if spec.vr != "UI" and not spec.multiple_values:
+            raise InvalidQueryError(f"{keyword} takes a single value", keyword)
+        if wildcard_ok and any(_has_wildcard(v) for v in values):
+            raise InvalidQueryError(
+                f"{keyword}: wildcards are not supported in a list of values", keyword
+            )
+        return KeyMatch(spec.attribute, MatchKind.UID_LIST, tuple(values))
+    value = values[0]
+    if wildcard_ok and _has_wildcard(value):
+        return KeyMatch(spec.attribute, MatchKind.WILDCARD, (value,))
+    # Elsewhere '*' and '?' are plain characters: single value matching (C.2.2.2.1),
+    # e.g. on Scheduled Station AE Title (K.6-1: single value matching only).
+    return KeyMatch(spec.attribute, MatchKind.SINGLE, (value,))
+
+
+def _has_wildcard(value: str) -> bool:
+    return "*" in value or "?" in value
+
+
+def _parse_date(text: str, keyword: str) -> dt.date:
+    m = _DATE.match(text)
+    try:
+        if m is None:
+            raise ValueError(text)
+        return dt.date(int(m[1]), int(m[2]), int(m[3]))
+    except ValueError:
+        raise InvalidQueryError(
+            f"{keyword}: {text!r} is not a date (DA: YYYYMMDD or a range of them)", keyword
+        ) from None
+
+
+def _date_range(text: str, keyword: str) -> tuple[dt.date | None, dt.date | None]:
+    """A DA value or range (C.2.2.2.5.1) as inclusive bounds; ``None`` is open."""
+    if text.count("-") > 1:
+        raise InvalidQueryError(
+            f"{keyword}: {text!r} is not a date (DA: YYYYMMDD or a range of them)", keyword
+        )
+    if "-" not in text:
+        day = _parse_date(text, keyword)
+        return day, day
+    low_text, high_text = (part.strip() for part in text.split("-"))
+    low = _parse_date(low_text, keyword) if low_text else None
+    high = _parse_date(high_text, keyword) if high_text else None
+    return low, high
+
+
+def _parse_time(text: str, keyword: str, upper: bool) -> dt.time:
+    """A TM value as the first (or, when ``upper``, last) instant it denotes."""
+    m = _TIME.match(text)
+    try:
+        if m is None:
+            raise ValueError(text)
+        hour = int(m[1])
+        fill = 59 if upper else 0
+        minute = int(m[2]) if m[2] else fill
+        second = int(m[3]) if m[3] else fill
+        if m[4]:
+            micro = int(m[4].ljust(6, "9" if upper else "0"))
+        else:
+            micro = 999_999 if upper else 0
+        return dt.time(hour, minute, min(second, 59), micro)
+    except ValueError:
+        raise InvalidQueryError(
+            f"{keyword}: {text!r} is not a time (TM: HHMMSS or a range of them)", keyword
+        ) from None
+
+
+def _time_range(text: str, keyword: str) -> tuple[dt.time | None, dt.time | None]:
+    """A TM value or range as inclusive bounds; a single value spans its precision."""
+    if text.count("-") > 1:
+        raise InvalidQueryError(
+            f"{keyword}: {text!r} is not a time (TM: HHMMSS or a range of them)", keyword
+        )
+    if "-" not in text:
+        return _parse_time(text, keyword, upper=False), _parse_time(text, keyword, upper=True)
+    low_text, high_text = (part.strip() for part in text.split("-"))
+    low = _parse_time(low_text, keyword, upper=False) if low_text else None
+    high = _parse_time(high_text, keyword, upper=True) if high_text else None
+    return low, high
+
+
+def _combined_start(
+    date_text: str, time_text: str
+) -> tuple[dt.datetime | None, dt.datetime | None]:
+    """SPS Start Date and Time as one date-time range (PS3.4 Table K.6-1, C.2.2.2.5.1).
+
+    ``20261121-20261123`` with ``1000-1800`` means from 10:00 on the 21st to 18:00
+    on the 23rd, not 10:00-18:00 on each day.
+    """
+    low_day, high_day = _date_range(date_text, "ScheduledProcedureStepStartDate")
+    low_time: dt.time | None = None
+    high_time: dt.time | None = None
+    if time_text:
+        low_time, high_time = _time_range(time_text, "ScheduledProcedureStepStartTime")
+    start_from = dt.datetime.combine(low_day, low_time or dt.time.min) if low_day else None
+    start_until = dt.datetime.combine(high_day, high_time or dt.time.max) if high_day else None
+    return start_from, start_until

@@ -1,0 +1,319 @@
+"""Worklist matching: a domain WorklistQuery becomes one SQL query over the stored steps.
+
+Matching follows PS3.4 C.2.2.2 in domain terms (the DICOM adapter has already
+decided which kind of matching each key asks for):
+
+- universal matching (C.2.2.2.3) is the absence of a :class:`~mwl.domain.KeyMatch`;
+- single value (C.2.2.2.1): equality, case-sensitive;
+- list of values (C.2.2.2.2 list of UID, and C.2.2.2.8 multiple values): ``IN``;
+- wildcard (C.2.2.2.4): ``*`` any run, ``?`` one character; literal ``%``, ``_``
+  and the escape character are escaped (``LIKE ... ESCAPE``); on SQLite, whose
+  ``LIKE`` ignores ASCII case, the case-sensitive ``GLOB`` is used instead;
+- range (C.2.2.2.5): inclusive bounds on the text form (DA ``YYYYMMDD`` and TM
+  ``HHMMSS`` sort as text), either bound open;
+- SPS Start Date and Time together (PS3.4 Table K.6-1): one range on
+  ``start_datetime``; a time without a date ranges over ``start_time``.
+
+A stored empty value (an unknown Type 2 attribute) never matches a non-universal
+key (PS3.4 K.2.2.1.1.1 via C.2.2.2.1), so every non-universal condition also
+requires a non-empty column.
+
+**Patient's Name policy.** PS3.4 C.2.2.2.1 lets the SCP match PN case- and
+accent-insensitively; this broker does so for Patient's Name, through the folded
+``patient_name_key`` (:func:`mwl.names.name_search_key`): ``MÜLLER``, ``Müller``
+and ``muller`` all find ``Müller^Hans``, and so do ``mül*`` and ``M?LLER``. It is
+component-aware: a query that names fewer components than the stored name matches
+on the components it names (``MULLER`` and ``MULLER^HANS`` both find
+``Müller^Hans^Peter``, ``MULLER^H*`` too); an empty inner component (``^HANS``)
+matches any family name. Only the alphabetic component group is compared; the
+ideographic and phonetic groups of a query are ignored. The other PN keys
+(physicians) match exactly as stored, case-sensitively.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, and_, false, or_, select, true
+from sqlalchemy.orm import InstrumentedAttribute, Session
+
+from mwl.domain import (
+    HIDDEN_BY_DEFAULT,
+    Code,
+    KeyMatch,
+    MatchKind,
+    SpsStatus,
+    WorklistItem,
+    WorklistQuery,
+)
+from mwl.models import Patient, RequestedProcedure, ScheduledProcedureStep
+from mwl.names import name_search_key
+from mwl.orders import parse_codes
+
+# Pseudo-attribute for an SPS Start Time asked without a date: the HHMMSS column.
+START_TIME = "start_time"
+PATIENT_NAME = "patient_name"
+STATUS = "scheduled_procedure_step_status"
+
+# WorklistItem attribute -> the column it is matched on. Patient's Name is matched
+# on its folded key instead (see the module docstring).
+COLUMNS: dict[str, InstrumentedAttribute[Any]] = {
+    PATIENT_NAME: Patient.patient_name_key,
+    "patient_id": Patient.patient_id,
+    "issuer_of_patient_id": Patient.issuer_of_patient_id,
+    "patient_birth_date": Patient.patient_birth_date,
+    "patient_sex": Patient.patient_sex,
+    "study_instance_uid": RequestedProcedure.study_instance_uid,
+    "requested_procedure_id": RequestedProcedure.requested_procedure_id,
+    "accession_number": RequestedProcedure.accession_number,
+    "requested_procedure_description": RequestedProcedure.requested_procedure_description,
+    "requested_procedure_priority": RequestedProcedure.requested_procedure_priority,
+    "requesting_physician": RequestedProcedure.requesting_physician,
+    "referring_physician_name": RequestedProcedure.referring_physician_name,
+    "placer_order_number": RequestedProcedure.placer_order_number,
+    "filler_order_number": RequestedProcedure.filler_order_number,
+    "scheduled_procedure_step_id": ScheduledProcedureStep.scheduled_procedure_step_id,
+    "modality": ScheduledProcedureStep.modality,
+    "scheduled_station_ae_title": ScheduledProcedureStep.scheduled_station_ae_title,
+    "scheduled_station_name": ScheduledProcedureStep.scheduled_station_name,
+    "scheduled_procedure_step_location": ScheduledProcedureStep.scheduled_procedure_step_location,
+    "scheduled_performing_physician_name": (
+        ScheduledProcedureStep.scheduled_performing_physician_name
+    ),
+    "scheduled_procedure_step_description": (
+        ScheduledProcedureStep.scheduled_procedure_step_description
+    ),
+    STATUS: ScheduledProcedureStep.status,
+    START_TIME: ScheduledProcedureStep.start_time,
+}
+
+MATCHABLE_ATTRIBUTES: frozenset[str] = frozenset(COLUMNS)
+
+LIKE_ESCAPE = "\\"
+
+
+def find_items(session: Session, query: WorklistQuery) -> list[WorklistItem]:
+    """Return the worklist items that match ``query``, ordered by start.
+
+    One SQL statement joins step, requested procedure and patient, with every
+    condition in its ``WHERE`` clause; nothing is filtered in Python.
+
+    Parameters
+    ----------
+    session
+        A unit of work; only read. The items returned are detached copies, so the
+        caller may close the session before it sends them anywhere.
+    query
+        The matching keys (PS3.4 C.2.2.2 semantics, see the module docstring).
+        With no ``statuses``, steps whose status is in
+        :data:`~mwl.domain.HIDDEN_BY_DEFAULT` are left out.
+
+    Returns
+    -------
+    list of WorklistItem
+        Ordered by start date-time, then SPS ID; at most ``query.limit`` items.
+
+    Raises
+    ------
+    ValueError
+        A key names an attribute that cannot be matched (a programming error in
+        the adapter, not a bad query).
+    sqlalchemy.exc.SQLAlchemyError
+        The database failed.
+    """
+    statement = build_statement(query, dialect=session.get_bind().dialect.name)
+    rows = session.execute(statement).all()
+    return [_item(step, procedure, patient) for step, procedure, patient in rows]
+
+
+def build_statement(
+    query: WorklistQuery, dialect: str = "postgresql"
+) -> Select[ScheduledProcedureStep, RequestedProcedure, Patient]:
+    """The ``SELECT`` for ``query`` (exposed so tests can inspect it).
+
+    Parameters
+    ----------
+    query
+        The worklist query.
+    dialect
+        SQLAlchemy dialect name; ``sqlite`` matches wildcards with ``GLOB``.
+    """
+    conditions: list[ColumnElement[bool]] = [
+        _condition(key, dialect) for key in query.keys
+    ]
+    if query.statuses:
+        conditions.append(ScheduledProcedureStep.status.in_(sorted(query.statuses)))
+    elif not any(key.attribute == STATUS for key in query.keys):
+        conditions.append(ScheduledProcedureStep.status.not_in(sorted(HIDDEN_BY_DEFAULT)))
+    if query.start_from is not None:
+        conditions.append(ScheduledProcedureStep.start_datetime >= query.start_from)
+    if query.start_until is not None:
+        conditions.append(ScheduledProcedureStep.start_datetime <= query.start_until)
+    statement = (
+        select(ScheduledProcedureStep, RequestedProcedure, Patient)
+        .join(ScheduledProcedureStep.procedure)
+        .join(RequestedProcedure.patient)
+        .where(*conditions)
+        .order_by(
+            ScheduledProcedureStep.start_datetime,
+            ScheduledProcedureStep.scheduled_procedure_step_id,
+            ScheduledProcedureStep.id,
+        )
+    )
+    if query.limit is not None:
+        statement = statement.limit(query.limit)
+    return statement
+
+
+def _condition(key: KeyMatch, dialect: str) -> ColumnElement[bool]:
+    try:
+        column = COLUMNS[key.attribute]
+    except KeyError:
+        raise ValueError(f"{key.attribute!r} is not a matchable worklist attribute") from None
+    if key.attribute == PATIENT_NAME:
+        return _name_condition(column, key, dialect)
+    return and_(column != "", _value_condition(column, key, dialect))
+
+
+def _value_condition(
+    column: InstrumentedAttribute[Any], key: KeyMatch, dialect: str
+) -> ColumnElement[bool]:
+    if key.kind is MatchKind.SINGLE:
+        return column == key.values[0]
+    if key.kind is MatchKind.UID_LIST:
+        return column.in_(key.values) if key.values else false()
+    if key.kind is MatchKind.WILDCARD:
+        return _pattern_condition(column, _tokens(key.values[0]), dialect)
+    bounds: list[ColumnElement[bool]] = []
+    if key.low is not None:
+        bounds.append(column >= key.low)
+    if key.high is not None:
+        bounds.append(column <= key.high)
+    return and_(*bounds) if bounds else true()
+
+
+# Pattern tokens: a literal character, ANY (any run) or ONE (one character).
+_ANY = object()
+_ONE = object()
+Token = str | object
+
+
+def _tokens(value: str, wildcards: bool = True) -> list[Token]:
+    if not wildcards:
+        return list(value)
+    return [_ANY if ch == "*" else _ONE if ch == "?" else ch for ch in value]
+
+
+def _pattern_condition(
+    column: InstrumentedAttribute[Any], tokens: Sequence[Token], dialect: str
+) -> ColumnElement[bool]:
+    if not any(t is _ANY or t is _ONE for t in tokens):
+        return column == "".join(str(t) for t in tokens)
+    if dialect == "sqlite":
+        return column.op("GLOB")(_glob(tokens))
+    return column.like(_like(tokens), escape=LIKE_ESCAPE)
+
+
+def _like(tokens: Iterable[Token]) -> str:
+    out = []
+    for t in tokens:
+        if t is _ANY:
+            out.append("%")
+        elif t is _ONE:
+            out.append("_")
+        elif t in ("%", "_", LIKE_ESCAPE):
+            out.append(LIKE_ESCAPE + str(t))
+        else:
+            out.append(str(t))
+    return "".join(out)
+
+
+def _glob(tokens: Iterable[Token]) -> str:
+    # GLOB has no escape character: a literal *, ? or [ is written as a one-character class.
+    out = []
+    for t in tokens:
+        if t is _ANY:
+            out.append("*")
+        elif t is _ONE:
+            out.append("?")
+        elif t in ("*", "?", "["):
+            out.append(f"[{t}]")
+        else:
+            out.append(str(t))
+    return "".join(out)
+
+
+def _name_condition(
+    column: InstrumentedAttribute[Any], key: KeyMatch, dialect: str
+) -> ColumnElement[bool]:
+    values: Sequence[str]
+    if key.kind is MatchKind.RANGE:
+        raise ValueError("Patient's Name cannot be range-matched")
+    values = key.values
+    alternatives = [
+        _one_name_condition(column, value, key.kind is MatchKind.WILDCARD, dialect)
+        for value in values
+    ]
+    return and_(column != "", or_(*alternatives))
+
+
+def _one_name_condition(
+    column: InstrumentedAttribute[Any], value: str, wildcards: bool, dialect: str
+) -> ColumnElement[bool]:
+    folded = name_search_key(value).split("=")[0]
+    tokens: list[Token] = []
+    for index, component in enumerate(folded.split("^")):
+        if index:
+            tokens.append("^")
+        # An empty component names nothing: it matches whatever the stored one holds.
+        tokens.extend(_tokens(component, wildcards) if component else [_ANY])
+    if not folded:
+        tokens = [_ANY]
+    # The stored name may have more components (^...) or further groups (=...).
+    return or_(
+        _pattern_condition(column, tokens, dialect),
+        _pattern_condition(column, [*tokens, "^", _ANY], dialect),
+        _pattern_condition(column, [*tokens, "=", _ANY], dialect),
+    )
+
+
+def _item(
+    step: ScheduledProcedureStep, procedure: RequestedProcedure, patient: Patient
+) -> WorklistItem:
+    code = None
+    if procedure.requested_procedure_code_value:
+        code = Code(
+            procedure.requested_procedure_code_value,
+            procedure.requested_procedure_code_scheme,
+            procedure.requested_procedure_code_meaning,
+        )
+    return WorklistItem(
+        patient_name=patient.patient_name,
+        patient_id=patient.patient_id,
+        issuer_of_patient_id=patient.issuer_of_patient_id,
+        patient_birth_date=patient.patient_birth_date,
+        patient_sex=patient.patient_sex,
+        study_instance_uid=procedure.study_instance_uid,
+        requested_procedure_id=procedure.requested_procedure_id,
+        accession_number=procedure.accession_number,
+        requested_procedure_description=procedure.requested_procedure_description,
+        requested_procedure_code=code,
+        requested_procedure_priority=procedure.requested_procedure_priority,
+        requesting_physician=procedure.requesting_physician,
+        referring_physician_name=procedure.referring_physician_name,
+        placer_order_number=procedure.placer_order_number,
+        filler_order_number=procedure.filler_order_number,
+        scheduled_procedure_step_id=step.scheduled_procedure_step_id,
+        modality=step.modality,
+        scheduled_station_ae_title=step.scheduled_station_ae_title,
+        scheduled_station_name=step.scheduled_station_name,
+        scheduled_procedure_step_location=step.scheduled_procedure_step_location,
+        start=step.start_datetime,
+        scheduled_performing_physician_name=step.scheduled_performing_physician_name,
+        scheduled_procedure_step_description=step.scheduled_procedure_step_description,
+        scheduled_protocol_codes=parse_codes(step.scheduled_protocol_codes),
+        scheduled_procedure_step_status=SpsStatus(step.status),
+        step_key=step.id,
+    )
+
