@@ -11,7 +11,7 @@ Scheduled Station AE Title, SPS Start Date, plus return keys):
 
 Usage::
 
-    /work/venv/bin/python tests/dicom/bench_cfind.py --n 1000 10000 --queries 20 \
+    python bench/cfind_inprocess.py --n 1000 10000 --queries 20 \
         [--database-url postgresql://postgres@127.0.0.1:5432/test]
 """
 
@@ -39,7 +39,8 @@ from mwl.domain import Code, Order, PatientDemographics, RequestedProcedure, Sch
 from mwl.migrate import upgrade
 from mwl.orders import apply_order
 
-PEERS = Path("/work/shared/peers")
+# shared/ lies beside the repository (as in CI and on the development machines).
+PEERS = Path(__file__).resolve().parents[2] / "shared" / "peers"
 SPS = "ScheduledProcedureStepSequence[0]"
 
 
