@@ -10,7 +10,7 @@ import datetime as dt
 import enum
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
 from sqlalchemy import select
@@ -78,6 +78,25 @@ class OrderOutcome:
     steps_created: int = 0
     steps_updated: int = 0
     steps_removed: int = 0
+
+
+def status_table(
+    overrides: Iterable[tuple[str, str, str]] = (),
+    base: Mapping[tuple[str, str], SpsStatus] = DEFAULT_STATUS_TABLE,
+) -> Mapping[tuple[str, str], SpsStatus]:
+    """The ORC-1/ORC-5 table with a site's overrides (``Settings.hl7_order_status``).
+
+    Each override is ``(order control, order status, step status)``; an empty step
+    status removes the pair, so such messages are rejected.
+    """
+    table = dict(base)
+    for control, order_status, step_status in overrides:
+        key = (control.strip().upper(), order_status.strip().upper())
+        if step_status:
+            table[key] = SpsStatus(step_status)
+        else:
+            table.pop(key, None)
+    return table
 
 
 def step_status_for(
@@ -217,6 +236,10 @@ def apply_order(
             select(RequestedProcedureRow).where(
                 RequestedProcedureRow.study_instance_uid == procedure.study_instance_uid
             )
+            # Two messages about one order on two connections: the second waits for
+            # the first to commit, then reconciles against its steps (PostgreSQL;
+            # SQLite writers are serialised already).
+            .with_for_update()
         ).one_or_none()
         if status in _ENDING and row is None:
             actions.append((procedure.study_instance_uid, OrderAction.UNKNOWN_ORDER))

@@ -1,0 +1,441 @@
+"""The MLLP listener: frames in, orders applied and committed, ACKs out.
+
+One thread per connection (``socketserver.ThreadingTCPServer``, the model pynetdicom
+uses for associations); messages on a connection are processed one after another and
+each is acknowledged before the next is read, as dcm4che does. Per message:
+
+1. the raw bytes and MSH go into the message log in a transaction of their own, so
+   nothing delivered is lost (if that fails: AE, the sender retries; never AA);
+2. a resend of an accepted message (same MSH-3, MSH-4, MSH-10) gets its original ACK;
+3. the message is parsed and applied in a second transaction, which also records
+   the outcome; AA is sent only after it commits;
+4. errors become AE/AR with an ERR segment, recorded in the log.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import socketserver
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy.exc import DataError, IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from mwl.config import Settings
+from mwl.domain import Order, SpsStatus
+from mwl.errors import InvalidOrderError, SettingsError
+from mwl.hl7.ack import ACCEPT, build_ack
+from mwl.hl7.mllp import FramingError, MllpFramer, frame
+from mwl.hl7.parse import (
+    APPLICATION_INTERNAL_ERROR,
+    DATA_TYPE_ERROR,
+    REQUIRED_FIELD_MISSING,
+    SEGMENT_SEQUENCE_ERROR,
+    TABLE_VALUE_NOT_FOUND,
+    Hl7MessageError,
+    MappingOptions,
+    MessageHeader,
+    codec_for,
+    parse_message,
+    safe_header,
+)
+from mwl.messages import original_ack, record_outcome, record_received
+from mwl.orders import apply_order, status_table
+from mwl.patients import apply_patient_message
+
+logger = logging.getLogger(__name__)
+
+_RECV_BYTES = 65536
+# Concurrent first orders for one patient (or one study) race for the same unique
+# key on PostgreSQL; the loser sees the winner's row when it tries again.
+_APPLY_ATTEMPTS = 3
+
+
+class _TcpServer(socketserver.ThreadingTCPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+    block_on_close = True  # server_close() joins the connection threads
+
+    def __init__(self, address: tuple[str, int], listener: Hl7Server, family: int) -> None:
+        self.address_family = family
+        self.listener = listener
+        super().__init__(address, _ConnectionHandler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        # Registered here, in the accepting thread, so that shutdown() sees every
+        # connection accepted before the accept loop stopped.
+        self.listener._register(request)
+        super().process_request(request, client_address)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # The handler catches everything it expects; whatever escapes is a bug.
+        logger.exception("unexpected error on HL7 connection from %s", _peer(client_address))
+
+
+class _ConnectionHandler(socketserver.BaseRequestHandler):
+    server: _TcpServer
+
+    def handle(self) -> None:
+        self.server.listener._serve_connection(self.request, _peer(self.client_address))
+
+    def finish(self) -> None:
+        self.server.listener._unregister(self.request)
+
+
+def _peer(address: Any) -> str:
+    try:
+        return f"{address[0]}:{address[1]}"
+    except (TypeError, IndexError):
+        return str(address)
+
+
+class Hl7Server:
+    """The HL7 listener, started and stopped from the composition root (or a test).
+
+    Parameters
+    ----------
+    settings
+        ``bind_address``, ``hl7_port`` (0: any free port), ``hl7_idle_timeout_seconds``,
+        ``hl7_max_frame_bytes``, the mapping settings and ``log_phi`` are used.
+    session_factory
+        A writer session factory (:func:`mwl.db.make_session_factory` with
+        ``writer=True``); each message is one or two units of work.
+
+    Raises
+    ------
+    SettingsError
+        When ``hl7_default_charset`` is not a known character set.
+    """
+
+    def __init__(self, settings: Settings, session_factory: sessionmaker[Session]) -> None:
+        self.settings = settings
+        self._sessions = session_factory
+        try:
+            codec_for(settings.hl7_default_charset)
+        except Hl7MessageError:
+            raise SettingsError(
+                "hl7_default_charset", f"{settings.hl7_default_charset!r} is not an HL7 charset"
+            ) from None
+        self.options = MappingOptions.from_settings(settings)
+        self.status_table: Mapping[tuple[str, str], SpsStatus] = status_table(
+            settings.hl7_order_status
+        )
+        self._server: _TcpServer | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._connections: set[socket.socket] = set()
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Bind and serve in a background thread; return once the socket listens.
+
+        Raises
+        ------
+        OSError
+            When the address cannot be bound (port in use, no such address).
+        """
+        if self._server is not None:
+            raise RuntimeError("HL7 server already started")
+        host = self.settings.bind_address
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        # Binding happens in the constructor: when it returns, the port accepts.
+        self._server = _TcpServer((host, self.settings.hl7_port), self, family)
+        self._stopping.clear()
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.2},
+            name=f"hl7-listener-{self.address[1]}",
+            daemon=True,
+        )
+        self._thread.start()
+        logger.info("HL7 listener on %s:%d", *self.address)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The (host, port) actually bound; the port is the real one when 0 was asked."""
+        if self._server is None:
+            raise RuntimeError("HL7 server not started")
+        host, port = self._server.server_address[:2]
+        return str(host), int(port)
+
+    def shutdown(self) -> None:
+        """Stop accepting, close open connections, wait for their threads to end."""
+        server, thread = self._server, self._thread
+        if server is None:
+            return
+        self._stopping.set()
+        server.shutdown()  # the accept loop has ended when this returns
+        with self._lock:
+            connections = list(self._connections)
+        for connection in connections:
+            try:
+                # Wakes the handler blocked in recv(); it then closes the socket.
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # already closed by the peer
+        server.server_close()  # joins the connection threads (block_on_close)
+        if thread is not None:
+            thread.join()
+        self._server = self._thread = None
+        logger.info("HL7 listener stopped")
+
+    def __enter__(self) -> Hl7Server:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    def _register(self, connection: socket.socket) -> None:
+        with self._lock:
+            self._connections.add(connection)
+
+    def _unregister(self, connection: socket.socket) -> None:
+        with self._lock:
+            self._connections.discard(connection)
+
+    # ------------------------------------------------------------------ connection
+
+    def _serve_connection(self, connection: socket.socket, peer: str) -> None:
+        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        connection.settimeout(self.settings.hl7_idle_timeout_seconds)
+        framer = MllpFramer(self.settings.hl7_max_frame_bytes)
+        logger.debug("HL7 connection from %s", peer)
+        while not self._stopping.is_set():
+            try:
+                data = connection.recv(_RECV_BYTES)
+            except TimeoutError:
+                logger.info(
+                    "HL7 connection from %s idle for %ss%s; closing",
+                    peer,
+                    self.settings.hl7_idle_timeout_seconds,
+                    " in the middle of a frame" if framer.in_frame else "",
+                )
+                return
+            except OSError as exc:
+                logger.info("HL7 connection from %s failed: %s", peer, exc.strerror or exc)
+                return
+            if not data:
+                if framer.in_frame:
+                    logger.info(
+                        "HL7 peer %s closed the connection in the middle of a frame"
+                        " (%d bytes dropped)",
+                        peer,
+                        framer.buffered,
+                    )
+                else:
+                    logger.debug("HL7 peer %s closed the connection", peer)
+                return
+            try:
+                frames = framer.feed(data)
+            except FramingError as exc:
+                self._reject_oversized(connection, peer, exc)
+                return
+            for payload in frames:
+                if not payload.strip(b"\r\n\x00 "):
+                    logger.debug("empty MLLP frame from %s ignored", peer)
+                    continue
+                ack = self.handle_message(payload, peer)
+                try:
+                    connection.sendall(frame(ack))
+                except OSError as exc:
+                    logger.info("ACK to %s not delivered: %s", peer, exc.strerror or exc)
+                    return
+
+    def _reject_oversized(self, connection: socket.socket, peer: str, exc: FramingError) -> None:
+        header = safe_header(exc.partial, self.settings.hl7_default_charset)
+        logger.warning(
+            "HL7 message %s from %s rejected: %s; closing the connection",
+            header.message_control_id if header else "(no MSH)",
+            peer,
+            exc.reason,
+        )
+        if header is None:
+            return
+        error = Hl7MessageError(
+            APPLICATION_INTERNAL_ERROR,
+            "",
+            f"message exceeds the maximum size of {self.settings.hl7_max_frame_bytes} bytes",
+            "AR",
+        )
+        try:
+            connection.sendall(frame(build_ack(header, error.ack_code, error)))
+        except OSError:
+            pass  # the peer is gone; nothing more to tell it
+
+    # ------------------------------------------------------------------ message
+
+    def handle_message(self, raw: bytes, peer: str = "") -> bytes:
+        """Log, check for a resend, parse, apply, commit and acknowledge one message.
+
+        Never raises: every outcome is an ACK (the listener must survive any input).
+
+        Parameters
+        ----------
+        raw
+            One frame payload.
+        peer
+            ``host:port`` of the sender, for the log.
+
+        Returns
+        -------
+        bytes
+            The ACK payload to send (not framed).
+        """
+        try:
+            return self._handle_message(raw, peer)
+        except Exception:
+            # A bug in the error handling itself: still answer, never drop the connection.
+            logger.exception("HL7 message from %s: unexpected error", peer)
+            error = Hl7MessageError(APPLICATION_INTERNAL_ERROR, "", "internal error", "AE")
+            return build_ack(None, error.ack_code, error)
+
+    def _handle_message(self, raw: bytes, peer: str) -> bytes:
+        header = safe_header(raw, self.settings.hl7_default_charset)
+        control_id = header.message_control_id if header else ""
+        message_type = header.message_code if header else ""
+        if self.settings.log_phi:
+            logger.debug("HL7 message from %s: %r", peer, raw)
+        try:
+            with self._sessions.begin() as session:
+                key = record_received(
+                    session,
+                    raw,
+                    peer,
+                    sending_application=header.sending_application if header else "",
+                    sending_facility=header.sending_facility if header else "",
+                    message_control_id=control_id,
+                    message_type=message_type,
+                )
+                previous = (
+                    original_ack(
+                        session, header.sending_application, header.sending_facility, control_id
+                    )
+                    if header is not None
+                    else None
+                )
+        except SQLAlchemyError as exc:
+            logger.error(
+                "HL7 message %s from %s not stored, answered AE: database unavailable (%s)",
+                control_id or "-",
+                peer,
+                type(exc).__name__,
+            )
+            unavailable = Hl7MessageError(
+                APPLICATION_INTERNAL_ERROR, "", "database unavailable; resend later", "AE"
+            )
+            return build_ack(header, unavailable.ack_code, unavailable)
+
+        if previous is not None:
+            logger.info(
+                "HL7 message %s (%s) from %s is a resend of an accepted message; original ACK sent",
+                control_id,
+                message_type,
+                peer,
+            )
+            self._record(key, ACCEPT, previous, "resend of an accepted message; not applied again")
+            return previous
+
+        error: Hl7MessageError
+        try:
+            return self._apply(raw, header, key, peer)
+        except Hl7MessageError as exc:
+            error = exc
+        except InvalidOrderError as exc:
+            code = TABLE_VALUE_NOT_FOUND if exc.location == "ORC-1" else REQUIRED_FIELD_MISSING
+            error = Hl7MessageError(code, exc.location, exc.reason, "AE")
+        except DataError as exc:
+            # The database refused a value of this message: resending will not help.
+            logger.info(
+                "HL7 message %s from %s not applied: a value does not fit (%s)",
+                control_id or "-",
+                peer,
+                type(exc).__name__,
+            )
+            error = Hl7MessageError(
+                DATA_TYPE_ERROR, "", "a value does not fit the worklist database", "AE"
+            )
+        except SQLAlchemyError as exc:
+            logger.error(
+                "HL7 message %s from %s not applied: database error (%s)",
+                control_id or "-",
+                peer,
+                type(exc).__name__,
+            )
+            error = Hl7MessageError(
+                APPLICATION_INTERNAL_ERROR, "", "database error; resend later", "AE"
+            )
+        except Exception:
+            logger.exception("HL7 message %s from %s: unexpected error", control_id or "-", peer)
+            error = Hl7MessageError(APPLICATION_INTERNAL_ERROR, "", "internal error", "AE")
+        ack = build_ack(header, error.ack_code, error)
+        logger.info(
+            "HL7 message %s (%s) from %s answered %s: %s at %s",
+            control_id or "-",
+            message_type or "-",
+            peer,
+            error.ack_code,
+            error.code,
+            error.location or "-",
+        )
+        self._record(key, error.ack_code, ack, str(error))
+        return ack
+
+    def _apply(self, raw: bytes, header: MessageHeader | None, key: int, peer: str) -> bytes:
+        if header is None:
+            raise Hl7MessageError(
+                SEGMENT_SEQUENCE_ERROR, "MSH", "the message has no MSH segment", "AR"
+            )
+        parsed = parse_message(raw, self.options)
+        ack = build_ack(header, ACCEPT)
+        for attempt in range(1, _APPLY_ATTEMPTS + 1):
+            try:
+                with self._sessions.begin() as session:
+                    if isinstance(parsed, Order):
+                        outcome = apply_order(session, parsed, status_table=self.status_table)
+                        summary = (
+                            f"{outcome.status.value}, {outcome.steps_created} step(s) created,"
+                            f" {outcome.steps_updated} updated, {outcome.steps_removed} removed"
+                        )
+                    else:
+                        actions = [apply_patient_message(session, m) for m in parsed]
+                        summary = "patient " + ", ".join(a.value for a in actions)
+                    record_outcome(session, key, ACCEPT, ack)
+                break
+            except (IntegrityError, OperationalError) as exc:
+                if attempt == _APPLY_ATTEMPTS or (
+                    isinstance(exc, OperationalError) and not _is_transient(exc)
+                ):
+                    raise
+                logger.debug(
+                    "HL7 message %s: write conflict, attempt %d", header.message_control_id, attempt
+                )
+        logger.info(
+            "HL7 message %s (%s) from %s answered AA: %s",
+            header.message_control_id,
+            header.message_code,
+            peer,
+            summary,
+        )
+        return ack
+
+    def _record(self, key: int, outcome: str, ack: bytes, error: str) -> None:
+        try:
+            with self._sessions.begin() as session:
+                record_outcome(session, key, outcome, ack, error)
+        except SQLAlchemyError as exc:
+            # The ACK still goes out; only the log entry stays RECEIVED.
+            logger.error(
+                "outcome of HL7 message log entry %d not recorded (%s)", key, type(exc).__name__
+            )
+
+
+def _is_transient(exc: OperationalError) -> bool:
+    """Deadlock or serialization failure (PostgreSQL SQLSTATE 40P01 / 40001)."""
+    code = getattr(exc.orig, "sqlstate", None)
+    return code in {"40P01", "40001"}

@@ -1,0 +1,135 @@
+"""The HL7 message log: every message as received, what became of it, the ACK sent.
+
+A core service (no HL7 parsing here): the HL7 adapter records each message before
+it processes it, so nothing a sender delivered is ever lost, and looks up the
+original ACK of a resent message. Reading the log for people is mwl.activity's job.
+Functions take the unit of work's session first and never commit.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from mwl.models import Hl7Message, utcnow
+
+RECEIVED = "RECEIVED"
+# Column lengths of the log (mwl.models.Hl7Message): values are cut, never refused,
+# because the log must take any message, however malformed its header.
+_LENGTHS = {
+    "peer_address": 64,
+    "sending_application": 227,
+    "sending_facility": 227,
+    "message_control_id": 199,
+    "message_type": 32,
+}
+
+
+def _cut(name: str, value: str) -> str:
+    # PostgreSQL text cannot hold NUL; a malformed header may contain one.
+    return value.replace("\x00", "")[: _LENGTHS[name]]
+
+
+def record_received(
+    session: Session,
+    raw: bytes,
+    peer_address: str,
+    *,
+    sending_application: str = "",
+    sending_facility: str = "",
+    message_control_id: str = "",
+    message_type: str = "",
+) -> int:
+    """Store a message as it arrived, before anything is done with it.
+
+    Parameters
+    ----------
+    session
+        The unit of work (the caller commits, before processing the message).
+    raw
+        The frame payload, byte for byte.
+    peer_address
+        ``host:port`` of the sender.
+    sending_application, sending_facility, message_control_id
+        MSH-3, MSH-4, MSH-10 as sent (the duplicate key).
+    message_type
+        MSH-9 (``ORM^O01``).
+
+    Returns
+    -------
+    int
+        The message key for :func:`record_outcome`.
+    """
+    message = Hl7Message(
+        raw=raw,
+        peer_address=_cut("peer_address", peer_address),
+        sending_application=_cut("sending_application", sending_application),
+        sending_facility=_cut("sending_facility", sending_facility),
+        message_control_id=_cut("message_control_id", message_control_id),
+        message_type=_cut("message_type", message_type),
+        outcome=RECEIVED,
+        received_at=utcnow(),
+    )
+    session.add(message)
+    session.flush()
+    return message.id
+
+
+def record_outcome(
+    session: Session, message_key: int, outcome: str, ack: bytes | None, error: str = ""
+) -> None:
+    """Record what became of a message: the ACK code sent, the ACK, the reason.
+
+    Parameters
+    ----------
+    session
+        The unit of work; for an accepted message the same one that applied it, so
+        the log never says AA for an order that was rolled back.
+    message_key
+        From :func:`record_received`.
+    outcome
+        The ACK code (``AA``, ``AE``, ``AR``) or another short status.
+    ack
+        The ACK payload sent, or None when none could be sent.
+    error
+        Why it was not accepted (no patient data), or a note.
+    """
+    message = session.get(Hl7Message, message_key)
+    if message is None:
+        raise KeyError(message_key)
+    message.outcome = outcome[:16]
+    message.ack = ack
+    message.error = error.replace("\x00", "")
+    message.processed_at = utcnow()
+
+
+def original_ack(
+    session: Session, sending_application: str, sending_facility: str, message_control_id: str
+) -> bytes | None:
+    """The ACK sent for an earlier, accepted message with the same MSH-3/MSH-4/MSH-10.
+
+    A sender that did not get our ACK (timeout, dropped connection) resends the
+    message; it must get the same answer and the order must not be applied twice.
+    Only accepted (AA) messages count: a message that was rejected may be resent
+    after the sender fixed the cause.
+
+    Returns
+    -------
+    bytes or None
+        The stored ACK, or None when there is no such message (or MSH-10 is empty).
+    """
+    if not message_control_id:
+        return None
+    ack: bytes | None = session.scalars(
+        select(Hl7Message.ack)
+        .where(
+            Hl7Message.sending_application == _cut("sending_application", sending_application),
+            Hl7Message.sending_facility == _cut("sending_facility", sending_facility),
+            Hl7Message.message_control_id == _cut("message_control_id", message_control_id),
+            Hl7Message.outcome == "AA",
+            Hl7Message.ack.is_not(None),
+        )
+        .order_by(Hl7Message.id)
+        .limit(1)
+    ).first()
+    return ack
