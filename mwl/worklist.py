@@ -124,7 +124,7 @@ def find_items(session: Session, query: WorklistQuery) -> list[WorklistItem]:
     """
     statement = build_statement(query, dialect=session.get_bind().dialect.name)
     rows = session.execute(statement).all()
-    return [_item(step, procedure, patient) for step, procedure, patient in rows]
+    return [worklist_item(step, procedure, patient) for step, procedure, patient in rows]
 
 
 def build_statement(
@@ -278,9 +278,10 @@ def _one_name_condition(
     )
 
 
-def _item(
+def worklist_item(
     step: ScheduledProcedureStep, procedure: RequestedProcedure, patient: Patient
 ) -> WorklistItem:
+    """Copy one step with its procedure and patient rows into a detached WorklistItem."""
     code = None
     if procedure.requested_procedure_code_value:
         code = Code(
