@@ -16,11 +16,18 @@ from dataclasses import dataclass, replace
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from mwl.domain import Code, Order, PatientDemographics, RequestedProcedure, ScheduledStep, SpsStatus
+from mwl.domain import (
+    Code,
+    Order,
+    PatientDemographics,
+    RequestedProcedure,
+    ScheduledStep,
+    SpsStatus,
+)
 from mwl.errors import InvalidOrderError
 from mwl.models import Patient, ScheduledProcedureStep
 from mwl.models import RequestedProcedure as RequestedProcedureRow
-from mwl.names import name_search_key
+from mwl.patients import copy_demographics
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +57,10 @@ DEFAULT_STATUS_TABLE: Mapping[tuple[str, str], SpsStatus] = {
     ("RL", ""): SpsStatus.SCHEDULED,
     ("RL", "SC"): SpsStatus.SCHEDULED,
 }
+
+# Policies for a step that the order gives no start (Settings.hl7_missing_start).
+MISSING_START_NOW = "now"
+MISSING_START_REJECT = "reject"
 
 # Statuses after which an order message only changes the status of steps that exist:
 # a cancel for an order we never saw creates nothing.
@@ -155,19 +166,29 @@ def complete_identifiers(order: Order, procedure: RequestedProcedure) -> Request
     the placer order number, then a digest of the UID (16 characters, SH); an SPS
     ID falls back to the Requested Procedure ID, with ``.n`` for the n-th step.
     """
-    uid = procedure.study_instance_uid or derive_study_instance_uid(order, procedure)
+    uid = procedure.study_instance_uid
+    if not uid:
+        uid = derive_study_instance_uid(order, procedure)
+        # Fallbacks are logged by the field used, never by value (patient data).
+        logger.debug("fallback: Study Instance UID derived from the order numbers")
     rp_id = procedure.requested_procedure_id
     if not rp_id:
-        for candidate in (procedure.accession_number, procedure.placer_order_number):
+        for candidate, source in (
+            (procedure.accession_number, "the accession number"),
+            (procedure.placer_order_number, "the placer order number"),
+        ):
             if candidate and len(candidate) <= 16:
                 rp_id = candidate
+                logger.debug("fallback: Requested Procedure ID from %s", source)
                 break
         else:
             rp_id = uuid.uuid5(_UID_NAMESPACE, uid).hex[:16].upper()
+            logger.debug("fallback: Requested Procedure ID derived from the Study Instance UID")
     steps = []
     many = len(procedure.steps) > 1
     for index, step in enumerate(procedure.steps, start=1):
         if not step.scheduled_procedure_step_id:
+            logger.debug("fallback: Scheduled Procedure Step ID from the Requested Procedure ID")
             sps_id = f"{rp_id[: 16 - len(str(index)) - 1]}.{index}" if many else rp_id
             step = replace(step, scheduled_procedure_step_id=sps_id)
         steps.append(step)
@@ -196,6 +217,7 @@ def apply_order(
     *,
     status_table: Mapping[tuple[str, str], SpsStatus] = DEFAULT_STATUS_TABLE,
     now: dt.datetime | None = None,
+    missing_start: str = MISSING_START_NOW,
 ) -> OrderOutcome:
     """Bring the worklist in line with ``order``; the caller commits.
 
@@ -214,11 +236,16 @@ def apply_order(
         ORC-1/ORC-5 pairs to step status.
     now
         Start time for steps that have none (local time).
+    missing_start
+        What a new step without a start gets: ``"now"`` (``now``, as dcm4chee does)
+        or ``"reject"`` (the order is refused). A step that exists keeps its start.
 
     Raises
     ------
     InvalidOrderError
-        Unmapped order control, no patient ID, or nothing to identify the order.
+        Unmapped order control, no patient ID, nothing to identify the order, or
+        (``missing_start="reject"``) a new step without a start (location
+        ``order.start_location``).
     """
     status = step_status_for(order.order_control, order.order_status, status_table)
     if not order.patient.patient_id.strip():
@@ -265,6 +292,7 @@ def apply_order(
             action = OrderAction.UPDATED
         row.patient = patient
         _copy_procedure(row, procedure, order)
+        _check_starts(row, procedure.steps, order.start_location, missing_start)
         c, u, r = _reconcile_steps(row, procedure.steps, status, start_default)
         created, updated, removed = created + c, updated + u, removed + r
         actions.append((procedure.study_instance_uid, action))
@@ -285,10 +313,7 @@ def _upsert_patient(session: Session, demographics: PatientDemographics) -> Pati
             issuer_of_patient_id=demographics.issuer_of_patient_id,
         )
         session.add(patient)
-    patient.patient_name = demographics.patient_name
-    patient.patient_name_key = name_search_key(demographics.patient_name)
-    patient.patient_birth_date = demographics.patient_birth_date
-    patient.patient_sex = demographics.patient_sex
+    copy_demographics(patient, demographics)
     return patient
 
 
@@ -307,6 +332,45 @@ def _copy_procedure(row: RequestedProcedureRow, procedure: RequestedProcedure, o
     row.filler_order_number = procedure.filler_order_number
     row.sending_application = order.sending_application
     row.sending_facility = order.sending_facility
+    for name in _DETAILS:
+        setattr(row, name, getattr(procedure, name))
+
+
+# Order details copied as they are from RequestedProcedure to its row.
+_DETAILS = (
+    "institution_name",
+    "institutional_department_name",
+    "reason_for_the_requested_procedure",
+    "requested_procedure_comments",
+    "confidentiality_code",
+    "patient_transport_arrangements",
+    "patient_state",
+    "medical_alerts",
+    "patient_weight",
+    "patient_size",
+)
+
+
+def _check_starts(
+    row: RequestedProcedureRow,
+    steps: tuple[ScheduledStep, ...],
+    location: str,
+    policy: str,
+) -> None:
+    known = {s.scheduled_procedure_step_id: s for s in row.steps}
+    for step in steps:
+        if step.start is not None:
+            continue
+        stored = known.get(step.scheduled_procedure_step_id)
+        if stored is not None and stored.start_datetime is not None:
+            logger.debug("fallback: step start kept from the stored step (none in the order)")
+            continue
+        if policy == MISSING_START_REJECT:
+            raise InvalidOrderError(
+                "the order has no scheduled start (TQ1-7, ORC-7.4 or OBR-27.4)",
+                location=location,
+            )
+        logger.debug("fallback: step start set to now (no TQ1-7, ORC-7.4 or OBR-27.4)")
 
 
 def _reconcile_steps(

@@ -63,11 +63,26 @@ def _find(session: Session, patient_id: str, issuer: str) -> Patient | None:
     ).one_or_none()
 
 
-def _copy(row: Patient, demographics: PatientDemographics) -> None:
+# Patient values that a message may leave out (None in PatientDemographics).
+_OPTIONAL_VALUES = ("admission_id", "current_patient_location", "pregnancy_status", "allergies")
+
+
+def copy_demographics(row: Patient, demographics: PatientDemographics) -> None:
+    """Write what a message says about the patient onto the patient row.
+
+    Name, birth date and sex are always written (every PID states them). The visit
+    and medical values (admission ID, location, pregnancy status, allergies) are
+    written only when the message carried their segment (PV1, AL1): ``None`` keeps
+    the stored value, so an order without PV1 or a merge does not clear them.
+    """
     row.patient_name = demographics.patient_name
     row.patient_name_key = name_search_key(demographics.patient_name)
     row.patient_birth_date = demographics.patient_birth_date
     row.patient_sex = demographics.patient_sex
+    for name in _OPTIONAL_VALUES:
+        value = getattr(demographics, name)
+        if value is not None:
+            setattr(row, name, value)
 
 
 def apply_patient_message(session: Session, message: PatientMessage) -> PatientAction:
@@ -98,7 +113,7 @@ def apply_patient_message(session: Session, message: PatientMessage) -> PatientA
         row = _find(session, patient.patient_id, patient.issuer_of_patient_id)
         if row is None:
             return PatientAction.UNKNOWN_PATIENT
-        _copy(row, patient)
+        copy_demographics(row, patient)
         session.flush()
         return PatientAction.UPDATED
 
@@ -109,13 +124,13 @@ def apply_patient_message(session: Session, message: PatientMessage) -> PatientA
         return PatientAction.UNKNOWN_PATIENT
     target = _find(session, patient.patient_id, patient.issuer_of_patient_id)
     if target is prior:
-        _copy(prior, patient)
+        copy_demographics(prior, patient)
         session.flush()
         return PatientAction.UPDATED
     if target is None and message.change is PatientChange.CHANGE_ID:
         prior.patient_id = patient.patient_id
         prior.issuer_of_patient_id = patient.issuer_of_patient_id
-        _copy(prior, patient)
+        copy_demographics(prior, patient)
         session.flush()
         return PatientAction.RENAMED
     if target is None:
@@ -125,7 +140,7 @@ def apply_patient_message(session: Session, message: PatientMessage) -> PatientA
         session.add(target)
     # Merge (and an identifier change onto an identifier in use, which is a merge too):
     # the surviving patient takes over every requested procedure of the prior one.
-    _copy(target, patient)
+    copy_demographics(target, patient)
     for procedure in list(prior.procedures):
         procedure.patient = target
     session.flush()

@@ -86,9 +86,29 @@ COLUMNS: dict[str, InstrumentedAttribute[Any]] = {
     ),
     STATUS: ScheduledProcedureStep.status,
     START_TIME: ScheduledProcedureStep.start_time,
+    # Visit and patient medical values (patient row) and order details (procedure row).
+    "admission_id": Patient.admission_id,
+    "current_patient_location": Patient.current_patient_location,
+    "pregnancy_status": Patient.pregnancy_status,
+    "allergies": Patient.allergies,
+    "institution_name": RequestedProcedure.institution_name,
+    "institutional_department_name": RequestedProcedure.institutional_department_name,
+    "reason_for_the_requested_procedure": RequestedProcedure.reason_for_the_requested_procedure,
+    "requested_procedure_comments": RequestedProcedure.requested_procedure_comments,
+    "confidentiality_code": RequestedProcedure.confidentiality_code,
+    "patient_transport_arrangements": RequestedProcedure.patient_transport_arrangements,
+    "patient_state": RequestedProcedure.patient_state,
+    "medical_alerts": RequestedProcedure.medical_alerts,
+    "patient_weight": RequestedProcedure.patient_weight,
+    "patient_size": RequestedProcedure.patient_size,
 }
 
 MATCHABLE_ATTRIBUTES: frozenset[str] = frozenset(COLUMNS)
+# Columns holding several DICOM values separated by a backslash (Allergies, LO 1-n):
+# a key matches when it matches any one of them (PS3.4 C.2.2.2: "a value" of the
+# attribute), so "Iodine" finds "Penicillin\\Iodine".
+MULTI_VALUED_ATTRIBUTES: frozenset[str] = frozenset({"allergies"})
+VALUE_SEPARATOR = "\\"
 
 LIKE_ESCAPE = "\\"
 
@@ -173,7 +193,28 @@ def _condition(key: KeyMatch, dialect: str) -> ColumnElement[bool]:
         raise ValueError(f"{key.attribute!r} is not a matchable worklist attribute") from None
     if key.attribute == PATIENT_NAME:
         return _name_condition(column, key, dialect)
+    if key.attribute in MULTI_VALUED_ATTRIBUTES:
+        return and_(column != "", _any_value_condition(column, key, dialect))
     return and_(column != "", _value_condition(column, key, dialect))
+
+
+def _any_value_condition(
+    column: InstrumentedAttribute[Any], key: KeyMatch, dialect: str
+) -> ColumnElement[bool]:
+    """Match one of the backslash-separated stored values (first, last, inner or only)."""
+    if key.kind is MatchKind.RANGE:
+        raise ValueError(f"{key.attribute!r} cannot be range-matched")
+    sep = VALUE_SEPARATOR
+    alternatives = []
+    for value in key.values:
+        tokens = _tokens(value, wildcards=key.kind is MatchKind.WILDCARD)
+        alternatives += [
+            _pattern_condition(column, tokens, dialect),
+            _pattern_condition(column, [*tokens, sep, _ANY], dialect),
+            _pattern_condition(column, [_ANY, sep, *tokens], dialect),
+            _pattern_condition(column, [_ANY, sep, *tokens, sep, _ANY], dialect),
+        ]
+    return or_(*alternatives) if alternatives else false()
 
 
 def _value_condition(
@@ -316,5 +357,19 @@ def worklist_item(
         scheduled_protocol_codes=parse_codes(step.scheduled_protocol_codes),
         scheduled_procedure_step_status=SpsStatus(step.status),
         step_key=step.id,
+        admission_id=patient.admission_id,
+        current_patient_location=patient.current_patient_location,
+        pregnancy_status=patient.pregnancy_status,
+        allergies=patient.allergies,
+        institution_name=procedure.institution_name,
+        institutional_department_name=procedure.institutional_department_name,
+        reason_for_the_requested_procedure=procedure.reason_for_the_requested_procedure,
+        requested_procedure_comments=procedure.requested_procedure_comments,
+        confidentiality_code=procedure.confidentiality_code,
+        patient_transport_arrangements=procedure.patient_transport_arrangements,
+        patient_state=procedure.patient_state,
+        medical_alerts=procedure.medical_alerts,
+        patient_weight=procedure.patient_weight,
+        patient_size=procedure.patient_size,
     )
 

@@ -71,16 +71,24 @@ KEYS: tuple[KeySpec, ...] = (
     KeySpec("IssuerOfPatientID", "issuer_of_patient_id", "LO", Level.TOP, _TEXT),
     KeySpec("PatientBirthDate", "patient_birth_date", "DA", Level.TOP, _DATE),
     KeySpec("PatientSex", "patient_sex", "CS", Level.TOP, _TEXT, multiple_values=True),
-    KeySpec("PatientWeight", None, "DS", Level.TOP),
+    # DS and US values are matched as stored (single value; no wildcards, C.2.2.2.4).
+    KeySpec("PatientWeight", "patient_weight", "DS", Level.TOP, _SINGLE),
+    KeySpec("PatientSize", "patient_size", "DS", Level.TOP, _SINGLE),
     KeySpec("ConfidentialityConstraintOnPatientDataDescription", None, "LO", Level.TOP),
-    KeySpec("PatientState", None, "LO", Level.TOP),
-    KeySpec("PregnancyStatus", None, "US", Level.TOP),
-    KeySpec("MedicalAlerts", None, "LO", Level.TOP),
-    KeySpec("Allergies", None, "LO", Level.TOP),
+    KeySpec("PatientState", "patient_state", "LO", Level.TOP, _TEXT),
+    KeySpec("PregnancyStatus", "pregnancy_status", "US", Level.TOP, _SINGLE),
+    KeySpec("MedicalAlerts", "medical_alerts", "LO", Level.TOP, _TEXT),
+    # LO 1-n: a key matches any one of the patient's allergies; several key values
+    # are ORed (C.2.2.2.8).
+    KeySpec("Allergies", "allergies", "LO", Level.TOP, _TEXT, multiple_values=True),
     KeySpec("SpecialNeeds", None, "LO", Level.TOP),
     # Visit (K.6-1 Visit modules).
-    KeySpec("AdmissionID", None, "LO", Level.TOP),
-    KeySpec("CurrentPatientLocation", None, "LO", Level.TOP),
+    KeySpec("AdmissionID", "admission_id", "LO", Level.TOP, _TEXT),
+    KeySpec("CurrentPatientLocation", "current_patient_location", "LO", Level.TOP, _TEXT),
+    KeySpec("InstitutionName", "institution_name", "LO", Level.TOP, _TEXT),
+    KeySpec(
+        "InstitutionalDepartmentName", "institutional_department_name", "LO", Level.TOP, _TEXT
+    ),
     KeySpec("ReferencedPatientSequence", None, "SQ", Level.TOP),
     # Imaging service request.
     KeySpec("AccessionNumber", "accession_number", "SH", Level.TOP, _TEXT, multiple_values=True),
@@ -107,7 +115,18 @@ KEYS: tuple[KeySpec, ...] = (
         "RequestedProcedurePriority", "requested_procedure_priority", "SH", Level.TOP, _TEXT,
         multiple_values=True,
     ),
-    KeySpec("PatientTransportArrangements", None, "LO", Level.TOP),
+    KeySpec(
+        "PatientTransportArrangements", "patient_transport_arrangements", "LO", Level.TOP,
+        _TEXT,
+    ),
+    KeySpec(
+        "ReasonForTheRequestedProcedure", "reason_for_the_requested_procedure", "LO",
+        Level.TOP, _TEXT,
+    ),
+    KeySpec(
+        "RequestedProcedureComments", "requested_procedure_comments", "LT", Level.TOP, _TEXT
+    ),
+    KeySpec("ConfidentialityCode", "confidentiality_code", "LO", Level.TOP, _TEXT),
     KeySpec("ReferencedStudySequence", None, "SQ", Level.TOP),
     # The Scheduled Procedure Step Sequence: one item per response (K.6-1).
     KeySpec("ScheduledProcedureStepSequence", None, "SQ", Level.TOP),

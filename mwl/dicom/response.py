@@ -30,6 +30,7 @@ DEFAULT_REPERTOIRE = ("", "ISO_IR 6")
 REPLACEMENT = "?"
 
 _NUMERIC_VRS = frozenset({"US", "SS", "UL", "SL", "FL", "FD", "DS", "IS"})
+_BINARY_INTEGER_VRS = frozenset({"US", "SS", "UL", "SL"})
 _SKIPPED = frozenset({"SpecificCharacterSet", "QueryRetrieveLevel"})
 
 
@@ -131,7 +132,7 @@ def _sequence(
     return Sequence()  # Type 2 sequence the broker does not hold: present, empty
 
 
-def _value(spec: KeySpec, source: WorklistItem | Code | None, codec: str) -> str | None:
+def _value(spec: KeySpec, source: WorklistItem | Code | None, codec: str) -> str | int | None:
     if spec.attribute is None or source is None:
         # Zero length: text VRs as "", numbers (US, DS) as None, as pydicom reads them.
         return None if spec.vr in _NUMERIC_VRS else ""
@@ -141,6 +142,12 @@ def _value(spec: KeySpec, source: WorklistItem | Code | None, codec: str) -> str
         return source.start.strftime(pattern)
     value = getattr(source, spec.attribute)
     text = str(value.value if hasattr(value, "value") else value)
+    if spec.vr in _NUMERIC_VRS:
+        # Stored as text; binary VRs (US: Pregnancy Status) are written as numbers,
+        # DS as its decimal string. Unknown: zero length (Type 2).
+        if not text:
+            return None
+        return int(text) if spec.vr in _BINARY_INTEGER_VRS else text
     return _representable(text, codec) if text else ""
 
 

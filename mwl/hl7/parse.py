@@ -12,6 +12,7 @@ from __future__ import annotations
 import codecs
 import datetime as dt
 import logging
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -102,6 +103,19 @@ PRIORITIES: Mapping[str, str] = {
 
 # DICOM value length limits (PS3.5 6.2) of the attributes the mapping fills.
 SH, LO, CS, AE, PN = 16, 64, 16, 16, 64 * 5
+
+# Allergies (0010,2110) is LO with several values: the column holds this many characters.
+ALLERGIES_LENGTH = 1024
+# OBX-3 naming the patient's weight or height: OBX-3.2 as HL7-MAPPING.md has it, or
+# the LOINC code in OBX-3.1 (29463-7 body weight, 3141-9 measured, 8302-2 height).
+_WEIGHT_NAMES = frozenset({"BODY WEIGHT", "29463-7", "3141-9"})
+_HEIGHT_NAMES = frozenset({"BODY HEIGHT", "8302-2"})
+# OBX-6 unit -> factor to kilograms (weight) or metres (height, Patient's Size).
+_WEIGHT_UNITS: Mapping[str, float] = {"KG": 1.0, "G": 0.001}
+_HEIGHT_UNITS: Mapping[str, float] = {"M": 1.0, "CM": 0.01}
+# PV1-15 ambulatory status (HL7 table 0009) B6 = pregnant -> Pregnancy Status 3 (PS3.3).
+_PREGNANT = "B6"
+PREGNANCY_STATUS_PREGNANT = "3"
 
 _UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
 _DIGITS8 = re.compile(r"[0-9]{8}")
@@ -447,6 +461,8 @@ def split_segments(raw: bytes, header: MessageHeader) -> list[Segment]:
             f"message is not valid {header.charset or 'in the default character set'}"
             f" ({header.codec}) at byte {exc.start}",
         ) from None
+    if not header.charset:
+        logger.debug("fallback: MSH-18 empty, message read in the default character set")
     enc = (header.encoding_characters + "^~\\&"[len(header.encoding_characters) :])[:4]
     delimiters = _Delimiters(header.field_separator, enc[0], enc[1], enc[2], enc[3])
     segments: list[Segment] = []
@@ -588,6 +604,9 @@ class _Group:
     tq1: Segment | None = None
     zds: Segment | None = None
     ipcs: list[Segment] = field(default_factory=list)
+    # NTE right after the OBR (order notes, before any OBX) and the OBX of the order.
+    notes: list[Segment] = field(default_factory=list)
+    observations: list[Segment] = field(default_factory=list)
 
 
 def check_supported(header: MessageHeader) -> None:
@@ -650,11 +669,17 @@ def map_patient_messages(
     change = ADT_CHANGES[header.trigger_event]
     messages: list[PatientMessage] = []
     pid: Segment | None = None
+    pv1: Segment | None = None
+    allergies: list[Segment] = []
     for segment in segments:
         if segment.name == "PID":
+            if change is PatientChange.UPDATE and pid is not None:
+                break  # one patient per update message (A08/A31)
             pid = segment
-            if change is PatientChange.UPDATE and not messages:
-                messages.append(PatientMessage(change, _patient(segment)))
+        elif segment.name == "PV1" and pid is not None and pv1 is None:
+            pv1 = segment
+        elif segment.name == "AL1" and pid is not None:
+            allergies.append(segment)
         elif segment.name == "MRG" and change is not PatientChange.UPDATE:
             if pid is None:
                 raise Hl7MessageError(SEGMENT_SEQUENCE_ERROR, "PID", "MRG without a PID before it")
@@ -666,6 +691,11 @@ def map_patient_messages(
                     change, _patient(pid), prior_id, _identifier(segment.get(1, 4), LO, "MRG-1.4")
                 )
             )
+    if change is PatientChange.UPDATE and pid is not None:
+        # A08/A31 carry the visit (PV1) and allergies (AL1) as well: they update them.
+        messages.append(
+            PatientMessage(change, _patient(pid, pv1, allergies, has_visit=pv1 is not None))
+        )
     if not messages:
         missing = "PID" if change is PatientChange.UPDATE or pid is None else "MRG"
         raise Hl7MessageError(
@@ -705,6 +735,7 @@ def map_order(header: MessageHeader, segments: list[Segment], options: MappingOp
     """The mapping proper, on already split segments (see :func:`parse_order`)."""
     pid: Segment | None = None
     pv1: Segment | None = None
+    allergies: list[Segment] = []
     groups: list[_Group] = []
     for segment in segments:
         name = segment.name
@@ -712,6 +743,8 @@ def map_order(header: MessageHeader, segments: list[Segment], options: MappingOp
             pid = segment
         elif name == "PV1" and pv1 is None:
             pv1 = segment
+        elif name == "AL1" and not groups:
+            allergies.append(segment)
         elif name == "ORC":
             groups.append(_Group(orc=segment))
         elif groups:
@@ -728,11 +761,16 @@ def map_order(header: MessageHeader, segments: list[Segment], options: MappingOp
                 group.zds = segment
             elif name == "IPC":
                 group.ipcs.append(segment)
+            elif name == "OBX" and group.obr is not None:
+                group.observations.append(segment)
+            elif name == "NTE" and group.obr is not None and not group.observations:
+                # An NTE after an OBX comments on that observation, not on the order.
+                group.notes.append(segment)
     if pid is None:
         raise Hl7MessageError(SEGMENT_SEQUENCE_ERROR, "PID", "the message has no PID segment")
     if not groups:
         raise Hl7MessageError(SEGMENT_SEQUENCE_ERROR, "ORC", "the message has no ORC segment")
-    patient = _patient(pid)
+    patient = _patient(pid, pv1, allergies, has_visit=pv1 is not None)
 
     order_control = groups[0].orc.get(1).upper()
     order_status = groups[0].orc.get(5).upper()
@@ -760,6 +798,13 @@ def map_order(header: MessageHeader, segments: list[Segment], options: MappingOp
         procedures=tuple(procedures),
         sending_application=_hd(header.sending_application, header),
         sending_facility=_hd(header.sending_facility, header),
+        # Where the sender should have put a start it left out: TQ1-7 in the v2.5
+        # style (a TQ1 segment), else ORC-7.4 (TQ in ORC, v2.3.1).
+        start_location=(
+            "TQ1-7"
+            if any(g.tq1 is not None for g in groups) or header.version_id in {"2.5", "2.5.1"}
+            else "ORC-7.4"
+        ),
     )
 
 
@@ -768,7 +813,19 @@ def _hd(value: str, header: MessageHeader) -> str:
     return unescape(value.split(header.encoding_characters[0])[0]).strip()
 
 
-def _patient(pid: Segment) -> PatientDemographics:
+def _patient(
+    pid: Segment,
+    pv1: Segment | None = None,
+    allergies: Sequence[Segment] = (),
+    *,
+    has_visit: bool = False,
+) -> PatientDemographics:
+    """PID (with PV1 and AL1 when the message has them) -> demographics.
+
+    With ``has_visit`` false the visit values stay ``None`` (not carried: the stored
+    ones are kept), except an Admission ID from PID-18. Allergies are ``None`` when
+    the message has no AL1 segment.
+    """
     patient_id = pid.get(3, 1)
     if not patient_id:
         raise Hl7MessageError(REQUIRED_FIELD_MISSING, "PID-3", "patient ID is empty")
@@ -784,7 +841,115 @@ def _patient(pid: Segment) -> PatientDemographics:
         patient_name=_text(_xpn(pid, 5), PN),
         patient_birth_date=birth,
         patient_sex=_sex(pid.get(8)),
+        admission_id=_admission_id(pid, pv1, has_visit),
+        current_patient_location=_location(pv1) if has_visit and pv1 is not None else None,
+        pregnancy_status=_pregnancy(pv1) if has_visit and pv1 is not None else None,
+        allergies=_allergies(allergies) if allergies else None,
     )
+
+
+def _admission_id(pid: Segment, pv1: Segment | None, has_visit: bool) -> str | None:
+    """Admission ID: PV1-19.1 (visit number), else PID-18.1 (account number)."""
+    visit = pv1.get(19, 1) if pv1 is not None else ""
+    if visit:
+        return _identifier(visit, LO, "PV1-19")
+    account = pid.get(18, 1)
+    if account:
+        logger.debug("fallback: Admission ID from PID-18 (PV1-19 empty)")
+        return _identifier(account, LO, "PID-18")
+    return "" if has_visit else None
+
+
+def _location(pv1: Segment) -> str:
+    """PV1-3 (PL: point of care ^ room ^ bed) as readable text: ``RAD, room 12, bed 3``."""
+    point, room, bed = (pv1.get(3, c) for c in (1, 2, 3))
+    parts = [point] if point else []
+    parts += [f"room {room}"] if room else []
+    parts += [f"bed {bed}"] if bed else []
+    return _lo(", ".join(parts))
+
+
+def _pregnancy(pv1: Segment) -> str:
+    """PV1-15 (ambulatory status, repeating): ``B6`` (pregnant) -> 3, else unknown."""
+    statuses = {pv1.get(15, 1, repetition=r).upper() for r in range(len(pv1.repetitions(15)))}
+    return PREGNANCY_STATUS_PREGNANT if _PREGNANT in statuses else ""
+
+
+def _allergies(segments: Sequence[Segment]) -> str:
+    """AL1-3 (allergen, CE: text .2, else code .1) of every AL1, as LO values."""
+    values: list[str] = []
+    for segment in segments:
+        value = _lo(_ce_text(segment, 3))
+        if value and value not in values:
+            values.append(value)
+    text = ""
+    for value in values:
+        # Whole values only: a cut value would name a different allergen.
+        candidate = f"{text}\\{value}" if text else value
+        if len(candidate) > ALLERGIES_LENGTH:
+            break
+        text = candidate
+    return text
+
+
+def _lo(value: str) -> str:
+    """Text for a single-valued LO: a backslash would split it (PS3.5 6.2), line breaks
+    are not allowed; cut to 64 characters like the other descriptions."""
+    return " ".join(value.replace("\\", "/").split())[:LO]
+
+
+def _ce_text(segment: Segment, position: int, repetition: int = 0) -> str:
+    """A CE/CWE as words: its text (.2), else its identifier (.1)."""
+    return segment.get(position, 2, repetition=repetition) or segment.get(
+        position, 1, repetition=repetition
+    )
+
+
+def _first(candidates: Sequence[tuple[str, str]], target: str) -> str:
+    """The first non-empty value; taking a later field is logged (field names only)."""
+    for index, (value, location) in enumerate(candidates):
+        if value:
+            if index:
+                logger.debug(
+                    "fallback: %s from %s (%s empty)", target, location, candidates[0][1]
+                )
+            return value
+    return ""
+
+
+def _comments(notes: Sequence[Segment]) -> str:
+    """Requested Procedure Comments (LT): NTE-3 of the order's NTE segments, line by line."""
+    lines = [
+        note.get(3, repetition=r) for note in notes for r in range(len(note.repetitions(3)))
+    ]
+    # LT allows CR LF and 10240 characters (PS3.5 6.2).
+    return "\r\n".join(line for line in lines if line)[:10240]
+
+
+def _measurement(
+    observations: Sequence[Segment], names: frozenset[str], units: Mapping[str, float], what: str
+) -> str:
+    """Patient's Weight or Size (DS) from the first OBX that names it with a known unit."""
+    for obx in observations:
+        if obx.get(3, 2).upper() not in names and obx.get(3, 1).upper() not in names:
+            continue
+        factor = units.get(obx.get(6, 1).upper())
+        if factor is None:
+            logger.debug("OBX-6 unit of the %s is not one of %s; not used", what, sorted(units))
+            continue
+        try:
+            number = float(obx.get(5, 1)) * factor
+        except ValueError:
+            number = math.nan
+        if not math.isfinite(number) or number <= 0:
+            # Lenient on input: a wrong measurement loses a Type 2 value, not the order.
+            logger.info("OBX-5 of the %s is not a positive number; left empty", what)
+            continue
+        if factor != 1.0:
+            logger.debug("%s converted from OBX-6 %s", what, obx.get(6, 1))
+        # DS holds 16 characters; six significant digits are more than scales give.
+        return f"{number:.6g}"
+    return ""
 
 
 def _identifier(value: str, limit: int, location: str) -> str:
@@ -813,8 +978,10 @@ def _start(group: _Group) -> dt.datetime | None:
     candidates.append((group.orc.get(7, 4), "ORC-7.4"))
     if group.obr is not None:
         candidates.append((group.obr.get(27, 4), "OBR-27.4"))
-    for value, location in candidates:
+    for index, (value, location) in enumerate(candidates):
         if value:
+            if index:
+                logger.debug("fallback: step start from %s (%s empty)", location, candidates[0][1])
             return parse_timestamp(value, location)
     return None
 
@@ -866,16 +1033,48 @@ def _route(step: ScheduledStep, procedure_code: str, options: MappingOptions) ->
     return step
 
 
+def _details(header: MessageHeader, group: _Group) -> dict[str, str]:
+    """The order details of HL7-MAPPING.md section 1, as RequestedProcedure fields."""
+    orc, obr = group.orc, group.obr
+    assert obr is not None
+    reasons = [_ce_text(obr, 31, r) for r in range(len(obr.repetitions(31)))]
+    return dict(
+        institution_name=_lo(
+            _first(
+                [(_ce_text(orc, 17), "ORC-17"), (_hd(header.sending_facility, header), "MSH-4")],
+                "Institution Name",
+            )
+        ),
+        institutional_department_name=_lo(orc.get(13, 9)),
+        reason_for_the_requested_procedure=_lo("; ".join(r for r in reasons if r)),
+        requested_procedure_comments=_comments(group.notes),
+        confidentiality_code=_lo(_ce_text(orc, 28)),
+        patient_transport_arrangements=_lo(obr.get(30)),
+        patient_state=_lo(_ce_text(obr, 12)),
+        # OBR-13 is ST: components (an unescaped ^) are words of one text.
+        medical_alerts=_lo(" ".join(c for c in obr.components(13) if c)),
+        patient_weight=_measurement(group.observations, _WEIGHT_NAMES, _WEIGHT_UNITS, "weight"),
+        patient_size=_measurement(group.observations, _HEIGHT_NAMES, _HEIGHT_UNITS, "height"),
+    )
+
+
 def _procedures(
     header: MessageHeader, group: _Group, referring: str, options: MappingOptions
 ) -> list[RequestedProcedure]:
     obr = group.obr
     assert obr is not None
     orc = group.orc
-    placer = _identifier(orc.get(2) or obr.get(2), LO, "ORC-2")
-    filler = _identifier(orc.get(3) or obr.get(3), LO, "ORC-3")
+    placer = _identifier(
+        _first([(orc.get(2), "ORC-2"), (obr.get(2), "OBR-2")], "placer order number"), LO, "ORC-2"
+    )
+    filler = _identifier(
+        _first([(orc.get(3), "ORC-3"), (obr.get(3), "OBR-3")], "filler order number"), LO, "ORC-3"
+    )
     universal = _checked_code(_code(obr, 4), "OBR-4")
-    requested_code = _checked_code(_code(obr, 44), "OBR-44") or universal
+    requested_code = _checked_code(_code(obr, 44), "OBR-44")
+    if requested_code is None and universal is not None:
+        logger.debug("fallback: Requested Procedure Code from OBR-4 (OBR-44 empty)")
+        requested_code = universal
     description = _text(requested_code.meaning, LO) if requested_code else ""
     protocol = _checked_code(_code(obr, 4, options.protocol_code_components), "OBR-4")
     start = _start(group)
@@ -890,9 +1089,12 @@ def _procedures(
         referring_physician_name=referring,
         placer_order_number=placer,
         filler_order_number=filler,
+        **_details(header, group),
     )
     code_value = requested_code.value if requested_code else ""
     orc18 = _identifier(orc.get(18), AE, "ORC-18") if options.station_from_orc18 else ""
+    if orc18:
+        logger.debug("fallback: Scheduled Station AE Title from ORC-18 where IPC-9 is empty")
 
     if group.ipcs:
         # OMI^O23: one SPS per IPC; IPC-1/2/3 say which requested procedure it is in.
@@ -939,6 +1141,8 @@ def _procedures(
         ]
 
     study_uid = _uid(group.zds.get(1) if group.zds is not None else "", "ZDS-1")
+    if protocol is None:
+        logger.debug("fallback: SPS Description from the requested procedure (no OBR-4 protocol)")
     step = ScheduledStep(
         scheduled_procedure_step_id=_identifier(obr.get(20), SH, "OBR-20"),
         modality=_modality(obr.get(24), options, "OBR-24"),

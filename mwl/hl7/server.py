@@ -15,10 +15,11 @@ each is acknowledged before the next is read, as dcm4che does. Per message:
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import socketserver
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy.exc import DataError, IntegrityError, OperationalError, SQLAlchemyError
@@ -331,18 +332,23 @@ class Hl7Server:
             )
             return build_ack(header, unavailable.ack_code, unavailable)
 
-        if previous is not None:
-            logger.info(
-                "HL7 message %s (%s) from %s is a resend of an accepted message; original ACK sent",
-                control_id,
-                message_type,
-                peer,
-            )
-            self._record(key, ACCEPT, previous, "resend of an accepted message; not applied again")
-            return previous
-
         error: Hl7MessageError
         try:
+            if header is not None:
+                # Before the resend check: a sender taken off the list gets no ACK but AR.
+                self._check_sender(header)
+            if previous is not None:
+                logger.info(
+                    "HL7 message %s (%s) from %s is a resend of an accepted message;"
+                    " original ACK sent",
+                    control_id,
+                    message_type,
+                    peer,
+                )
+                self._record(
+                    key, ACCEPT, previous, "resend of an accepted message; not applied again"
+                )
+                return previous
             return self._apply(raw, header, key, peer)
         except Hl7MessageError as exc:
             error = exc
@@ -386,6 +392,33 @@ class Hl7Server:
         self._record(key, error.ack_code, ack, str(error))
         return ack
 
+    def _check_sender(self, header: MessageHeader) -> None:
+        """Refuse a sender not in ``hl7_accepted_senders`` (empty list: every sender).
+
+        HL7 table 0357 has no code for an unknown sender; dcm4che (whose accepted
+        sending applications this setting mirrors) answers 103 "Table value not
+        found" at MSH-3 with AR, so the RIS sees the message will never be taken.
+        """
+        patterns = self.settings.hl7_accepted_senders
+        application = _hd(header.sending_application, header)
+        facility = _hd(header.sending_facility, header)
+        if not patterns or sender_accepted(patterns, application, facility):
+            return
+        # Application and facility names identify systems, not patients: fine at INFO.
+        logger.info(
+            "HL7 message %s from sender %s|%s: not in hl7_accepted_senders",
+            header.message_control_id or "-",
+            application,
+            facility,
+        )
+        raise Hl7MessageError(
+            TABLE_VALUE_NOT_FOUND,
+            "MSH-3",
+            f"sending application {application!r} / facility {facility!r}"
+            " (MSH-3 / MSH-4) not accepted",
+            "AR",
+        )
+
     def _apply(self, raw: bytes, header: MessageHeader | None, key: int, peer: str) -> bytes:
         if header is None:
             raise Hl7MessageError(
@@ -397,7 +430,12 @@ class Hl7Server:
             try:
                 with self._sessions.begin() as session:
                     if isinstance(parsed, Order):
-                        outcome = apply_order(session, parsed, status_table=self.status_table)
+                        outcome = apply_order(
+                            session,
+                            parsed,
+                            status_table=self.status_table,
+                            missing_start=self.settings.hl7_missing_start,
+                        )
                         summary = (
                             f"{outcome.status.value}, {outcome.steps_created} step(s) created,"
                             f" {outcome.steps_updated} updated, {outcome.steps_removed} removed"
@@ -433,6 +471,30 @@ class Hl7Server:
             logger.error(
                 "outcome of HL7 message log entry %d not recorded (%s)", key, type(exc).__name__
             )
+
+
+def sender_accepted(patterns: Sequence[str], application: str, facility: str) -> bool:
+    """Whether ``application|facility`` matches one ``APP|FACILITY`` pattern.
+
+    ``*`` stands for any run of characters; everything else compares exactly, as
+    HL7 HD values are case-sensitive. A pattern without ``|`` accepts any facility.
+    """
+    for pattern in patterns:
+        app_pattern, _, facility_pattern = pattern.partition("|")
+        if _glob(app_pattern or "*").fullmatch(application) and _glob(
+            facility_pattern or "*"
+        ).fullmatch(facility):
+            return True
+    return False
+
+
+def _glob(pattern: str) -> re.Pattern[str]:
+    return re.compile(".*".join(re.escape(part) for part in pattern.split("*")), re.DOTALL)
+
+
+def _hd(value: str, header: MessageHeader) -> str:
+    """HD namespace ID: MSH-3.1 / MSH-4.1 (the universal ID parts are not compared)."""
+    return value.split(header.encoding_characters[:1] or "^")[0].strip()
 
 
 def _is_transient(exc: OperationalError) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import replace
 
 import pytest
 from sqlalchemy import func, select
@@ -10,6 +11,7 @@ from sqlalchemy import func, select
 from mwl.domain import Order, PatientDemographics, RequestedProcedure, ScheduledStep, SpsStatus
 from mwl.errors import InvalidOrderError
 from mwl.models import Patient, ScheduledProcedureStep
+from mwl.models import RequestedProcedure as ProcedureRow
 from mwl.orders import OrderAction, apply_order
 
 
@@ -77,3 +79,45 @@ def test_unmapped_order_control_is_rejected_and_stores_nothing(session_factory):
     assert info.value.location == "ORC-1"
     with session_factory() as session:
         assert session.scalar(select(func.count()).select_from(Patient)) == 0
+
+
+def test_order_details_are_stored_and_replaced_by_an_update(session_factory):
+    order = make_order()
+    detailed = replace(
+        order,
+        procedures=(
+            replace(order.procedures[0], patient_weight="72.5", medical_alerts="Pacemaker"),
+        ),
+        patient=replace(order.patient, admission_id="V1", allergies="Latex"),
+    )
+    with session_factory.begin() as session:
+        apply_order(session, detailed)
+    # An update without the details clears the order's (the order states them all) but
+    # keeps the patient's values its message did not carry (None).
+    with session_factory.begin() as session:
+        apply_order(session, make_order(control="XO"))
+    with session_factory() as session:
+        procedure = session.scalars(select(ProcedureRow)).one()
+        assert (procedure.patient_weight, procedure.medical_alerts) == ("", "")
+        patient = session.scalars(select(Patient)).one()
+        assert (patient.admission_id, patient.allergies) == ("V1", "Latex")
+
+
+def test_missing_start_policy(session_factory):
+    order = make_order()
+    no_start = replace(
+        order,
+        procedures=(replace(order.procedures[0], steps=(ScheduledStep("S1", modality="CT"),)),),
+        start_location="ORC-7.4",
+    )
+    with session_factory.begin() as session, pytest.raises(InvalidOrderError) as info:
+        apply_order(session, no_start, missing_start="reject")
+    assert info.value.location == "ORC-7.4"
+    now = dt.datetime(2026, 11, 22, 8, 0)
+    with session_factory.begin() as session:
+        apply_order(session, no_start, now=now)  # default "now"
+    with session_factory.begin() as session:
+        # The step exists with a start now: "reject" accepts an update without one.
+        apply_order(session, replace(no_start, order_control="XO"), missing_start="reject")
+    with session_factory() as session:
+        assert session.scalars(select(ScheduledProcedureStep.start_datetime)).all() == [now]

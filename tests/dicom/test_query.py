@@ -165,9 +165,18 @@ def test_query_retrieve_level_is_neither_required_nor_used():
 
 
 def test_unsupported_matching_keys_are_reported_not_matched():
-    parsed = parse_identifier(top_query(AdmissionID="A1", PatientWeight="70", PatientID=""))
+    parsed = parse_identifier(
+        top_query(
+            SpecialNeeds="wheelchair",
+            ConfidentialityConstraintOnPatientDataDescription="VIP",
+            PatientID="",
+        )
+    )
     assert parsed.query.keys == ()
-    assert set(parsed.unsupported_keys) == {"AdmissionID", "PatientWeight"}
+    assert set(parsed.unsupported_keys) == {
+        "SpecialNeeds",
+        "ConfidentialityConstraintOnPatientDataDescription",
+    }
 
 
 def test_sps_sequence_with_two_items_is_refused():

@@ -105,13 +105,13 @@ def test_malformed_date_fails_then_next_query_succeeds(scp, find, identifier):
 
 
 def test_unsupported_matching_key_is_ignored_with_warning_status(scp, find, identifier):
-    result = find(scp.address, identifier(PatientID="P1", AdmissionID="ADM7"))
+    result = find(scp.address, identifier(PatientID="P1", SpecialNeeds="wheelchair"))
     assert [int(s.Status) for s in result.statuses] == [
         PENDING_OPTIONAL_KEYS_NOT_SUPPORTED,
         Status.SUCCESS,
     ]
     (found,) = result.identifiers
-    assert found.AdmissionID == ""  # Type 2 the broker does not hold: present, empty
+    assert found.SpecialNeeds == ""  # Type 2 the broker does not hold: present, empty
 
 
 def test_every_query_is_logged(scp, module_engine, find, identifier):
