@@ -65,6 +65,13 @@ def _build_parser() -> argparse.ArgumentParser:
     db_commands = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
     db_commands.add_parser("upgrade", help="migrate the database to the newest schema")
 
+    purge = commands.add_parser(
+        "purge", help="delete finished and stale steps, old MPPS and sent RIS messages now"
+    )
+    purge.add_argument(
+        "--dry-run", action="store_true", help="only count what would be deleted"
+    )
+
     user = commands.add_parser("user", help="web users")
     user_commands = user.add_subparsers(dest="user_command", metavar="ACTION", required=True)
     add = user_commands.add_parser(
@@ -100,6 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_OK
         if args.command == "db":
             return db_upgrade(settings)
+        if args.command == "purge":
+            return purge_now(settings, dry_run=args.dry_run)
         if args.command == "user":
             return user_add(settings, args.name, args.role)
         if args.command == "hl7":
@@ -127,6 +136,42 @@ def db_upgrade(settings: Settings) -> int:
     finally:
         engine.dispose()
     print("database is at the newest schema")
+    return EXIT_OK
+
+
+def purge_now(settings: Settings, *, dry_run: bool) -> int:
+    """``mwl purge [--dry-run]``: apply the retention settings once, with a progress bar."""
+    from mwl.migrate import upgrade
+    from mwl.retention import RetentionPolicy, purge
+
+    bar = sys.stderr.isatty()
+
+    def progress(done: int, total: int) -> None:
+        if bar and total:
+            filled = int(30 * done / total)
+            sys.stderr.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {done}/{total}")
+            sys.stderr.flush()
+
+    engine = make_engine(settings.database_url)
+    try:
+        upgrade(engine)
+        counts = purge(
+            make_session_factory(engine, writer=True),
+            RetentionPolicy.from_settings(settings),
+            batch_size=settings.retention_batch_size,
+            dry_run=dry_run,
+            progress=progress,
+        )
+    finally:
+        engine.dispose()
+    if bar and counts.total:
+        sys.stderr.write("\n")
+    verb = "would delete" if dry_run else "deleted"
+    print(
+        f"{verb} {counts.steps} scheduled step(s), {counts.performed_steps} performed"
+        f" step(s), {counts.outbox_messages} outbox message(s)"
+        + ("" if dry_run else f"; {counts.procedures} emptied requested procedure(s)")
+    )
     return EXIT_OK
 
 
@@ -159,8 +204,10 @@ def user_add(settings: Settings, name: str, role: str) -> int:
 def serve(settings: Settings) -> int:
     """``mwl serve``: migrate, start HL7, DICOM and web, run until SIGTERM or SIGINT."""
     from mwl.dicom.scp import WorklistScp
+    from mwl.hl7.sender import OutboxSender
     from mwl.hl7.server import Hl7Server
     from mwl.migrate import upgrade
+    from mwl.retention import Housekeeper
     from web import create_app
     from web.server import WebServer
 
@@ -179,17 +226,27 @@ def serve(settings: Settings) -> int:
     upgrade(engine)
     readers = make_session_factory(engine)
     writers = make_session_factory(engine, writer=True)
-    services: list[Hl7Server | WorklistScp | WebServer] = []
+    services: list[Hl7Server | WorklistScp | WebServer | OutboxSender | Housekeeper] = []
     try:
         hl7 = Hl7Server(settings, writers)
         hl7.start()
         services.append(hl7)
-        scp = WorklistScp(settings, readers)
+        scp = WorklistScp(settings, readers, writers)
         scp.start()
         services.append(scp)
         web = WebServer(create_app(settings, readers), settings.bind_address, settings.web_port)
         web.start()
         services.append(web)
+        # Background work starts once every listener is up, and stops first.
+        if settings.ris_host:
+            sender = OutboxSender(settings, writers)
+            sender.start()
+            services.append(sender)
+            print(f"RIS status messages to {settings.ris_host}:{settings.ris_port}", flush=True)
+        if settings.retention_interval_seconds > 0:
+            housekeeper = Housekeeper(settings, writers)
+            housekeeper.start()
+            services.append(housekeeper)
         host, port = hl7.address[:2]
         print(f"HL7 MLLP listening on {host}:{port}", flush=True)
         host, port = scp.address[:2]

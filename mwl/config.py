@@ -21,6 +21,171 @@ ENV_PREFIX = "MWL_"
 
 
 @dataclass(frozen=True)
+class DicomAeProfile:
+    """Worklist policy for one calling AE (a ``[[dicom.ae_profiles]]`` table).
+
+    ``host`` (optional) restricts the profile to one peer address. Empty values
+    fall back to the broker-wide settings (``dicom_response_charset``,
+    ``dicom_max_matches``).
+    """
+
+    ae_title: str
+    host: str = ""
+    # Specific Character Set of responses, e.g. "ISO_IR 100" for a Latin-1 modality.
+    response_charset: str = ""
+    # Use the calling AE title as Scheduled Station AE Title when the query names none.
+    calling_ae_as_station: bool = False
+    # A query without SPS Start Date gets today .. today + (days - 1); 0 = no window.
+    date_window_days: int = 0
+    # Step statuses shown when the query names none (default: all but the hidden ones).
+    visible_statuses: tuple[str, ...] = ()
+    # At most this many matches (0 = dicom_max_matches).
+    max_matches: int = 0
+
+
+def _dicom_ae_profiles(value: Any) -> tuple[DicomAeProfile, ...]:
+    if not isinstance(value, list):
+        raise ValueError("expected a list of tables")
+    profiles = []
+    for row in value:
+        if not isinstance(row, Mapping):
+            raise ValueError("each profile is a table")
+        unknown = set(row) - {f.name for f in fields(DicomAeProfile)}
+        if unknown:
+            raise ValueError(f"unknown profile key(s) {sorted(unknown)}")
+        title = str(row["ae_title"])
+        if not title.strip() or len(title) > 16:
+            raise ValueError(f"{title!r} is not an AE title")
+        statuses = tuple(str(s).upper() for s in row.get("visible_statuses", ()))
+        profiles.append(
+            DicomAeProfile(
+                ae_title=title,
+                host=str(row.get("host", "")),
+                response_charset=str(row.get("response_charset", "")),
+                calling_ae_as_station=bool(row.get("calling_ae_as_station", False)),
+                date_window_days=int(row.get("date_window_days", 0)),
+                visible_statuses=statuses,
+                max_matches=int(row.get("max_matches", 0)),
+            )
+        )
+    return tuple(profiles)
+
+
+@dataclass(frozen=True)
+class Hl7StationRule:
+    """Routes scheduled steps without a station (no IPC-9) to one: ``[[hl7.station_rules]]``.
+
+    Every condition given must match (compared case-insensitively); empty means any.
+    The first matching rule wins.
+    """
+
+    station_ae_title: str
+    station_name: str = ""
+    modality: str = ""
+    procedure_code: str = ""
+    location: str = ""
+
+    def matches(self, modality: str, procedure_code: str, location: str) -> bool:
+        """True when each condition of the rule is empty or equal to the value."""
+        return all(
+            not want or want.upper() == value.upper()
+            for want, value in (
+                (self.modality, modality),
+                (self.procedure_code, procedure_code),
+                (self.location, location),
+            )
+        )
+
+
+def _hl7_modality_map(value: Any) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, Mapping):
+        raise ValueError("expected a table of sent value = DICOM modality")
+    pairs = tuple((str(k).strip().upper(), str(v).strip().upper()) for k, v in value.items())
+    for sent, modality in pairs:
+        if not modality or len(modality) > 16 or not modality.replace("_", "").isalnum():
+            raise ValueError(f"{modality!r} (for {sent!r}) is not a DICOM modality")
+    return pairs
+
+
+def _hl7_order_status(value: Any) -> tuple[tuple[str, str, str], ...]:
+    from mwl.domain import SpsStatus
+
+    if not isinstance(value, Mapping):
+        raise ValueError('expected a table of "ORC1_ORC5" = "STATUS"')
+    rows = []
+    for key, status in value.items():
+        control, sep, order_status = str(key).upper().partition("_")
+        if not sep or not control:
+            raise ValueError(f"{key!r} is not ORC-1_ORC-5 (e.g. NW_SC, XO_)")
+        status = str(status).strip().upper()
+        if status and status not in SpsStatus.__members__:
+            raise ValueError(f"{status!r} is not a step status")
+        rows.append((control, order_status, status))
+    return tuple(rows)
+
+
+def _hl7_accepted_senders(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list):
+        raise ValueError('expected a list of "APPLICATION|FACILITY" patterns')
+    patterns = tuple(str(v).strip() for v in value)
+    for pattern in patterns:
+        if not pattern or pattern.count("|") > 1:
+            raise ValueError(f'{pattern!r} is not an "APPLICATION|FACILITY" pattern')
+    return patterns
+
+
+def _hl7_station_rules(value: Any) -> tuple[Hl7StationRule, ...]:
+    if not isinstance(value, list):
+        raise ValueError("expected a list of tables")
+    rules = []
+    allowed = {f.name for f in fields(Hl7StationRule)}
+    for row in value:
+        if not isinstance(row, Mapping):
+            raise ValueError("each rule is a table")
+        unknown = set(row) - allowed
+        if unknown:
+            raise ValueError(f"unknown rule key(s) {sorted(unknown)}")
+        title = str(row["station_ae_title"])
+        if not title.strip() or len(title) > 16:
+            raise ValueError(f"{title!r} is not an AE title")
+        rules.append(Hl7StationRule(**{k: str(v) for k, v in row.items()}))
+    return tuple(rules)
+
+
+def _mpps_step_status(value: Any) -> tuple[tuple[str, str], ...]:
+    from mwl.domain import MppsStatus, SpsStatus
+
+    if not isinstance(value, Mapping):
+        raise ValueError('expected a table of "MPPS STATUS" = "STEP STATUS"')
+    rows = []
+    for key, status in value.items():
+        mpps = str(key).strip().upper().replace("_", " ")
+        if mpps not in {s.value for s in MppsStatus}:
+            raise ValueError(f"{key!r} is not IN PROGRESS, COMPLETED or DISCONTINUED")
+        status = str(status).strip().upper()
+        if status and status not in SpsStatus.__members__:
+            raise ValueError(f"{status!r} is not a step status")
+        rows.append((mpps, status))
+    return tuple(rows)
+
+
+def _retention_days(value: Any) -> tuple[tuple[str, float], ...]:
+    if not isinstance(value, Mapping):
+        raise ValueError('expected a table of "STATUS" = days')
+    rows = []
+    for key, days in value.items():
+        if isinstance(days, bool) or not isinstance(days, int | float | str):
+            raise ValueError(f"{days!r} (for {key!r}) is not a number of days")
+        number = float(days)
+        if number < 0:
+            raise ValueError(f"{key!r}: days must not be negative")
+        rows.append((str(key).strip().upper().replace("_", " "), number))
+    return tuple(rows)
+
+
+@dataclass(frozen=True)
 class Settings:
     """Every setting of the broker.
 
@@ -43,9 +208,86 @@ class Settings:
     hl7_idle_timeout_seconds: float = 300.0
     # Charset of HL7 messages without MSH-18. Many RIS send Latin-1 unlabelled.
     hl7_default_charset: str = "8859/1"
+    # HL7 mapping choices (docs/hl7-interface.md). Sent modality -> DICOM modality
+    # (OBR-24, IPC-5), as a table: {MRI = "MR"}.
+    hl7_modality_map: tuple[tuple[str, str], ...] = field(
+        default=(("MRI", "MR"),), metadata={"convert": _hl7_modality_map}
+    )
+    # Scheduled Protocol Code from OBR-4.4/.5/.6 (4, dcm4chee's default) or OBR-4.1/.2/.3 (1).
+    hl7_protocol_code_component: int = 4
+    # ORC-1_ORC-5 -> step status, over mwl.orders' defaults: {XO_ = "SCHEDULED"}; "" drops a pair.
+    hl7_order_status: tuple[tuple[str, str, str], ...] = field(
+        default=(), metadata={"convert": _hl7_order_status}
+    )
+    # Scheduled Station AE Title from ORC-18 when the order has no IPC-9 (opt-in, as
+    # dcm4chee's hl7ScheduledStationAETInOrder=ORC_18).
+    hl7_station_from_orc18: bool = False
+    # Station for steps the order gives none (no IPC-9): first matching rule.
+    hl7_station_rules: tuple[Hl7StationRule, ...] = field(
+        default=(), metadata={"convert": _hl7_station_rules}
+    )
+    # Senders accepted (MSH-3|MSH-4 namespace IDs, `*` any run): ["RIS|HOSPITAL",
+    # "PACS*|*"]. Empty: any sender. Others get AR 103 at MSH-3, as dcm4che answers.
+    hl7_accepted_senders: tuple[str, ...] = field(
+        default=(), metadata={"convert": _hl7_accepted_senders}
+    )
+    # A new step without TQ1-7 / ORC-7.4 / OBR-27.4: "now" (dcm4chee) or "reject" (AE 101).
+    hl7_missing_start: str = "now"
     # Identifiers and message bodies are patient data: logged only when asked, at DEBUG.
     log_phi: bool = False
     log_level: str = "INFO"
+    # Worklist C-FIND: response Specific Character Set, match limit (0 = none),
+    # per-calling-AE profiles, and whether only the AEs listed there may associate.
+    dicom_response_charset: str = "ISO_IR 192"
+    dicom_max_matches: int = 0
+    dicom_ae_profiles: tuple[DicomAeProfile, ...] = field(
+        default=(), metadata={"convert": _dicom_ae_profiles}
+    )
+    dicom_restrict_calling_ae: bool = False
+    # MPPS SCP (docs/conformance-statement.md): Performed Procedure Step Status -> status
+    # of the linked scheduled steps, as a table {"IN PROGRESS" = "STARTED"}; "" leaves
+    # the steps as they are.
+    mpps_step_status: tuple[tuple[str, str], ...] = field(
+        default=(
+            ("IN PROGRESS", "STARTED"),
+            ("COMPLETED", "COMPLETED"),
+            ("DISCONTINUED", "DISCONTINUED"),
+        ),
+        metadata={"convert": _mpps_step_status},
+    )
+    # Status messages back to the RIS (docs/hl7-interface.md, "Outbound"): off while
+    # ris_host is empty. ORM^O01 or OMI^O23; MSH-3/4 are ours, MSH-5/6 the RIS's.
+    ris_host: str = ""
+    ris_port: int = 0
+    ris_message_type: str = "ORM^O01"
+    ris_sending_application: str = "MWL"
+    ris_sending_facility: str = ""
+    ris_receiving_application: str = ""
+    ris_receiving_facility: str = ""
+    ris_ack_timeout_seconds: float = 30.0
+    # Retry delay after a failed attempt: initial, doubled per attempt up to the maximum.
+    ris_retry_initial_seconds: float = 5.0
+    ris_retry_max_seconds: float = 300.0
+    # How often the sender looks for new messages.
+    ris_poll_interval_seconds: float = 2.0
+    # AE/AR answers after which a message is set aside (FAILED) so that the order's
+    # later messages can go; 0 = retry for ever (the order's messages wait).
+    ris_max_rejects: int = 0
+    # Retention (mwl purge, and the housekeeping job of mwl serve): days after a step's
+    # (or MPPS's) last change, per status; stale SCHEDULED steps after an idle time
+    # (0 = never); delivered outbox messages; how often; rows deleted per transaction.
+    retention_step_days: tuple[tuple[str, float], ...] = field(
+        default=(("CANCELED", 1.0), ("COMPLETED", 7.0), ("DISCONTINUED", 7.0)),
+        metadata={"convert": _retention_days},
+    )
+    retention_mpps_days: tuple[tuple[str, float], ...] = field(
+        default=(("COMPLETED", 7.0), ("DISCONTINUED", 7.0)),
+        metadata={"convert": _retention_days},
+    )
+    retention_scheduled_idle_days: float = 0.0
+    retention_outbox_days: float = 30.0
+    retention_interval_seconds: float = 3600.0
+    retention_batch_size: int = 500
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -90,8 +332,54 @@ def _validate(settings: Settings) -> None:
         raise SettingsError("hl7_max_frame_bytes", "must be at least 1024")
     if settings.hl7_idle_timeout_seconds <= 0:
         raise SettingsError("hl7_idle_timeout_seconds", "must be positive")
+    if settings.hl7_missing_start not in ("now", "reject"):
+        raise SettingsError("hl7_missing_start", 'must be "now" or "reject"')
+    if settings.hl7_protocol_code_component not in (1, 4):
+        raise SettingsError("hl7_protocol_code_component", "must be 4 (OBR-4.4) or 1 (OBR-4.1)")
+    if settings.dicom_max_matches < 0:
+        raise SettingsError("dicom_max_matches", "must be 0 (no limit) or positive")
+    if settings.dicom_restrict_calling_ae and not settings.dicom_ae_profiles:
+        raise SettingsError(
+            "dicom_restrict_calling_ae", "needs dicom_ae_profiles listing the allowed AEs"
+        )
+    _validate_mpps_ris_retention(settings)
     if settings.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise SettingsError("log_level", f"{settings.log_level!r} is not DEBUG/INFO/WARNING/ERROR")
+
+
+def _validate_mpps_ris_retention(settings: Settings) -> None:
+    from mwl.domain import SpsStatus
+
+    if not 0 <= settings.ris_port <= 65535:
+        raise SettingsError("ris_port", f"{settings.ris_port} is not a TCP port (0-65535)")
+    if settings.ris_host and not settings.ris_port:
+        raise SettingsError("ris_port", "is needed when ris_host is set")
+    if settings.ris_message_type not in {"ORM^O01", "OMI^O23"}:
+        raise SettingsError("ris_message_type", "must be ORM^O01 or OMI^O23")
+    for name in (
+        "ris_ack_timeout_seconds",
+        "ris_retry_initial_seconds",
+        "ris_retry_max_seconds",
+        "ris_poll_interval_seconds",
+    ):
+        if getattr(settings, name) <= 0:
+            raise SettingsError(name, "must be positive")
+    if settings.ris_retry_max_seconds < settings.ris_retry_initial_seconds:
+        raise SettingsError("ris_retry_max_seconds", "must not be below ris_retry_initial_seconds")
+    if settings.ris_max_rejects < 0:
+        raise SettingsError("ris_max_rejects", "must be 0 (retry for ever) or positive")
+    for status, _days in settings.retention_step_days:
+        if status not in SpsStatus.__members__:
+            raise SettingsError("retention_step_days", f"{status!r} is not a step status")
+    for status, _days in settings.retention_mpps_days:
+        if status not in {"IN PROGRESS", "COMPLETED", "DISCONTINUED"}:
+            raise SettingsError("retention_mpps_days", f"{status!r} is not an MPPS status")
+    for name in ("retention_scheduled_idle_days", "retention_outbox_days",
+                 "retention_interval_seconds"):
+        if getattr(settings, name) < 0:
+            raise SettingsError(name, "must be 0 (off) or positive")
+    if settings.retention_batch_size < 1:
+        raise SettingsError("retention_batch_size", "must be at least 1")
 
 
 def _coerce(name: str, kind: type, value: Any) -> Any:

@@ -62,6 +62,12 @@ class PatientDemographics:
     patient_birth_date: str = ""  # DA, YYYYMMDD, or empty
     patient_sex: str = ""  # M, F, O or empty
     other_fields: tuple[tuple[str, str], ...] = ()  # further Patient module values by attribute
+    # Visit and patient medical values that patient messages carry too (PV1, AL1).
+    # None: the message did not carry them, so the stored values stay as they are.
+    admission_id: str | None = None  # LO
+    current_patient_location: str | None = None  # LO
+    pregnancy_status: str | None = None  # US as text: "3" (pregnant) or ""
+    allergies: str | None = None  # LO, several values separated by a backslash
 
 
 @dataclass(frozen=True)
@@ -94,6 +100,18 @@ class RequestedProcedure:
     placer_order_number: str = ""
     filler_order_number: str = ""
     steps: tuple[ScheduledStep, ...] = ()
+    # Order details (HL7-MAPPING.md section 1). The patient's state, alerts, weight
+    # and size come with each order (OBR, OBX), so they are kept per order.
+    institution_name: str = ""
+    institutional_department_name: str = ""
+    reason_for_the_requested_procedure: str = ""
+    requested_procedure_comments: str = ""  # LT: may hold line breaks
+    confidentiality_code: str = ""
+    patient_transport_arrangements: str = ""
+    patient_state: str = ""
+    medical_alerts: str = ""
+    patient_weight: str = ""  # DS, kilograms
+    patient_size: str = ""  # DS, metres
 
 
 @dataclass(frozen=True)
@@ -111,6 +129,9 @@ class Order:
     procedures: tuple[RequestedProcedure, ...]
     sending_application: str = ""
     sending_facility: str = ""
+    # The field that carries the scheduled start in this message's style (TQ1-7 or
+    # ORC-7.4): named in the error when a start is required and missing.
+    start_location: str = "TQ1-7"
 
 
 @dataclass(frozen=True)
@@ -151,6 +172,22 @@ class WorklistItem:
     scheduled_procedure_step_status: SpsStatus
     # Database key of the step, for links in the admin page; never sent to a modality.
     step_key: int = 0
+    # Visit and patient medical values ("" when unknown: returned empty, Type 2).
+    admission_id: str = ""
+    current_patient_location: str = ""
+    pregnancy_status: str = ""
+    allergies: str = ""
+    patient_state: str = ""
+    medical_alerts: str = ""
+    patient_weight: str = ""
+    patient_size: str = ""
+    # Order details.
+    institution_name: str = ""
+    institutional_department_name: str = ""
+    reason_for_the_requested_procedure: str = ""
+    requested_procedure_comments: str = ""
+    confidentiality_code: str = ""
+    patient_transport_arrangements: str = ""
 
 
 class MatchKind(enum.Enum):
@@ -192,3 +229,75 @@ class WorklistQuery:
     start_until: dt.datetime | None = None
     statuses: frozenset[SpsStatus] = field(default_factory=frozenset)
     limit: int | None = None
+
+
+class MppsStatus(enum.StrEnum):
+    """Performed Procedure Step Status (0040,0252), PS3.3 C.4.14 enumerated values."""
+
+    IN_PROGRESS = "IN PROGRESS"
+    COMPLETED = "COMPLETED"
+    DISCONTINUED = "DISCONTINUED"
+
+
+# A performed step in one of these states may no longer be updated (PS3.4 F.7.2.2.2).
+MPPS_FINAL: frozenset[MppsStatus] = frozenset({MppsStatus.COMPLETED, MppsStatus.DISCONTINUED})
+
+
+@dataclass(frozen=True)
+class ScheduledStepReference:
+    """One Scheduled Step Attributes Sequence item of an MPPS: which step was performed.
+
+    Empty values are unknown (all empty, or a UID no order has: an unscheduled step).
+    """
+
+    study_instance_uid: str = ""
+    accession_number: str = ""
+    requested_procedure_id: str = ""
+    scheduled_procedure_step_id: str = ""
+
+
+@dataclass(frozen=True)
+class PerformedStep:
+    """A Modality Performed Procedure Step as the modality reported it (N-CREATE or N-SET).
+
+    ``dataset_json`` is the whole attribute list as DICOM JSON (PS3.18 F.2), kept as
+    received. On an update, ``status`` is ``None`` when the N-SET leaves it alone,
+    ``references`` is ignored (it may not be set, PS3.4 F.7.2.2), and ``dataset_json``
+    holds only the modified attributes, merged over the stored ones.
+    """
+
+    sop_instance_uid: str
+    status: MppsStatus | None
+    dataset_json: str = "{}"
+    references: tuple[ScheduledStepReference, ...] = ()
+    performed_station_ae_title: str = ""
+    modality: str = ""
+    start: dt.datetime | None = None
+    end: dt.datetime | None = None
+
+
+@dataclass(frozen=True)
+class StatusEvent:
+    """A step status change to report to the RIS (one per affected order).
+
+    Serialised as the outbox payload; the HL7 adapter renders it (ORC-5, OBR-18..20).
+    """
+
+    study_instance_uid: str
+    requested_procedure_id: str
+    accession_number: str
+    placer_order_number: str
+    filler_order_number: str
+    scheduled_procedure_step_ids: tuple[str, ...]
+    status: SpsStatus
+    mpps_status: MppsStatus
+    mpps_sop_instance_uid: str
+    occurred_at: dt.datetime  # UTC, naive
+    patient_id: str = ""
+    issuer_of_patient_id: str = ""
+    patient_name: str = ""
+    patient_birth_date: str = ""
+    patient_sex: str = ""
+    modality: str = ""
+    requested_procedure_description: str = ""
+    requested_procedure_code: Code | None = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 
 from sqlalchemy import (
+    Column,
     DateTime,
     Float,
     ForeignKey,
@@ -16,6 +17,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     String,
+    Table,
     Text,
     UniqueConstraint,
 )
@@ -45,6 +47,16 @@ class Patient(Base):
     patient_name_key: Mapped[str] = mapped_column(String(PN_LENGTH), default="", index=True)
     patient_birth_date: Mapped[str] = mapped_column(String(8), default="")
     patient_sex: Mapped[str] = mapped_column(String(16), default="")
+    # Visit and patient medical values that patient messages carry (PV1, AL1); the
+    # server defaults let rows older than these columns migrate (revision 0003).
+    admission_id: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    current_patient_location: Mapped[str] = mapped_column(
+        String(64), default="", server_default=""
+    )
+    # Pregnancy Status (US) as text: "3" (pregnant) or "" (unknown).
+    pregnancy_status: Mapped[str] = mapped_column(String(5), default="", server_default="")
+    # Allergies (LO, VM 1-n): values separated by a backslash, as DICOM writes them.
+    allergies: Mapped[str] = mapped_column(String(1024), default="", server_default="")
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
 
     procedures: Mapped[list[RequestedProcedure]] = relationship(back_populates="patient")
@@ -71,6 +83,29 @@ class RequestedProcedure(Base):
     filler_order_number: Mapped[str] = mapped_column(String(64), default="")
     sending_application: Mapped[str] = mapped_column(String(64), default="")
     sending_facility: Mapped[str] = mapped_column(String(64), default="")
+    # Order details (revision 0003). Patient State, Medical Alerts, weight and size
+    # are Patient module attributes, but each order states them (OBR-12, OBR-13, OBX):
+    # kept with the order they came with, so a patient message never clears them.
+    institution_name: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    institutional_department_name: Mapped[str] = mapped_column(
+        String(64), default="", server_default=""
+    )
+    reason_for_the_requested_procedure: Mapped[str] = mapped_column(
+        String(64), default="", server_default=""
+    )
+    # LT (up to 10240 characters): NTE-3 lines.
+    requested_procedure_comments: Mapped[str] = mapped_column(
+        Text, default="", server_default=""
+    )
+    confidentiality_code: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    patient_transport_arrangements: Mapped[str] = mapped_column(
+        String(64), default="", server_default=""
+    )
+    patient_state: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    medical_alerts: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    # DS (16 characters): kilograms and metres.
+    patient_weight: Mapped[str] = mapped_column(String(16), default="", server_default="")
+    patient_size: Mapped[str] = mapped_column(String(16), default="", server_default="")
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
 
     patient: Mapped[Patient] = relationship(back_populates="procedures")
@@ -173,3 +208,90 @@ class User(Base):
     password_hash: Mapped[str] = mapped_column(String(255))
     role: Mapped[str] = mapped_column(String(16), default="viewer")
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+# Which scheduled steps an MPPS performed (PS3.4 F.7.2.1: the Scheduled Step Attributes
+# Sequence may name several). An MPPS without a row here is unscheduled. Deleting
+# either side (retention, an order that drops a step) deletes the link only.
+mpps_sps = Table(
+    "mpps_sps",
+    Base.metadata,
+    Column(
+        "mpps_key",
+        ForeignKey("performed_procedure_step.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column(
+        "sps_key",
+        ForeignKey("scheduled_procedure_step.id", ondelete="CASCADE"),
+        primary_key=True,
+        index=True,
+    ),
+)
+
+
+class PerformedProcedureStep(Base):
+    """A Modality Performed Procedure Step (PS3.4 Annex F) with its full attribute list."""
+
+    __tablename__ = "performed_procedure_step"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    # Performed Procedure Step Status: IN PROGRESS, COMPLETED, DISCONTINUED.
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    performed_station_ae_title: Mapped[str] = mapped_column(String(16), default="")
+    modality: Mapped[str] = mapped_column(String(16), default="")
+    start_datetime: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    end_datetime: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    # The attribute list as DICOM JSON (PS3.18 F.2), N-SET changes merged in.
+    dataset_json: Mapped[str] = mapped_column(Text, default="{}")
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(
+        DateTime, default=utcnow, onupdate=utcnow, index=True
+    )
+
+    steps: Mapped[list[ScheduledProcedureStep]] = relationship(secondary=mpps_sps)
+
+
+class OutboxMessage(Base):
+    """A status event for the RIS, written with the status change, sent until acknowledged.
+
+    The sender takes, per ``order_key``, the oldest message not yet delivered, so the
+    RIS hears about one order in the order things happened.
+    """
+
+    __tablename__ = "outbox_message"
+    __table_args__ = (Index("ix_outbox_message_state_order", "state", "order_key", "id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    # The requested procedure's Study Instance UID: one order (ORC-2/ORC-3) each.
+    order_key: Mapped[str] = mapped_column(String(64))
+    # StatusEvent as JSON (mwl.outbox): what to render, kept if the order is purged.
+    payload: Mapped[str] = mapped_column(Text)
+    destination: Mapped[str] = mapped_column(String(128), default="")
+    # PENDING until acknowledged with AA (DELIVERED), or set aside (FAILED) by policy.
+    state: Mapped[str] = mapped_column(String(16), default="PENDING")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    rejects: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    ack_code: Mapped[str] = mapped_column(String(2), default="")
+    ack: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    delivered_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class OutboxAttempt(Base):
+    """One delivery attempt of an outbox message: when, the outcome and the ACK."""
+
+    __tablename__ = "outbox_attempt"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    message_key: Mapped[int] = mapped_column(
+        ForeignKey("outbox_message.id", ondelete="CASCADE"), index=True
+    )
+    attempted_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    # AA, AE, AR, or ERROR (no connection, no ACK, garbled ACK).
+    outcome: Mapped[str] = mapped_column(String(8))
+    ack: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    error: Mapped[str] = mapped_column(Text, default="")

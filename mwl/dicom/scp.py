@@ -9,6 +9,7 @@ from typing import Any
 from pynetdicom import AE, _config, evt
 from pynetdicom.events import Event
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # names made at import time
+    ModalityPerformedProcedureStep,
     ModalityWorklistInformationFind,
     Verification,
 )
@@ -17,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mwl.config import Settings
 from mwl.dicom.handlers import handle_echo, handle_find
+from mwl.dicom.mpps import handle_n_create, handle_n_set
 from mwl.dicom.profiles import check_profiles
 
 logger = logging.getLogger(__name__)
@@ -50,7 +52,7 @@ def set_nodelay(event: Event) -> None:
 
 
 class WorklistScp:
-    """The Modality Worklist C-FIND SCP (plus Verification), non-blocking.
+    """The Modality Worklist C-FIND SCP (plus Verification and MPPS), non-blocking.
 
     Parameters
     ----------
@@ -61,6 +63,10 @@ class WorklistScp:
         Makes one unit of work per C-FIND (reading) and one per query log row.
         A plain (non-writer) factory is best: on SQLite a reader then never
         waits for the HL7 writer.
+    writer_factory
+        Makes one unit of work per MPPS N-CREATE/N-SET (writing); a writer factory
+        (:func:`mwl.db.make_session_factory` with ``writer=True``). Defaults to
+        ``session_factory``.
 
     Raises
     ------
@@ -68,10 +74,16 @@ class WorklistScp:
         A response character set or profile status pydicom cannot handle.
     """
 
-    def __init__(self, settings: Settings, session_factory: sessionmaker[Session]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        session_factory: sessionmaker[Session],
+        writer_factory: sessionmaker[Session] | None = None,
+    ) -> None:
         check_profiles(settings)
         self._settings = settings
         self._session_factory = session_factory
+        self._writer_factory = writer_factory or session_factory
         self._server: ThreadedAssociationServer | None = None
         self.ae = self._make_ae()
 
@@ -82,6 +94,8 @@ class WorklistScp:
         # Deflated Explicit VR LE and Explicit VR BE.
         ae.add_supported_context(ModalityWorklistInformationFind)
         ae.add_supported_context(Verification)
+        # MPPS SCP (PS3.4 F.7.2, IHE RAD-6/RAD-7): modalities report what they performed.
+        ae.add_supported_context(ModalityPerformedProcedureStep)
         ae.acse_timeout = ACSE_TIMEOUT
         ae.dimse_timeout = DIMSE_TIMEOUT
         ae.network_timeout = NETWORK_TIMEOUT
@@ -95,6 +109,8 @@ class WorklistScp:
             (evt.EVT_CONN_OPEN, set_nodelay),
             (evt.EVT_C_ECHO, handle_echo),
             (evt.EVT_C_FIND, handle_find, [self._session_factory, self._settings]),
+            (evt.EVT_N_CREATE, handle_n_create, [self._writer_factory, self._settings]),
+            (evt.EVT_N_SET, handle_n_set, [self._writer_factory, self._settings]),
         ]
 
     def start(self) -> None:
