@@ -17,8 +17,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 from pynetdicom.events import Event
 from pynetdicom.sop_class import ModalityWorklistInformationFind, Verification
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from mwl.config import Settings
@@ -27,13 +26,8 @@ from mwl.dicom.scp import WorklistScp
 from mwl.domain import Code, Order, PatientDemographics, RequestedProcedure, ScheduledStep
 from mwl.migrate import upgrade
 from mwl.orders import apply_order
+from tests.databases import fresh_database_url
 
-POSTGRES_URL = os.environ.get(
-    "MWL_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
-)
-# Schemas of our own (suffixed with the process ID), so neither our module-scoped
-# databases nor concurrent test runs meet the per-test schema of tests/conftest.py.
-DICOM_SCHEMA = "mwl_dicom"
 CLIENT_TIMEOUT = 20.0
 
 
@@ -141,62 +135,13 @@ def load_samples(factory: sessionmaker[Session]) -> None:
             apply_order(session, sample)
 
 
-def _postgres_unavailable() -> str | None:
-    url = make_url(POSTGRES_URL).set(drivername="postgresql+psycopg")
-    try:
-        with socket.create_connection((url.host or "127.0.0.1", url.port or 5432), timeout=2):
-            pass
-    except OSError as exc:
-        return f"PostgreSQL not reachable at {url.host}:{url.port or 5432} ({exc})"
-    return None
-
-
-def _admin(statement: str) -> None:
-    admin = create_engine(make_url(POSTGRES_URL).set(drivername="postgresql+psycopg"))
-    try:
-        with admin.begin() as conn:
-            conn.execute(text(statement))
-    finally:
-        admin.dispose()
-
-
-def _postgres_url(schema: str) -> str:
-    """A fresh schema of our own (the name is ours, never user input)."""
-    _admin(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-    _admin(f"CREATE SCHEMA {schema}")
-    url = make_url(POSTGRES_URL).set(drivername="postgresql+psycopg")
-    url = url.update_query_dict({"options": f"-csearch_path={schema}"})
-    return url.render_as_string(hide_password=False)
-
-
-def _database_url(backend: str, directory: Path, schema: str) -> Iterator[str]:
-    if backend == "sqlite":
-        yield f"sqlite:///{directory / 'mwl.db'}"
-        return
-    reason = _postgres_unavailable()
-    if reason:
-        pytest.skip(reason)
-    yield _postgres_url(schema)
-    _admin(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """Overrides the suite's fixture: a PostgreSQL schema of this process's own.
-
-    Other test runs (other engineers, CI jobs) share the PostgreSQL server; a
-    schema named per process keeps them from dropping tables under our servers.
-    """
-    yield from _database_url(request.param, tmp_path, f"{DICOM_SCHEMA}_fn_{os.getpid()}")
-
-
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def module_database_url(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
     """An empty database per test module, on SQLite and on PostgreSQL."""
     directory = tmp_path_factory.mktemp("dicomdb")
-    yield from _database_url(request.param, directory, f"{DICOM_SCHEMA}_mod_{os.getpid()}")
+    yield from fresh_database_url(request.param, directory, f"mwl_dicom_{os.getpid()}")
 
 
 @pytest.fixture(scope="module")

@@ -2,68 +2,17 @@
 
 from __future__ import annotations
 
-import functools
-import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from mwl.config import Settings
 from mwl.hl7.server import Hl7Server
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples" / "hl7"
-POSTGRES_URL = os.environ.get("MWL_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
-# A schema of this process's own: the shared ``mwl_test`` schema of tests/conftest.py
-# is dropped and re-created by any other test run against the same server.
-POSTGRES_SCHEMA = f"mwl_hl7_{os.getpid()}"
-
-
-@functools.cache
-def _postgres_unavailable() -> str | None:
-    url = make_url(POSTGRES_URL).set(drivername="postgresql+psycopg")
-    try:
-        with socket.create_connection((url.host or "127.0.0.1", url.port or 5432), timeout=2):
-            pass
-        engine = create_engine(url)
-        try:
-            with engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
-        finally:
-            engine.dispose()
-    except Exception as exc:  # any failure means: skip, and say why
-        return f"PostgreSQL at {url.host}:{url.port or 5432} not usable: {exc}"
-    return None
-
-
-def _run_admin(statement: str) -> None:
-    engine = create_engine(make_url(POSTGRES_URL).set(drivername="postgresql+psycopg"))
-    try:
-        with engine.begin() as conn:
-            conn.execute(text(statement))
-    finally:
-        engine.dispose()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """An empty database, once on SQLite and once on PostgreSQL (a schema of our own)."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'mwl.db'}"
-        return
-    reason = _postgres_unavailable()
-    if reason:
-        pytest.skip(reason)
-    _run_admin(f"DROP SCHEMA IF EXISTS {POSTGRES_SCHEMA} CASCADE")
-    _run_admin(f"CREATE SCHEMA {POSTGRES_SCHEMA}")
-    url = make_url(POSTGRES_URL).set(drivername="postgresql+psycopg")
-    url = url.update_query_dict({"options": f"-csearch_path={POSTGRES_SCHEMA}"})
-    yield url.render_as_string(hide_password=False)
-    _run_admin(f"DROP SCHEMA IF EXISTS {POSTGRES_SCHEMA} CASCADE")
 
 
 def sample(name: str) -> bytes:
