@@ -38,7 +38,9 @@ def configure_logging(settings: Settings) -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)
     # pynetdicom narrates every PDU at INFO (and dumps identifiers at DEBUG).
     logging.getLogger("pynetdicom").setLevel(
-        logging.DEBUG if settings.log_phi and settings.log_level.upper() == "DEBUG" else logging.WARNING
+        logging.DEBUG
+        if settings.log_phi and settings.log_level.upper() == "DEBUG"
+        else logging.WARNING
     )
 
 
@@ -68,9 +70,7 @@ def _build_parser() -> argparse.ArgumentParser:
     purge = commands.add_parser(
         "purge", help="delete finished and stale steps, old MPPS and sent RIS messages now"
     )
-    purge.add_argument(
-        "--dry-run", action="store_true", help="only count what would be deleted"
-    )
+    purge.add_argument("--dry-run", action="store_true", help="only count what would be deleted")
 
     user = commands.add_parser("user", help="web users")
     user_commands = user.add_subparsers(dest="user_command", metavar="ACTION", required=True)
@@ -120,8 +120,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mwl: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except SQLAlchemyError as exc:
-        print(f"mwl: database error: {exc.__class__.__name__}: {exc.args[0] if exc.args else ''}",
-              file=sys.stderr)
+        print(
+            f"mwl: database error: {exc.__class__.__name__}: {exc.args[0] if exc.args else ''}",
+            file=sys.stderr,
+        )
         return EXIT_FAILURE
     return EXIT_USAGE
 
@@ -250,7 +252,9 @@ def serve(settings: Settings) -> int:
         host, port = hl7.address[:2]
         print(f"HL7 MLLP listening on {host}:{port}", flush=True)
         host, port = scp.address[:2]
-        print(f"DICOM worklist SCP {settings.dicom_ae_title} listening on {host}:{port}", flush=True)
+        print(
+            f"DICOM worklist SCP {settings.dicom_ae_title} listening on {host}:{port}", flush=True
+        )
         host, port = web.address[:2]
         print(f"web page on http://{host}:{port}/", flush=True)
         print("mwl is ready", flush=True)

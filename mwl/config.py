@@ -374,8 +374,11 @@ def _validate_mpps_ris_retention(settings: Settings) -> None:
     for status, _days in settings.retention_mpps_days:
         if status not in {"IN PROGRESS", "COMPLETED", "DISCONTINUED"}:
             raise SettingsError("retention_mpps_days", f"{status!r} is not an MPPS status")
-    for name in ("retention_scheduled_idle_days", "retention_outbox_days",
-                 "retention_interval_seconds"):
+    for name in (
+        "retention_scheduled_idle_days",
+        "retention_outbox_days",
+        "retention_interval_seconds",
+    ):
         if getattr(settings, name) < 0:
             raise SettingsError(name, "must be 0 (off) or positive")
     if settings.retention_batch_size < 1:
@@ -451,7 +454,7 @@ def load_settings(
     environ: Mapping[str, str] | None = None,
     **overrides: Any,
 ) -> Settings:
-    """Build the settings: defaults, then ``config_file``, then ``MWL_*`` variables, then ``overrides``.
+    """Build the settings: defaults < ``config_file`` < ``MWL_*`` variables < ``overrides``.
 
     Raises
     ------

@@ -260,9 +260,8 @@ def apply_order(
     for raw_procedure in order.procedures:
         procedure = complete_identifiers(order, raw_procedure)
         row = session.scalars(
-            select(RequestedProcedureRow).where(
-                RequestedProcedureRow.study_instance_uid == procedure.study_instance_uid
-            )
+            select(RequestedProcedureRow)
+            .where(RequestedProcedureRow.study_instance_uid == procedure.study_instance_uid)
             # Two messages about one order on two connections: the second waits for
             # the first to commit, then reconciles against its steps (PostgreSQL;
             # SQLite writers are serialised already).
@@ -317,7 +316,9 @@ def _upsert_patient(session: Session, demographics: PatientDemographics) -> Pati
     return patient
 
 
-def _copy_procedure(row: RequestedProcedureRow, procedure: RequestedProcedure, order: Order) -> None:
+def _copy_procedure(
+    row: RequestedProcedureRow, procedure: RequestedProcedure, order: Order
+) -> None:
     row.requested_procedure_id = procedure.requested_procedure_id
     row.accession_number = procedure.accession_number
     row.requested_procedure_description = procedure.requested_procedure_description

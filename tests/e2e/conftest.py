@@ -62,10 +62,17 @@ def broker_env(database_url: str, **extra: str) -> dict[str, str]:
     return env
 
 
-def run_mwl(args: list[str], env: dict[str, str], cwd: Path, stdin: str = "") -> subprocess.CompletedProcess[str]:
+def run_mwl(
+    args: list[str], env: dict[str, str], cwd: Path, stdin: str = ""
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "mwl.cli", *args],
-        env=env, cwd=cwd, input=stdin, capture_output=True, text=True, timeout=120,
+        env=env,
+        cwd=cwd,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -73,11 +80,17 @@ def run_mwl(args: list[str], env: dict[str, str], cwd: Path, stdin: str = "") ->
 def broker(database_url: str, tmp_path: Path) -> Iterator[Broker]:
     """``mwl serve`` as a subprocess, with a web user ``admin``; stopped afterwards."""
     env = broker_env(database_url)
-    added = run_mwl(["user", "add", "admin", "--role", "admin"], env, tmp_path, ADMIN_PASSWORD + "\n")
+    added = run_mwl(
+        ["user", "add", "admin", "--role", "admin"], env, tmp_path, ADMIN_PASSWORD + "\n"
+    )
     assert added.returncode == 0, added.stderr
     process = subprocess.Popen(
         [sys.executable, "-m", "mwl.cli", "serve"],
-        env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     lines: queue.Queue[str | None] = queue.Queue()
 
