@@ -24,6 +24,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from mwl.db import Base
+from mwl.domain import Code
 
 PN_LENGTH = 324  # three component groups of 64 plus separators
 
@@ -113,6 +114,17 @@ class RequestedProcedure(Base):
         back_populates="procedure", cascade="all, delete-orphan"
     )
 
+
+    @property
+    def requested_procedure_code(self) -> Code | None:
+        """The Requested Procedure Code Sequence item, or None when the order had no code."""
+        if not self.requested_procedure_code_value:
+            return None
+        return Code(
+            self.requested_procedure_code_value,
+            self.requested_procedure_code_scheme,
+            self.requested_procedure_code_meaning,
+        )
 
 class ScheduledProcedureStep(Base):
     """One scheduled procedure step: one worklist item, identified by (study, SPS ID)."""

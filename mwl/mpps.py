@@ -22,7 +22,6 @@ from sqlalchemy.orm import Session
 
 from mwl.domain import (
     MPPS_FINAL,
-    Code,
     MppsStatus,
     PerformedStep,
     ScheduledStepReference,
@@ -329,13 +328,6 @@ def _apply_status(
     for steps in by_order.values():
         procedure = steps[0].procedure
         patient = procedure.patient
-        code = None
-        if procedure.requested_procedure_code_value:
-            code = Code(
-                procedure.requested_procedure_code_value,
-                procedure.requested_procedure_code_scheme,
-                procedure.requested_procedure_code_meaning,
-            )
         event = StatusEvent(
             study_instance_uid=procedure.study_instance_uid,
             requested_procedure_id=procedure.requested_procedure_id,
@@ -354,7 +346,7 @@ def _apply_status(
             patient_sex=patient.patient_sex,
             modality=row.modality or steps[0].modality,
             requested_procedure_description=procedure.requested_procedure_description,
-            requested_procedure_code=code,
+            requested_procedure_code=procedure.requested_procedure_code,
         )
         enqueue(session, event, destination, now=now)
         events += 1

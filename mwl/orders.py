@@ -66,6 +66,12 @@ MISSING_START_REJECT = "reject"
 # a cancel for an order we never saw creates nothing.
 _ENDING = frozenset({SpsStatus.CANCELED, SpsStatus.DISCONTINUED, SpsStatus.COMPLETED})
 
+# Statuses a modality reported (MPPS): an order message that merely restates the
+# order keeps them.
+_PERFORMED = frozenset(
+    {SpsStatus.STARTED.value, SpsStatus.COMPLETED.value, SpsStatus.DISCONTINUED.value}
+)
+
 # Root for UIDs derived from order numbers: a UUID-derived UID (PS3.5 B.2) whose
 # UUID is name-based, so the same order always gets the same Study Instance UID.
 _UID_NAMESPACE = uuid.UUID("5b1d7a52-4f0c-4b43-9a57-6d3b1f0d4c21")
@@ -292,7 +298,14 @@ def apply_order(
         row.patient = patient
         _copy_procedure(row, procedure, order)
         _check_starts(row, procedure.steps, order.start_location, missing_start)
-        c, u, r = _reconcile_steps(row, procedure.steps, status, start_default)
+        # A new order or a change without an order status (NW, XO with empty ORC-5)
+        # restates the order; it must not undo what the modality reported by MPPS,
+        # or a RIS replay would put a patient who is on the table back on the
+        # worklist. An explicit status (XO_SC, RL) still applies.
+        keep_progress = (
+            order.order_control.strip().upper() == "NW" or not order.order_status.strip()
+        )
+        c, u, r = _reconcile_steps(row, procedure.steps, status, start_default, keep_progress)
         created, updated, removed = created + c, updated + u, removed + r
         actions.append((procedure.study_instance_uid, action))
     session.flush()
@@ -379,6 +392,7 @@ def _reconcile_steps(
     steps: tuple[ScheduledStep, ...],
     status: SpsStatus,
     start_default: dt.datetime,
+    keep_progress: bool,
 ) -> tuple[int, int, int]:
     existing = {s.scheduled_procedure_step_id: s for s in row.steps}
     wanted = {s.scheduled_procedure_step_id for s in steps}
@@ -403,7 +417,8 @@ def _reconcile_steps(
         step_row.scheduled_performing_physician_name = step.scheduled_performing_physician_name
         step_row.scheduled_procedure_step_description = step.scheduled_procedure_step_description
         step_row.scheduled_protocol_codes = format_codes(step.scheduled_protocol_codes)
-        step_row.status = status.value
+        if not (keep_progress and step_row.status in _PERFORMED):
+            step_row.status = status.value
     for sps_id, step_row in existing.items():
         if sps_id not in wanted:
             row.steps.remove(step_row)

@@ -40,7 +40,6 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from mwl.domain import (
     HIDDEN_BY_DEFAULT,
-    Code,
     KeyMatch,
     MatchKind,
     SpsStatus,
@@ -323,13 +322,6 @@ def worklist_item(
     step: ScheduledProcedureStep, procedure: RequestedProcedure, patient: Patient
 ) -> WorklistItem:
     """Copy one step with its procedure and patient rows into a detached WorklistItem."""
-    code = None
-    if procedure.requested_procedure_code_value:
-        code = Code(
-            procedure.requested_procedure_code_value,
-            procedure.requested_procedure_code_scheme,
-            procedure.requested_procedure_code_meaning,
-        )
     return WorklistItem(
         patient_name=patient.patient_name,
         patient_id=patient.patient_id,
@@ -340,7 +332,7 @@ def worklist_item(
         requested_procedure_id=procedure.requested_procedure_id,
         accession_number=procedure.accession_number,
         requested_procedure_description=procedure.requested_procedure_description,
-        requested_procedure_code=code,
+        requested_procedure_code=procedure.requested_procedure_code,
         requested_procedure_priority=procedure.requested_procedure_priority,
         requesting_physician=procedure.requesting_physician,
         referring_physician_name=procedure.referring_physician_name,

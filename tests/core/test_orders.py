@@ -6,7 +6,7 @@ import datetime as dt
 from dataclasses import replace
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from mwl.domain import Order, PatientDemographics, RequestedProcedure, ScheduledStep, SpsStatus
 from mwl.errors import InvalidOrderError
@@ -121,3 +121,19 @@ def test_missing_start_policy(session_factory):
         apply_order(session, replace(no_start, order_control="XO"), missing_start="reject")
     with session_factory() as session:
         assert session.scalars(select(ScheduledProcedureStep.start_datetime)).all() == [now]
+
+
+def test_replayed_order_keeps_the_status_the_modality_reported(session_factory):
+    with session_factory.begin() as session:
+        apply_order(session, make_order())
+    with session_factory.begin() as session:
+        session.execute(update(ScheduledProcedureStep).values(status=SpsStatus.STARTED.value))
+    with session_factory.begin() as session:
+        apply_order(session, make_order())  # the RIS sends the NW again
+        apply_order(session, make_order(control="XO", status=""))  # a change, no status
+    with session_factory() as session:
+        assert session.scalar(select(ScheduledProcedureStep.status)) == SpsStatus.STARTED
+    with session_factory.begin() as session:
+        apply_order(session, make_order(control="XO", status="SC"))  # explicit reschedule
+    with session_factory() as session:
+        assert session.scalar(select(ScheduledProcedureStep.status)) == SpsStatus.SCHEDULED
