@@ -17,11 +17,10 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pynetdicom import AE
-from pynetdicom.sop_class import ModalityWorklistInformationFind  # type: ignore[attr-defined]
 from pynetdicom.status import Status
 
 from mwl.hl7.client import send_messages
+from tests import scu
 from tests.e2e.conftest import ADMIN_PASSWORD, Broker, WebClient, broker_env, run_mwl
 
 pytestmark = pytest.mark.e2e
@@ -62,22 +61,7 @@ def worklist_identifier(**step: str) -> Dataset:
 
 def c_find(broker: Broker, identifier: Dataset) -> tuple[list[Dataset], int]:
     """Run one C-FIND as modality CT01; return the matches and the final status."""
-    ae = AE(ae_title="CT01")
-    ae.add_requested_context(ModalityWorklistInformationFind)
-    assoc = ae.associate("127.0.0.1", broker.dicom_port, ae_title=broker.ae_title)
-    assert assoc.is_established
-    matches: list[Dataset] = []
-    final = -1
-    try:
-        for status, found in assoc.send_c_find(identifier, ModalityWorklistInformationFind):
-            assert status is not None, "no answer from the SCP"
-            if status.Status in (Status.PENDING, 0xFF01):
-                matches.append(found)
-            else:
-                final = status.Status
-    finally:
-        assoc.release()
-    return matches, final
+    return scu.c_find(broker.dicom_port, identifier, called_ae=broker.ae_title)
 
 
 def send_sample(broker: Broker, path: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
