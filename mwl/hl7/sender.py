@@ -23,6 +23,7 @@ from mwl.config import Settings
 from mwl.hl7.client import ack_summary
 from mwl.hl7.mllp import FramingError, MllpFramer, frame
 from mwl.hl7.outbound import OutboundOptions, render
+from mwl.lease import SingletonLease
 from mwl.outbox import NO_ACK, OutboxItem, RetryPolicy, due_messages, record_attempt
 
 logger = logging.getLogger(__name__)
@@ -61,6 +62,10 @@ class OutboxSender:
         self._sock: socket.socket | None = None
         self._framer = MllpFramer(_MAX_ACK_BYTES)
         self._frames: list[bytes] = []  # frames read but not yet looked at
+        # Brokers sharing the database must not both deliver: one holds the lease.
+        with session_factory() as session:
+            self._lease = SingletonLease(session.get_bind().engine, "ris-sender")
+        self._standing_by = False
 
     @property
     def destination(self) -> tuple[str, int]:
@@ -91,6 +96,7 @@ class OutboxSender:
         # that a message the RIS accepted is recorded as delivered, not sent again.
         thread.join(timeout=self._settings.ris_ack_timeout_seconds + 10)
         self._close()
+        self._lease.release()
         logger.info("RIS sender stopped")
 
     def __enter__(self) -> OutboxSender:
@@ -123,6 +129,14 @@ class OutboxSender:
             True when messages were tried and the RIS answered; False when there was
             nothing to do or the RIS could not be reached (the caller then waits).
         """
+        if not self._lease.acquire():
+            if not self._standing_by:
+                logger.info("another broker sends the RIS messages of this database; standing by")
+                self._standing_by = True
+            return False
+        if self._standing_by:
+            logger.info("this broker now sends the RIS messages of this database")
+            self._standing_by = False
         with self._session_factory() as session:
             items = due_messages(session, limit=_BATCH)
         if not items:

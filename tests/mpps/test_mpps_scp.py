@@ -334,3 +334,25 @@ def test_database_failure_is_a_processing_failure(writers, engine, broker_settin
     assert step_statuses(writers)["S1"] == "SCHEDULED"  # nothing half-done
     # The SCP keeps serving.
     assert find_sps_ids(broker.address, "CT01") == ["S1"]
+
+
+def test_two_brokers_on_one_database_send_each_message_once(
+    writers, broker_settings, start_broker, ris
+):
+    first = start_broker(broker_settings)
+    second = start_broker(broker_settings)
+    uid_1, uid_2 = generate_uid(), generate_uid()
+    # Events arrive through both brokers' SCPs.
+    n_create(first.address, n_create_dataset(reference(STUDY_1, "S1")), uid_1)
+    n_create(second.address, n_create_dataset(reference(STUDY_2, "S2")), uid_2)
+    wait_until(lambda: _all_settled(writers, 2), what="both messages delivered")
+    # Exactly one broker holds the sender lease; the other stands by.
+    holders = [b for b in (first, second) if b.sender is not None and b.sender._lease.held]
+    assert len(holders) == 1
+    # The holder stops (or dies): the other takes over.
+    holders[0].shutdown()
+    other = second if holders[0] is first else first
+    n_set(other.address, n_set_dataset("COMPLETED"), uid_1 if other is first else uid_2)
+    wait_until(lambda: _all_settled(writers, 3), what="the third message delivered")
+    control_ids = [control_id for control_id, _ in ris.accepted]
+    assert len(ris.received) == len(set(control_ids)) == 3
