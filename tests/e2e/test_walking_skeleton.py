@@ -21,7 +21,7 @@ from pynetdicom.status import Status
 
 from mwl.hl7.client import send_messages
 from tests import scu
-from tests.e2e.conftest import ADMIN_PASSWORD, Broker, WebClient, broker_env, run_mwl
+from tests.serve import ADMIN_PASSWORD, Broker, WebClient, broker_env, run_mwl
 
 pytestmark = pytest.mark.e2e
 
