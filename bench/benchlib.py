@@ -1,0 +1,443 @@
+"""Shared helpers of the benchmark scripts: peers folder, `mwl serve` process, statistics.
+
+The scripts in ``bench/`` are run on demand (never by the test suite) as
+``python bench/<script>.py``; Python then puts ``bench/`` on ``sys.path``, so
+they import this module by name.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import math
+import os
+import platform
+import queue
+import re
+import shlex
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+HOST = "127.0.0.1"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# The peers' scripts live beside the repository (../shared/peers), not in it.
+DEFAULT_PEERS_DIR = REPO_ROOT.parent / "shared" / "peers"
+PEERS_DIR_ENV = "MWL_PEERS_DIR"
+MWL_AE_TITLE = "MWL"
+
+
+# --------------------------------------------------------------------------- peers
+
+
+class PeersMissingError(RuntimeError):
+    """The shared peers folder (gen_worklist.py, run_peer_bench.py) is not there."""
+
+
+def peers_dir(override: Path | None = None) -> Path:
+    """Where ``gen_worklist.py`` and ``run_peer_bench.py`` are.
+
+    ``override`` (a ``--peers-dir`` option), else ``$MWL_PEERS_DIR``, else
+    ``../shared/peers`` relative to the repository root.
+
+    Raises
+    ------
+    PeersMissingError
+        With a message that says where it looked and how to point elsewhere.
+    """
+    candidate = override or Path(os.environ.get(PEERS_DIR_ENV, DEFAULT_PEERS_DIR))
+    needed = ("gen_worklist.py", "run_peer_bench.py", "pynetdicom_null_scp.py")
+    missing = [name for name in needed if not (candidate / name).is_file()]
+    if missing:
+        raise PeersMissingError(
+            f"the peers' benchmark scripts are not in {candidate} "
+            f"(missing: {', '.join(missing)}).\n"
+            f"They live beside the repository, in ../shared/peers; pass --peers-dir DIR or set "
+            f"{PEERS_DIR_ENV}=DIR to use another copy."
+        )
+    return candidate.resolve()
+
+
+def _load_module(name: str, path: Path) -> ModuleType:
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise PeersMissingError(f"cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def gen_worklist_module(folder: Path | None = None) -> ModuleType:
+    """The shared generator (``gen_worklist.py``), imported from the peers folder."""
+    return _load_module("gen_worklist", peers_dir(folder) / "gen_worklist.py")
+
+
+def peer_bench_module(folder: Path | None = None) -> ModuleType:
+    """The shared peer runner (``run_peer_bench.py``), imported from the peers folder."""
+    gen_worklist_module(folder)  # it imports its sibling by name
+    return _load_module("run_peer_bench", peers_dir(folder) / "run_peer_bench.py")
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (``q`` in 0..100) of a non-empty sequence."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q / 100.0 * len(ordered)) - 1)]
+
+
+def summary_ms(seconds: Sequence[float]) -> dict[str, float | int]:
+    """Median, p95, p99, min and max in milliseconds (rounded to 0.1 ms)."""
+    if not seconds:
+        return {"count": 0}
+    ms = [1000.0 * s for s in seconds]
+    return {
+        "count": len(ms),
+        "median_ms": round(statistics.median(ms), 1),
+        "p95_ms": round(percentile(ms, 95), 1),
+        "p99_ms": round(percentile(ms, 99), 1),
+        "min_ms": round(min(ms), 1),
+        "max_ms": round(max(ms), 1),
+    }
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    """``a / b`` formatted as ``1.23x``, or ``-`` when either is missing."""
+    if not a or not b:
+        return "-"
+    return f"{a / b:.2f}x"
+
+
+# --------------------------------------------------------------------------- reporting
+
+
+def command_line() -> str:
+    """The command that started this script, shell-quoted, for the printed report."""
+    return shlex.join([sys.executable, *sys.argv])
+
+
+def machine_info() -> dict[str, str | int | None]:
+    """nproc, CPU model, memory and load, Python and library versions."""
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_total = ""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                mem_total = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import pydicom
+    import pynetdicom
+    import sqlalchemy
+
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": model,
+        "mem_total": mem_total,
+        "loadavg": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "pydicom": pydicom.__version__,
+        "pynetdicom": pynetdicom.__version__,
+        "sqlalchemy": sqlalchemy.__version__,
+    }
+
+
+def print_header(title: str) -> None:
+    """Title, the exact command and the machine, at the top of every report."""
+    info = machine_info()
+    print(f"# {title}")
+    print(f"command: {command_line()}")
+    print(
+        f"machine: {info['nproc']} cores, {info['cpu_model']}, {info['mem_total']}, "
+        f"load {info['loadavg']}; Python {info['python']}, pydicom {info['pydicom']}, "
+        f"pynetdicom {info['pynetdicom']}, SQLAlchemy {info['sqlalchemy']}"
+    )
+    print(f"started: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}", flush=True)
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A GitHub table; columns whose header ends in a number unit are right-aligned."""
+    align = [
+        "---:"
+        if h.endswith((" ms", "/s", " MB", "N", "x")) or h in {"matches", "expected"}
+        else "---"
+        for h in header
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- databases
+
+
+def is_postgres(url: str) -> bool:
+    return make_url(url).get_backend_name() == "postgresql"
+
+
+def recreate_database(url: str) -> None:
+    """Start from an empty database: delete the SQLite file, or DROP/CREATE on PostgreSQL.
+
+    On PostgreSQL the database named in ``url`` is dropped and created again through
+    the ``postgres`` maintenance database of the same server; refuse the names the
+    test suite and the server itself use.
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        path = Path(parsed.database or "")
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        return
+    name = parsed.database or ""
+    if name in {"", "postgres", "test", "template0", "template1"} or not re.fullmatch(r"\w+", name):
+        raise ValueError(
+            f"refusing to drop database {name!r}: use a bench database such as mwl_bench"
+        )
+    admin = create_engine(
+        parsed.set(drivername="postgresql+psycopg", database="postgres"),
+        isolation_level="AUTOCOMMIT",
+    )
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    finally:
+        admin.dispose()
+
+
+def drop_database(url: str) -> None:
+    """Remove a bench database made by :func:`recreate_database` (after a run)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        recreate_database(url)
+        return
+    name = parsed.database or ""
+    if name in {"", "postgres", "test", "template0", "template1"}:
+        return
+    admin = create_engine(
+        parsed.set(drivername="postgresql+psycopg", database="postgres"),
+        isolation_level="AUTOCOMMIT",
+    )
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
+
+
+def database_durability(url: str) -> str:
+    """How a commit reaches the disk, for the report (SQLite pragmas / PostgreSQL settings)."""
+    from mwl.db import make_engine
+
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            if is_postgres(url):
+                fsync = conn.execute(text("SHOW fsync")).scalar()
+                sync = conn.execute(text("SHOW synchronous_commit")).scalar()
+                return f"PostgreSQL fsync={fsync}, synchronous_commit={sync}"
+            mode = conn.exec_driver_sql("PRAGMA journal_mode").scalar()
+            sync_level = conn.exec_driver_sql("PRAGMA synchronous").scalar()
+            names = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
+            level = names.get(int(sync_level or 0), str(sync_level))
+            return f"SQLite journal_mode={mode}, synchronous={level}"
+    finally:
+        engine.dispose()
+
+
+# --------------------------------------------------------------------------- mwl serve
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM when the benchmark process dies (Linux)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass  # not Linux: the `timeout` wrapper still bounds the lifetime
+
+
+@dataclass
+class MwlServer:
+    """A running ``mwl serve`` subprocess and the addresses it printed."""
+
+    proc: subprocess.Popen[bytes]
+    workdir: Path
+    log_path: Path
+    env: dict[str, str]
+    command: list[str]
+    hl7_port: int = 0
+    dicom_port: int = 0
+    web_port: int = 0
+    ae_title: str = MWL_AE_TITLE
+    pid: int = 0  # of mwl itself (proc is the `timeout` wrapper)
+    stdout_lines: list[str] = field(default_factory=list)
+
+    def vm_hwm_mb(self) -> float | None:
+        """Peak resident set size (VmHWM) of the mwl process so far, in MB."""
+        return _proc_status_mb(self.pid, "VmHWM")
+
+    def vm_rss_mb(self) -> float | None:
+        """Current resident set size (VmRSS) of the mwl process, in MB."""
+        return _proc_status_mb(self.pid, "VmRSS")
+
+    def shown_command(self) -> str:
+        """The command with its MWL_* environment, as a reader would type it."""
+        env = " ".join(
+            f"{k}={shlex.quote(v)}" for k, v in sorted(self.env.items()) if k.startswith("MWL_")
+        )
+        return f"{env} {shlex.join(self.command)}"
+
+    def stop(self, timeout_s: float = 20.0) -> int | None:
+        """SIGTERM (forwarded by `timeout` to mwl), wait, SIGKILL if it hangs."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=timeout_s)
+        return self.proc.returncode
+
+    def __enter__(self) -> MwlServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _proc_status_mb(pid: int, key: str) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return round(int(line.split()[1]) / 1024.0, 1)
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+_READY_LINES = {
+    "hl7_port": re.compile(r"^HL7 MLLP listening on .*:(\d+)$"),
+    "dicom_port": re.compile(r"^DICOM worklist SCP (\S+) listening on .*:(\d+)$"),
+    "web_port": re.compile(r"^web page on http://.*:(\d+)/"),
+}
+
+
+def start_mwl(
+    database_url: str,
+    workdir: Path,
+    *,
+    life_s: int = 3600,
+    ready_timeout_s: float = 120.0,
+    extra_env: Mapping[str, str] | None = None,
+) -> MwlServer:
+    """Start ``mwl serve`` on loopback with ephemeral ports; return once it is ready.
+
+    The process runs under ``timeout LIFE_S`` and gets SIGTERM when this process
+    dies (PR_SET_PDEATHSIG on the wrapper, which forwards it), so it never
+    outlives a crashed benchmark. Its stderr (the log) goes to ``workdir``.
+
+    Raises
+    ------
+    RuntimeError
+        When it exits or does not print ``mwl is ready`` within ``ready_timeout_s``.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MWL_")}
+    env.update(
+        {
+            "MWL_DATABASE_URL": database_url,
+            "MWL_BIND_ADDRESS": HOST,
+            "MWL_HL7_PORT": "0",
+            "MWL_DICOM_PORT": "0",
+            "MWL_WEB_PORT": "0",
+            "MWL_DICOM_AE_TITLE": MWL_AE_TITLE,
+        }
+    )
+    env.update(extra_env or {})
+    command = [sys.executable, "-m", "mwl.cli", "serve"]
+    log_path = workdir / f"mwl-serve-{int(time.time() * 1000)}.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            ["timeout", "-k", "5", str(life_s), *command],
+            stdout=subprocess.PIPE,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            cwd=workdir,
+            env=env,
+            preexec_fn=_die_with_parent,
+        )
+    server = MwlServer(proc, workdir, log_path, env, command)
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def pump() -> None:
+        # Keeps reading after start-up so the pipe never fills and blocks mwl.
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            server.stdout_lines.append(line)
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=pump, name="mwl-stdout", daemon=True).start()
+    deadline = time.monotonic() + ready_timeout_s
+    while True:
+        remaining = deadline - time.monotonic()
+        try:
+            line = lines.get(timeout=max(0.05, remaining))
+        except queue.Empty:
+            line = ""
+        if line is None or remaining <= 0:
+            server.stop()
+            tail = log_path.read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"mwl serve did not become ready; log tail:\n{tail}")
+        for name, pattern in _READY_LINES.items():
+            match = pattern.match(line)
+            if match:
+                setattr(server, name, int(match.groups()[-1]))
+                if name == "dicom_port":
+                    server.ae_title = match.group(1)
+        if line == "mwl is ready":
+            break
+    server.pid = _child_pid(proc.pid) or proc.pid
+    return server
+
+
+def _child_pid(pid: int) -> int | None:
+    """The (single) child of the `timeout` wrapper: the mwl process."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return None
+    return int(children[0]) if children else None
+
+
+def free_port() -> int:
+    """A currently free TCP port on loopback (for servers that cannot bind port 0)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
