@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pynetdicom import AE
 from pynetdicom.sop_class import ModalityWorklistInformationFind  # type: ignore[attr-defined]
 from sqlalchemy import text
@@ -60,9 +61,7 @@ def typical_keys(modality: str, station: str, date: str) -> list[str]:
     ]
 
 
-def identifier(modality: str, station: str, date: str):  # -> Dataset
-    from pydicom.dataset import Dataset
-
+def identifier(modality: str, station: str, date: str) -> Dataset:
     ds = Dataset()
     for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex",
                     "AccessionNumber", "StudyInstanceUID", "RequestedProcedureID",

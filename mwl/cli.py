@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import logging
 import signal
@@ -266,7 +267,9 @@ def serve(settings: Settings) -> int:
         for service in reversed(services):
             service.shutdown()
         engine.dispose()
-    print("mwl stopped", flush=True)
+    # The parent that read our output may be gone already (a killed supervisor).
+    with contextlib.suppress(BrokenPipeError):
+        print("mwl stopped", flush=True)
     return EXIT_OK
 
 

@@ -244,6 +244,9 @@ class Settings:
         default=(), metadata={"convert": _dicom_ae_profiles}
     )
     dicom_restrict_calling_ae: bool = False
+    # Associations served at once; more are refused (A-ASSOCIATE-RJ, transient). pynetdicom
+    # allows 10 unless told otherwise, too few for a department's modalities.
+    dicom_max_associations: int = 50
     # MPPS SCP (docs/conformance-statement.md): Performed Procedure Step Status -> status
     # of the linked scheduled steps, as a table {"IN PROGRESS" = "STARTED"}; "" leaves
     # the steps as they are.
@@ -336,6 +339,8 @@ def _validate(settings: Settings) -> None:
         raise SettingsError("hl7_missing_start", 'must be "now" or "reject"')
     if settings.hl7_protocol_code_component not in (1, 4):
         raise SettingsError("hl7_protocol_code_component", "must be 4 (OBR-4.4) or 1 (OBR-4.1)")
+    if not 1 <= settings.dicom_max_associations <= 1000:
+        raise SettingsError("dicom_max_associations", "must be between 1 and 1000")
     if settings.dicom_max_matches < 0:
         raise SettingsError("dicom_max_matches", "must be 0 (no limit) or positive")
     if settings.dicom_restrict_calling_ae and not settings.dicom_ae_profiles:

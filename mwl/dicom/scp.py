@@ -99,6 +99,7 @@ class WorklistScp:
         ae.acse_timeout = ACSE_TIMEOUT
         ae.dimse_timeout = DIMSE_TIMEOUT
         ae.network_timeout = NETWORK_TIMEOUT
+        ae.maximum_associations = settings.dicom_max_associations
         if settings.dicom_restrict_calling_ae:
             # Unknown callers are rejected at association (A-ASSOCIATE-RJ, PS3.8 7.1.1.9).
             ae.require_calling_aet = sorted({p.ae_title for p in settings.dicom_ae_profiles})

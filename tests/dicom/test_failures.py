@@ -17,6 +17,7 @@ from mwl.db import make_engine, make_session_factory
 from mwl.dicom.handlers import FAILURE_UNABLE_TO_PROCESS
 from mwl.dicom.scp import WorklistScp
 from mwl.domain import Order, PatientDemographics, RequestedProcedure, ScheduledStep
+from mwl.errors import SettingsError
 from mwl.models import QueryLogEntry
 from mwl.orders import apply_order
 
@@ -146,3 +147,36 @@ def test_concurrent_queries_while_orders_are_written(engine, settings, find, ide
         final = find(scp.address, identifier(sps_Modality="MR"))
     assert all(status == Status.SUCCESS for status, _ in results)
     assert len(final.identifiers) == 30
+
+
+def test_many_modalities_at_once_are_all_accepted_up_to_the_limit(engine, settings):
+    # pynetdicom alone would refuse the 11th association (its default limit is 10).
+    limit = 30
+    scp = WorklistScp(
+        settings.replace(dicom_ae_title="MWLTEST", dicom_max_associations=limit),
+        make_session_factory(engine),
+    )
+    scp.start()
+    open_associations = []
+    try:
+        for index in range(limit):
+            ae = AE(ae_title=f"MOD{index:02d}")
+            ae.add_requested_context(ModalityWorklistInformationFind)
+            assoc = ae.associate("127.0.0.1", scp.address[1], ae_title="MWLTEST")
+            open_associations.append(assoc)
+            assert assoc.is_established, f"association {index + 1} refused"
+        extra = AE(ae_title="ONEMORE")
+        extra.add_requested_context(ModalityWorklistInformationFind)
+        refused = extra.associate("127.0.0.1", scp.address[1], ae_title="MWLTEST")
+        open_associations.append(refused)
+        assert refused.is_rejected
+    finally:
+        for assoc in open_associations:
+            if assoc.is_established:
+                assoc.release()
+        scp.shutdown()
+
+
+def test_max_associations_setting_is_validated():
+    with pytest.raises(SettingsError, match="MWL_DICOM_MAX_ASSOCIATIONS"):
+        Settings(dicom_max_associations=0)
