@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from mwl.dicom.scp import WorklistScp
+from tests.dicom.key_cases import KEY_CASES
 
 pytestmark = [
     pytest.mark.e2e,
@@ -127,19 +128,7 @@ def sps_ids(answers: list[dict[str, Any]]) -> list[str]:
     return [a["ScheduledProcedureStepSequence"][0]["ScheduledProcedureStepID"] for a in answers]
 
 
-@pytest.mark.parametrize(
-    ("keys", "expected"),
-    [
-        ({"sps_Modality": "CT"}, ["S1", "S5"]),
-        ({"sps_ScheduledStationAETitle": "MR01"}, ["S2", "S3"]),
-        ({"sps_ScheduledProcedureStepStartDate": "20261121"}, ["S1", "S2", "S5"]),
-        ({"sps_ScheduledProcedureStepStartDate": "20261122-20261123"}, ["S3", "S4"]),
-        ({"PatientID": "P2"}, ["S2", "S3"]),
-        ({"PatientName": "Doe*"}, ["S6", "S2", "S3"]),
-        ({"PatientName": "mül*"}, ["S1"]),
-        ({"AccessionNumber": "ACC3"}, ["S4"]),
-    ],
-)
+@pytest.mark.parametrize(("keys", "expected"), KEY_CASES)
 def test_orthanc_find_worklist(orthanc, keys, expected):
     status, answers = orthanc.find_worklist(query(**keys))
     assert status == 200, answers

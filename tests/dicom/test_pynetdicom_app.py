@@ -10,10 +10,12 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 
+from tests.dicom.key_cases import KEY_CASES, SPS_PATH, command_line_keys
+
 pytestmark = pytest.mark.e2e
 
 TIMEOUT = 60
-SPS = "ScheduledProcedureStepSequence[0]"
+SPS = SPS_PATH
 RETURN_KEYS = (
     "SpecificCharacterSet=ISO_IR 192",
     "PatientName=",
@@ -39,21 +41,11 @@ def app_findscu(address: tuple[str, int], folder: Path, *keys: str) -> tuple[int
     return int(final[-1], 16), [dcmread(f) for f in sorted(folder.glob("rsp*.dcm"))]
 
 
-@pytest.mark.parametrize(
-    ("keys", "expected"),
-    [
-        ((f"{SPS}.Modality=CT",), ["S1", "S5"]),
-        ((f"{SPS}.ScheduledStationAETitle=MR01",), ["S2", "S3"]),
-        ((f"{SPS}.ScheduledProcedureStepStartDate=20261121",), ["S1", "S2", "S5"]),
-        ((f"{SPS}.ScheduledProcedureStepStartDate=20261122-20261123",), ["S3", "S4"]),
-        (("PatientID=P2",), ["S2", "S3"]),
-        (("PatientName=Doe*",), ["S6", "S2", "S3"]),
-        (("PatientName=mül*",), ["S1"]),
-        (("AccessionNumber=ACC3",), ["S4"]),
-    ],
-)
-def test_app_findscu_matching(scp, tmp_path, keys, expected):
-    status, responses = app_findscu(scp.address, tmp_path, *RETURN_KEYS, *keys)
+@pytest.mark.parametrize(("case", "expected"), KEY_CASES)
+def test_app_findscu_matching(scp, tmp_path, case, expected):
+    status, responses = app_findscu(
+        scp.address, tmp_path, *RETURN_KEYS, *command_line_keys(case)
+    )
     assert status == 0x0000
     ids = [r.ScheduledProcedureStepSequence[0].ScheduledProcedureStepID for r in responses]
     assert ids == expected
