@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import socket
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TextIO
 
@@ -40,7 +40,13 @@ def send_messages(
         Connection refused, timeout (``TimeoutError``), or the listener closed the
         connection before acknowledging (``ConnectionError``).
     """
-    acks: list[bytes] = []
+    return list(iter_acks(host, port, payloads, timeout))
+
+
+def iter_acks(
+    host: str, port: int, payloads: Iterable[bytes], timeout: float = 10.0
+) -> Iterator[bytes]:
+    """Like :func:`send_messages`, but yield each ACK as soon as it has come."""
     framer = MllpFramer(_MAX_ACK_BYTES)
     pending: list[bytes] = []
     with socket.create_connection((host, port), timeout=timeout) as sock:
@@ -52,8 +58,7 @@ def send_messages(
                 if not data:
                     raise ConnectionError("the listener closed the connection without an ACK")
                 pending.extend(framer.feed(data))
-            acks.append(pending.pop(0))
-    return acks
+            yield pending.pop(0)
 
 
 def split_messages(data: bytes) -> list[bytes]:
@@ -129,30 +134,21 @@ def send_files(
         return 2
     bar = progress and sys.stderr.isatty()
     status = 0
-    framer = MllpFramer(_MAX_ACK_BYTES)
+    acks = iter_acks(host, port, (message for _, message in batch), timeout)
     try:
-        with socket.create_connection((host, port), timeout=timeout) as sock:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            for index, (name, message) in enumerate(batch, start=1):
-                sock.sendall(frame(message))
-                acks: list[bytes] = []
-                while not acks:
-                    data = sock.recv(65536)
-                    if not data:
-                        raise ConnectionError("the listener closed the connection without an ACK")
-                    acks = framer.feed(data)
-                code, _, text = ack_summary(acks[0])
-                control_id = _field(message, b"MSH", 10)
-                if bar:
-                    sys.stderr.write("\r\x1b[K")
-                line = f"{code or '??'} {control_id or '-'} {name}"
-                print(f"{line}: {text}" if code != "AA" and text else line, file=out)
-                if code != "AA":
-                    status = 1
-                if bar:
-                    done = int(30 * index / len(batch))
-                    sys.stderr.write(f"\r[{'#' * done}{'.' * (30 - done)}] {index}/{len(batch)}")
-                    sys.stderr.flush()
+        for index, ((name, message), ack) in enumerate(zip(batch, acks, strict=False), start=1):
+            code, _, text = ack_summary(ack)
+            control_id = _field(message, b"MSH", 10)
+            if bar:
+                sys.stderr.write("\r\x1b[K")
+            line = f"{code or '??'} {control_id or '-'} {name}"
+            print(f"{line}: {text}" if code != "AA" and text else line, file=out)
+            if code != "AA":
+                status = 1
+            if bar:
+                done = int(30 * index / len(batch))
+                sys.stderr.write(f"\r[{'#' * done}{'.' * (30 - done)}] {index}/{len(batch)}")
+                sys.stderr.flush()
     except OSError as exc:
         if bar:
             sys.stderr.write("\n")
