@@ -307,3 +307,51 @@ class OutboxAttempt(Base):
     outcome: Mapped[str] = mapped_column(String(8))
     ack: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     error: Mapped[str] = mapped_column(Text, default="")
+
+
+class AuditEvent(Base):
+    """A change made by a person (web page or API): who, when, and before → after."""
+
+    __tablename__ = "audit_event"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    # The user name, copied: the trail must outlive the account.
+    username: Mapped[str] = mapped_column(String(64))
+    # What was done, e.g. "edit", "reschedule", "cancel", "restore", "create",
+    # "reprocess", "settings".
+    action: Mapped[str] = mapped_column(String(32))
+    # The step the change concerns; kept as a plain key (no foreign key) so that
+    # retention purging the step leaves the trail readable.
+    sps_key: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+    # Study Instance UID, HL7 message key or setting name: what else identifies it.
+    subject: Mapped[str] = mapped_column(String(128), default="", index=True)
+    # JSON object {field: [before, after]}.
+    changes: Mapped[str] = mapped_column(Text, default="{}")
+    reason: Mapped[str] = mapped_column(String(255), default="")
+
+
+class ApiToken(Base):
+    """A bearer token for the JSON API, acting as its user; only its hash is stored."""
+
+    __tablename__ = "api_token"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_key: Mapped[int] = mapped_column(ForeignKey("app_user.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(64), default="")
+    # SHA-256 of the token: tokens are long random strings, so a slow hash buys nothing.
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    last_used_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class SettingOverride(Base):
+    """A setting changed on the admin page; it takes precedence over file and environment."""
+
+    __tablename__ = "setting_override"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # The value as JSON, in the same form as the MWL_* variable takes it.
+    value_json: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+    updated_by: Mapped[str] = mapped_column(String(64), default="")

@@ -16,9 +16,15 @@ from werkzeug.exceptions import HTTPException
 
 from mwl.config import Settings
 from mwl.db import make_engine, make_session_factory
-from web import auth, display, messages, scanners, status, worklist
+from web import admin, api, auth, display, i18n, items, messages, scanners, status, worklist
 from web.ratelimit import LoginRateLimiter
-from web.store import WebState, close_session, rollback_session
+from web.store import (
+    Hl7Reprocessor,
+    QueryPreviewer,
+    WebState,
+    close_session,
+    rollback_session,
+)
 
 logger = logging.getLogger(__name__)
 # Only the composition root (mwl.cli) configures handlers; a library stays quiet.
@@ -30,6 +36,9 @@ def create_app(
     session_factory: sessionmaker[Session] | None = None,
     *,
     config: Mapping[str, Any] | None = None,
+    writer_factory: sessionmaker[Session] | None = None,
+    hl7_reprocessor: Hl7Reprocessor | None = None,
+    query_previewer: QueryPreviewer | None = None,
 ) -> Flask:
     """Build the admin web application.
 
@@ -38,12 +47,17 @@ def create_app(
     settings
         The broker's settings (secret key, secure cookies, database URL).
     session_factory
-        Where each request gets its one session. The page only reads today, so a
-        reader factory (``make_session_factory(engine)``) is enough. When None, the
-        app builds its own engine from ``settings.database_url``; it is kept in
-        ``app.extensions["mwl"].owned_engine`` for the caller to dispose.
+        Where each request gets its read session (``make_session_factory(engine)``).
+        When None, the app builds its own engine from ``settings.database_url``; it is
+        kept in ``app.extensions["mwl"].owned_engine`` for the caller to dispose.
     config
         Flask configuration applied last, e.g. ``{"WTF_CSRF_ENABLED": False}`` in tests.
+    writer_factory
+        Sessions for changes (edits, new orders, settings). When None, a writer
+        factory on the same engine as ``session_factory``.
+    hl7_reprocessor, query_previewer
+        Services of the HL7 and DICOM adapters, lent by the composition root
+        (see :mod:`web.store`); the pages that need them say so when they are absent.
 
     Returns
     -------
@@ -76,21 +90,34 @@ def create_app(
     if session_factory is None:
         owned_engine = make_engine(settings.database_url)
         session_factory = make_session_factory(owned_engine)
+    if writer_factory is None:
+        writer_factory = make_session_factory(session_factory.kw["bind"], writer=True)
     app.extensions["mwl"] = WebState(
         settings=settings,
         session_factory=session_factory,
         limiter=LoginRateLimiter(),
+        writer_factory=writer_factory,
         owned_engine=owned_engine,
+        hl7_reprocessor=hl7_reprocessor,
+        query_previewer=query_previewer,
     )
 
     CSRFProtect(app)
     auth.init_login(app)
+    i18n.init_i18n(app)
     display.register_filters(app)
     app.register_blueprint(auth.bp)
+    app.register_blueprint(i18n.bp)
     app.register_blueprint(status.bp)
     app.register_blueprint(worklist.bp)
     app.register_blueprint(messages.bp)
     app.register_blueprint(scanners.bp)
+    app.register_blueprint(items.bp)
+    app.register_blueprint(api.bp)
+    app.register_blueprint(admin.bp)
+
+    # Lets the navigation show links only to pages that exist.
+    app.jinja_env.globals["url_endpoints"] = app.view_functions
 
     app.teardown_appcontext(close_session)
     app.after_request(_security_headers)
