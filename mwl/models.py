@@ -355,3 +355,20 @@ class SettingOverride(Base):
     value_json: Mapped[str] = mapped_column(Text)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
     updated_by: Mapped[str] = mapped_column(String(64), default="")
+
+
+class Hl7MessageLink(Base):
+    """Which patient and requested procedure an HL7 message created or changed.
+
+    Plain keys, no foreign keys to the patient and procedure: retention may purge an
+    order while its messages are still kept, and the link then simply finds nothing.
+    """
+
+    __tablename__ = "hl7_message_link"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    message_key: Mapped[int] = mapped_column(
+        ForeignKey("hl7_message.id", ondelete="CASCADE"), index=True
+    )
+    patient_key: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+    procedure_key: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)

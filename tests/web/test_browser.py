@@ -5,45 +5,18 @@ from __future__ import annotations
 import datetime as dt
 import os
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Any
 
 import pytest
 
 from mwl.domain import Code
-from web.server import WebServer
+from tests.browser import ARTIFACTS, REPO, chromium, serving
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-REPO = Path(__file__).resolve().parents[2]
-ARTIFACTS = REPO / "tests" / "artifacts"
 # The README's screenshot is refreshed only on request, so test runs leave the
 # work tree clean: MWL_UPDATE_SCREENSHOTS=1 pytest -m browser tests/web
 DOCS_IMAGE = REPO / "docs" / "img" / "daylist.png"
 DAY = dt.date(2026, 11, 21)
 
 pytestmark = pytest.mark.browser
-
-
-@contextmanager
-def serving(app: Any) -> Iterator[str]:
-    """Serve ``app`` as ``mwl serve`` does (waitress) on a loopback ephemeral port."""
-    server = WebServer(app, "127.0.0.1", 0, threads=2)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{server.address[1]}"
-    finally:
-        server.shutdown()
 
 
 @pytest.fixture
@@ -110,43 +83,37 @@ def day_orders(add_order) -> None:
 
 
 def test_log_in_and_see_the_day_list(csrf_app, user, password, day_orders, database_url):
-    if not CHROMIUM.exists():
-        pytest.skip(f"Debian's Chromium is not installed at {CHROMIUM}")
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    with serving(csrf_app) as base, sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1360, "height": 640})
-            page.goto(f"{base}/?date={DAY.isoformat()}")
-            expect(page).to_have_url(f"{base}/login?next=%2F%3Fdate%3D{DAY.isoformat()}")
-            expect(page.get_by_text("Sample")).to_have_count(0)  # no data before login
+    with serving(csrf_app) as base, chromium() as browser:
+        page = browser.new_page(viewport={"width": 1360, "height": 640})
+        page.goto(f"{base}/?date={DAY.isoformat()}")
+        expect(page).to_have_url(f"{base}/login?next=%2F%3Fdate%3D{DAY.isoformat()}")
+        expect(page.get_by_text("Sample")).to_have_count(0)  # no data before login
 
-            page.get_by_label("User name").fill(user)
-            page.get_by_label("Password").fill(password)
-            page.get_by_role("button", name="Log in").click()
+        page.get_by_label("User name").fill(user)
+        page.get_by_label("Password").fill(password)
+        page.get_by_role("button", name="Log in").click()
 
-            expect(page).to_have_url(f"{base}/?date={DAY.isoformat()}")
-            row = page.get_by_role("row").filter(has_text="SYN-0001")
-            expect(row).to_contain_text("Sample, Anna")
-            expect(row).to_contain_text("07:45")
-            expect(row).to_contain_text("ACC20261121A")
-            expect(row).to_contain_text("Scheduled")
-            expect(page.get_by_role("row").filter(has_text="SYN-0003")).to_contain_text("Canceled")
-            expect(page.get_by_text("4 scheduled procedure steps")).to_be_visible()
+        expect(page).to_have_url(f"{base}/?date={DAY.isoformat()}")
+        row = page.get_by_role("row").filter(has_text="SYN-0001")
+        expect(row).to_contain_text("Sample, Anna")
+        expect(row).to_contain_text("07:45")
+        expect(row).to_contain_text("ACC20261121A")
+        expect(row).to_contain_text("Scheduled")
+        expect(page.get_by_role("row").filter(has_text="SYN-0003")).to_contain_text("Canceled")
+        expect(page.get_by_text("4 scheduled procedure steps")).to_be_visible()
 
-            ARTIFACTS.mkdir(parents=True, exist_ok=True)
-            shot = ARTIFACTS / "daylist.png"
-            page.screenshot(path=str(shot), full_page=True)
-            assert shot.stat().st_size > 10_000
-            update_docs = os.environ.get("MWL_UPDATE_SCREENSHOTS") == "1"
-            if update_docs and database_url.startswith("sqlite"):
-                DOCS_IMAGE.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(shot, DOCS_IMAGE)
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        shot = ARTIFACTS / "daylist.png"
+        page.screenshot(path=str(shot), full_page=True)
+        assert shot.stat().st_size > 10_000
+        update_docs = os.environ.get("MWL_UPDATE_SCREENSHOTS") == "1"
+        if update_docs and database_url.startswith("sqlite"):
+            DOCS_IMAGE.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(shot, DOCS_IMAGE)
 
-            page.get_by_role("button", name="Log out").click()
-            expect(page).to_have_url(f"{base}/login")
-            page.goto(f"{base}/?date={DAY.isoformat()}")
-            expect(page.get_by_text("SYN-0001")).to_have_count(0)
-        finally:
-            browser.close()
+        page.get_by_role("button", name="Log out").click()
+        expect(page).to_have_url(f"{base}/login")
+        page.goto(f"{base}/?date={DAY.isoformat()}")
+        expect(page.get_by_text("SYN-0001")).to_have_count(0)

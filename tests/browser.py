@@ -1,0 +1,78 @@
+"""Shared pieces of the browser tests: serve an app on waitress, drive Debian's Chromium.
+
+Usage::
+
+    with serving(app) as base, chromium() as browser:
+        page = browser.new_page()
+        log_in(page, base, "alice", PASSWORD)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from web.server import WebServer
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+REPO = Path(__file__).resolve().parents[1]
+# Screenshots of every browser test land here (ignored by git).
+ARTIFACTS = REPO / "tests" / "artifacts"
+
+
+@contextmanager
+def serving(app: Any) -> Iterator[str]:
+    """Serve ``app`` as ``mwl serve`` does (waitress) on a loopback ephemeral port."""
+    server = WebServer(app, "127.0.0.1", 0, threads=2)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{server.address[1]}"
+    finally:
+        server.shutdown()
+
+
+@contextmanager
+def chromium() -> Iterator[Any]:
+    """A headless Debian Chromium through Playwright; skips when it is not installed."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"Debian's Chromium is not installed at {CHROMIUM}")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def log_in(page: Any, base: str, username: str, password: str) -> None:
+    """Log in through the form and wait until the day list shows."""
+    from playwright.sync_api import expect
+
+    page.goto(f"{base}/login")
+    page.get_by_label("User name").fill(username)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Log in").click()
+    expect(page.get_by_role("button", name="Log out")).to_be_visible()
+
+
+def screenshot(page: Any, name: str) -> Path:
+    """Save a full-page screenshot as ``tests/artifacts/<name>.png``; returns its path."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTIFACTS / f"{name}.png"
+    page.screenshot(path=str(shot), full_page=True)
+    return shot
