@@ -81,6 +81,11 @@ def _load_module(name: str, path: Path) -> ModuleType:
     return module
 
 
+def load_module_copy(name: str, folder: Path | None, filename: str) -> ModuleType:
+    """A separate import of a peers' script under ``name`` (to change without side effects)."""
+    return _load_module(name, peers_dir(folder) / filename)
+
+
 def gen_worklist_module(folder: Path | None = None) -> ModuleType:
     """The shared generator (``gen_worklist.py``), imported from the peers folder."""
     return _load_module("gen_worklist", peers_dir(folder) / "gen_worklist.py")

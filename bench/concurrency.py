@@ -7,7 +7,10 @@ Loads ``--n`` generated items (``load_items``) into a fresh database, starts
   ``--processes`` client processes, so the client's own GIL does not become the
   bottleneck), each doing ``--loops`` times: associate (its own association per
   query, calling AE ``MOD<nn>``, TCP_NODELAY), one worklist C-FIND for its station
-  today (Modality + Scheduled Station AE Title + SPS Start Date), release;
+  today (Modality + Scheduled Station AE Title + SPS Start Date), release; back to
+  back (the default: a saturation test, the clients share the machine's cores with
+  the server) or, with ``--interval-s``, one query per modality every that many
+  seconds, the starts spread evenly (a department's steady load);
 - one MLLP sender at ``--rate`` msg/s (default 20) of unique ORM^O01 messages
   (``hl7_ingest.MessageFactory``) until the SCUs are done.
 
@@ -117,8 +120,14 @@ def _modality(
     deadline: float,
     result: ScuResult,
     lock: threading.Lock,
+    interval_s: float = 0.0,
+    offset_s: float = 0.0,
 ) -> None:
-    """One modality: ``loops`` x (associate, C-FIND for its station today, release)."""
+    """One modality: ``loops`` x (associate, C-FIND for its station today, release).
+
+    With ``interval_s`` a query starts every ``interval_s`` seconds (from ``offset_s``;
+    at once when the previous one took longer), else each right after the last.
+    """
     from pydicom.dataset import Dataset
     from pynetdicom import AE, evt
     from pynetdicom.sop_class import ModalityWorklistInformationFind  # type: ignore[attr-defined]
@@ -141,7 +150,10 @@ def _modality(
     sps.ScheduledProcedureStepDescription = ""
     query.ScheduledProcedureStepSequence = [sps]
     handlers: list[Any] = [(evt.EVT_CONN_OPEN, _set_nodelay)]
-    for _ in range(loops):
+    first_start = time.monotonic() + offset_s
+    for loop in range(loops):
+        if interval_s:
+            time.sleep(max(0.0, first_start + loop * interval_s - time.monotonic()))
         if time.monotonic() > deadline:
             break
         started = time.perf_counter()
@@ -186,10 +198,22 @@ def _modality(
 
 
 def run_client_process(
-    first: int, count: int, port: int, called_ae: str, date: str, loops: int, budget_s: float
+    first: int,
+    count: int,
+    port: int,
+    called_ae: str,
+    date: str,
+    loops: int,
+    budget_s: float,
+    interval_s: float = 0.0,
+    modalities: int = 1,
 ) -> ScuResult:
     """``count`` modality threads in this (client) process; returns what they saw."""
+    from pynetdicom import _config
+
     logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
+    # The load generator shares the CPU with the server: no event logging work.
+    _config.LOG_HANDLER_LEVEL = "none"
     result = ScuResult()
     lock = threading.Lock()
     deadline = time.monotonic() + budget_s
@@ -198,6 +222,8 @@ def run_client_process(
             target=_modality,
             name=f"mod-{i}",
             args=(i, port, called_ae, date, loops, deadline, result, lock),
+            # Starts spread evenly over one interval.
+            kwargs={"interval_s": interval_s, "offset_s": interval_s * i / max(1, modalities)},
         )
         for i in range(first, first + count)
     ]
@@ -221,6 +247,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--processes", type=int, default=5, help="client processes")
     parser.add_argument("--loops", type=int, default=20, help="queries per modality")
     parser.add_argument("--rate", type=float, default=20.0, help="HL7 messages per second")
+    parser.add_argument(
+        "--interval-s",
+        type=float,
+        default=0.0,
+        help="each modality starts a query every this many seconds (0: back to back)",
+    )
     parser.add_argument(
         "--budget-s",
         type=float,
@@ -279,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
                         args.date,
                         args.loops,
                         args.budget_s,
+                        args.interval_s,
+                        args.modalities,
                     )
                     for first, count in zip(firsts, per, strict=True)
                     if count
@@ -294,10 +328,11 @@ def main(argv: list[str] | None = None) -> int:
         summary = benchlib.summary_ms(total.latencies)
         refused = sum(total.refused.values())
         failed = sum(total.failed_queries.values())
+        pace = f"one query every {args.interval_s:g} s each" if args.interval_s else "back to back"
         print(
-            f"\n{args.modalities} modalities x {args.loops} queries over {args.processes} client "
-            f"processes, {args.n} stored steps, {args.backend}: {elapsed:.1f} s, "
-            f"{len(total.latencies) / elapsed:.1f} successful queries/s"
+            f"\n{args.modalities} modalities x {args.loops} queries ({pace}) over "
+            f"{args.processes} client processes, {args.n} stored steps, {args.backend}: "
+            f"{elapsed:.1f} s, {len(total.latencies) / elapsed:.1f} successful queries/s"
         )
         rows = [
             ("associations attempted", total.attempted),

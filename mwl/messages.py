@@ -8,8 +8,9 @@ Functions take the unit of work's session first and never commit.
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.util import identity_key
 
 from mwl.models import Hl7Message, utcnow
 
@@ -23,6 +24,29 @@ _LENGTHS = {
     "message_control_id": 199,
     "message_type": 32,
 }
+
+
+# Built once: every message runs these, and building a statement costs more than
+# running it (about 0.5 ms against 0.2 ms here, SQLAlchemy 2.1).
+_OUTCOME_COLUMNS = ("outcome", "ack", "error", "processed_at")
+_INSERT = insert(Hl7Message).returning(Hl7Message.id)
+_UPDATE_OUTCOME = (
+    update(Hl7Message)
+    .where(Hl7Message.id == bindparam("key"))
+    .values({name: bindparam(name) for name in _OUTCOME_COLUMNS})
+)
+_ORIGINAL_ACK = (
+    select(Hl7Message.ack)
+    .where(
+        Hl7Message.sending_application == bindparam("application"),
+        Hl7Message.sending_facility == bindparam("facility"),
+        Hl7Message.message_control_id == bindparam("control_id"),
+        Hl7Message.outcome == "AA",
+        Hl7Message.ack.is_not(None),
+    )
+    .order_by(Hl7Message.id)
+    .limit(1)
+)
 
 
 def _cut(name: str, value: str) -> str:
@@ -60,19 +84,18 @@ def record_received(
     int
         The message key for :func:`record_outcome`.
     """
-    message = Hl7Message(
-        raw=raw,
-        peer_address=_cut("peer_address", peer_address),
-        sending_application=_cut("sending_application", sending_application),
-        sending_facility=_cut("sending_facility", sending_facility),
-        message_control_id=_cut("message_control_id", message_control_id),
-        message_type=_cut("message_type", message_type),
-        outcome=RECEIVED,
-        received_at=utcnow(),
-    )
-    session.add(message)
-    session.flush()
-    return message.id
+    row = {
+        "raw": raw,
+        "peer_address": _cut("peer_address", peer_address),
+        "sending_application": _cut("sending_application", sending_application),
+        "sending_facility": _cut("sending_facility", sending_facility),
+        "message_control_id": _cut("message_control_id", message_control_id),
+        "message_type": _cut("message_type", message_type),
+        "outcome": RECEIVED,
+        "received_at": utcnow(),
+    }
+    key: int = session.connection().execute(_INSERT, row).scalar_one()
+    return key
 
 
 def record_outcome(
@@ -94,13 +117,19 @@ def record_outcome(
     error
         Why it was not accepted (no patient data), or a note.
     """
-    message = session.get(Hl7Message, message_key)
-    if message is None:
+    values = {
+        "key": message_key,
+        "outcome": outcome[:16],
+        "ack": ack,
+        "error": error.replace("\x00", ""),
+        "processed_at": utcnow(),
+    }
+    if not session.connection().execute(_UPDATE_OUTCOME, values).rowcount:
         raise KeyError(message_key)
-    message.outcome = outcome[:16]
-    message.ack = ack
-    message.error = error.replace("\x00", "")
-    message.processed_at = utcnow()
+    # The entry, if this unit of work holds it, reads the new values from now on.
+    entry = session.identity_map.get(identity_key(Hl7Message, message_key))
+    if entry is not None:
+        session.expire(entry, list(_OUTCOME_COLUMNS))
 
 
 def original_ack(
@@ -120,16 +149,16 @@ def original_ack(
     """
     if not message_control_id:
         return None
-    ack: bytes | None = session.scalars(
-        select(Hl7Message.ack)
-        .where(
-            Hl7Message.sending_application == _cut("sending_application", sending_application),
-            Hl7Message.sending_facility == _cut("sending_facility", sending_facility),
-            Hl7Message.message_control_id == _cut("message_control_id", message_control_id),
-            Hl7Message.outcome == "AA",
-            Hl7Message.ack.is_not(None),
+    ack: bytes | None = (
+        session.connection()
+        .execute(
+            _ORIGINAL_ACK,
+            {
+                "application": _cut("sending_application", sending_application),
+                "facility": _cut("sending_facility", sending_facility),
+                "control_id": _cut("message_control_id", message_control_id),
+            },
         )
-        .order_by(Hl7Message.id)
-        .limit(1)
-    ).first()
+        .scalar()
+    )
     return ack

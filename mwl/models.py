@@ -29,6 +29,17 @@ from mwl.domain import Code
 PN_LENGTH = 324  # three component groups of 64 plus separators
 
 
+def _pattern_index(name: str, column: str) -> Index:
+    """A B-tree index that also serves prefix wildcards, ``LIKE 'ABC%'``, on PostgreSQL.
+
+    PostgreSQL uses an index for LIKE only under the C collation, or with the
+    ``varchar_pattern_ops`` operator class, which still serves ``=`` (PostgreSQL
+    manual, 11.10 "Operator Classes and Operator Families"). SQLite has no operator
+    classes: there it is a plain index (its case-sensitive GLOB uses it as it is).
+    """
+    return Index(name, column, postgresql_ops={column: "varchar_pattern_ops"})
+
+
 def utcnow() -> dt.datetime:
     """Naive UTC now: every log timestamp is stored in UTC without an offset."""
     return dt.datetime.now(dt.UTC).replace(tzinfo=None)
@@ -38,14 +49,19 @@ class Patient(Base):
     """A patient as identified by the RIS: Patient ID within its issuer."""
 
     __tablename__ = "patient"
-    __table_args__ = (UniqueConstraint("patient_id", "issuer_of_patient_id"),)
+    __table_args__ = (
+        UniqueConstraint("patient_id", "issuer_of_patient_id"),
+        # Equality and prefix wildcards (LIKE 'ABC%') on one index (revision 0005).
+        _pattern_index("ix_patient_patient_id", "patient_id"),
+        _pattern_index("ix_patient_patient_name_key", "patient_name_key"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    patient_id: Mapped[str] = mapped_column(String(64), index=True)
+    patient_id: Mapped[str] = mapped_column(String(64))
     issuer_of_patient_id: Mapped[str] = mapped_column(String(64), default="")
     patient_name: Mapped[str] = mapped_column(String(PN_LENGTH), default="")
     # Case- and accent-folded name (mwl.names.name_search_key) for PN matching on an index.
-    patient_name_key: Mapped[str] = mapped_column(String(PN_LENGTH), default="", index=True)
+    patient_name_key: Mapped[str] = mapped_column(String(PN_LENGTH), default="")
     patient_birth_date: Mapped[str] = mapped_column(String(8), default="")
     patient_sex: Mapped[str] = mapped_column(String(16), default="")
     # Visit and patient medical values that patient messages carry (PV1, AL1); the
@@ -67,12 +83,15 @@ class RequestedProcedure(Base):
     """A requested procedure with its imaging service request: one study."""
 
     __tablename__ = "requested_procedure"
+    __table_args__ = (
+        _pattern_index("ix_requested_procedure_accession_number", "accession_number"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     patient_key: Mapped[int] = mapped_column(ForeignKey("patient.id"), index=True)
     study_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
     requested_procedure_id: Mapped[str] = mapped_column(String(16), index=True)
-    accession_number: Mapped[str] = mapped_column(String(16), default="", index=True)
+    accession_number: Mapped[str] = mapped_column(String(16), default="")
     requested_procedure_description: Mapped[str] = mapped_column(String(64), default="")
     requested_procedure_code_value: Mapped[str] = mapped_column(String(64), default="")
     requested_procedure_code_scheme: Mapped[str] = mapped_column(String(16), default="")

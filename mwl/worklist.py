@@ -35,11 +35,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, false, or_, select, true
+from sqlalchemy import ColumnElement, RowMapping, Select, and_, false, or_, select, true
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from mwl.domain import (
     HIDDEN_BY_DEFAULT,
+    Code,
     KeyMatch,
     MatchKind,
     SpsStatus,
@@ -142,8 +143,10 @@ def find_items(session: Session, query: WorklistQuery) -> list[WorklistItem]:
         The database failed.
     """
     statement = build_statement(query, dialect=session.get_bind().dialect.name)
-    rows = session.execute(statement).all()
-    return [worklist_item(step, procedure, patient) for step, procedure, patient in rows]
+    # Plain columns, not the three ORM entities: a large answer (hundreds of items)
+    # then takes about a third of the time to read.
+    rows = session.execute(statement.with_only_columns(*_ITEM_COLUMNS)).mappings()
+    return [_item_from_row(row) for row in rows]
 
 
 def build_statement(
@@ -315,6 +318,42 @@ def _one_name_condition(
         _pattern_condition(column, tokens, dialect),
         _pattern_condition(column, [*tokens, "^", _ANY], dialect),
         _pattern_condition(column, [*tokens, "=", _ANY], dialect),
+    )
+
+
+# WorklistItem fields stored as they are in a column of the same name (all but the
+# codes, start, status and key, which _item_from_row converts).
+_STORED_FIELDS: dict[str, InstrumentedAttribute[Any]] = {
+    name: getattr(model, name)
+    for name in WorklistItem.__dataclass_fields__
+    if name != "scheduled_protocol_codes"
+    for model in (Patient, RequestedProcedure, ScheduledProcedureStep)
+    if isinstance(getattr(model, name, None), InstrumentedAttribute)
+}
+_ITEM_COLUMNS = (
+    *(column.label(name) for name, column in _STORED_FIELDS.items()),
+    RequestedProcedure.requested_procedure_code_value.label("code_value"),
+    RequestedProcedure.requested_procedure_code_scheme.label("code_scheme"),
+    RequestedProcedure.requested_procedure_code_meaning.label("code_meaning"),
+    ScheduledProcedureStep.scheduled_protocol_codes,
+    ScheduledProcedureStep.start_datetime.label("start"),
+    ScheduledProcedureStep.status.label("status"),
+    ScheduledProcedureStep.id.label("step_key"),
+)
+
+
+def _item_from_row(row: RowMapping) -> WorklistItem:
+    """A WorklistItem from one row of :data:`_ITEM_COLUMNS` (as :func:`worklist_item`)."""
+    code_value = row["code_value"]
+    return WorklistItem(
+        **{name: row[name] for name in _STORED_FIELDS},
+        requested_procedure_code=(
+            Code(code_value, row["code_scheme"], row["code_meaning"]) if code_value else None
+        ),
+        start=row["start"],
+        scheduled_protocol_codes=parse_codes(row["scheduled_protocol_codes"]),
+        scheduled_procedure_step_status=SpsStatus(row["status"]),
+        step_key=row["step_key"],
     )
 
 

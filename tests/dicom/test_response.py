@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import replace
 
 import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from mwl.dicom.response import build_response
+from mwl.dicom.response import ResponseBuilder, build_response
 from mwl.domain import Code, SpsStatus, WorklistItem
 
 ITEM = WorklistItem(
@@ -52,6 +54,19 @@ def encode(ds: Dataset) -> bytes:
 def decode(data: bytes) -> Dataset:
     buffer = DicomBytesIO(data)
     buffer.is_little_endian, buffer.is_implicit_VR = True, False
+    return dcmread(buffer, force=True)
+
+
+def write(ds: Dataset, implicit: bool) -> bytes:
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, implicit
+    write_dataset(buffer, ds)
+    return buffer.getvalue()
+
+
+def read(data: bytes, implicit: bool) -> Dataset:
+    buffer = DicomBytesIO(data)
+    buffer.is_little_endian, buffer.is_implicit_VR = True, implicit
     return dcmread(buffer, force=True)
 
 
@@ -158,10 +173,101 @@ def test_unknown_charset_is_refused():
 
 
 def test_characters_without_any_latin1_form_become_question_marks():
-    from dataclasses import replace
-
     item = replace(ITEM, patient_name="Yamada^Tarou=山田^太郎")
     response = build_response(item, request(PatientName=""), charset="ISO_IR 100")
     assert str(response.PatientName) == "Yamada^Tarou=??^??"
     utf8 = build_response(item, request(PatientName=""))
     assert str(utf8.PatientName) == "Yamada^Tarou=山田^太郎"
+
+
+# --------------------------------------------------------------------------- ResponseBuilder
+
+RICH = replace(
+    ITEM,
+    patient_name="Øster^Émile=",  # an empty trailing group: pydicom drops it
+    accession_number="A1",
+    study_instance_uid="2.25.1234",  # odd length: padded with NUL
+    pregnancy_status="4",
+    allergies="Penicillin\\Iodine",
+    patient_weight="70.5",
+    patient_size="1.8",
+    requested_procedure_comments="Ü" * 41,
+    scheduled_protocol_codes=(Code("P1", "99LOCAL", "Leber ä"), Code("P22", "99LOCAL", "Niere")),
+)
+
+
+def every_key() -> Dataset:
+    """A request naming every top-level key, with zero-item sequences (all item keys)."""
+    from mwl.dicom import keys as keytable
+    from mwl.dicom.keys import Level
+
+    asked = Dataset()
+    for spec in keytable.keys_at(Level.TOP):
+        setattr(asked, spec.keyword, [] if spec.vr == "SQ" else None)
+    return asked
+
+
+def some_keys() -> Dataset:
+    asked = request(PatientName="", PatientID="", PregnancyStatus=None, SpecialNeeds="")
+    sps = Dataset()
+    sps.ScheduledProcedureStepStartDate = "20261123"
+    sps.Modality = "US"
+    sps.ScheduledProtocolCodeSequence = [Dataset()]
+    sps.ScheduledProtocolCodeSequence[0].CodeMeaning = ""
+    asked.ScheduledProcedureStepSequence = [sps]
+    return asked
+
+
+@pytest.mark.parametrize("charset", ["ISO_IR 192", "ISO_IR 100", "", "ISO_IR 144", "GB18030"])
+@pytest.mark.parametrize("asked", [every_key, some_keys, lambda: request(PatientID="")])
+@pytest.mark.parametrize(
+    "syntax", [ImplicitVRLittleEndian, ExplicitVRLittleEndian], ids=["implicit", "explicit"]
+)
+def test_encoded_identifier_is_what_pydicom_writes_for_the_dataset(charset, asked, syntax):
+    builder = ResponseBuilder(asked(), charset)
+    dataset = builder.build(RICH)
+    expected = write(dataset, implicit=syntax == ImplicitVRLittleEndian)
+    assert builder.encode(RICH, syntax) == expected
+    assert dataset == build_response(RICH, asked(), charset)
+    # And it reads back: exactly the keys the Dataset holds.
+    back = read(expected, implicit=syntax == ImplicitVRLittleEndian)
+    assert [e.tag for e in back] == [e.tag for e in dataset]
+
+
+def test_builder_returns_exactly_the_requested_keys_in_each_charset():
+    asked = some_keys()
+    utf8 = ResponseBuilder(asked, "ISO_IR 192").build(RICH)
+    latin1 = ResponseBuilder(asked, "ISO_IR 100").build(RICH)
+    ascii_ = ResponseBuilder(asked, "").build(RICH)
+    for response, charset in ((utf8, "ISO_IR 192"), (latin1, "ISO_IR 100")):
+        assert [e.keyword for e in response] == [
+            "SpecificCharacterSet", "PatientName", "PatientID", "PregnancyStatus",
+            "SpecialNeeds", "ScheduledProcedureStepSequence",
+        ]
+        assert response.SpecificCharacterSet == charset
+    assert "SpecificCharacterSet" not in ascii_
+    (sps,) = utf8.ScheduledProcedureStepSequence
+    assert [e.keyword for e in sps] == [
+        "Modality", "ScheduledProcedureStepStartDate", "ScheduledProtocolCodeSequence",
+    ]
+    assert [c.CodeMeaning for c in sps.ScheduledProtocolCodeSequence] == ["Leber ä", "Niere"]
+    assert utf8.PregnancyStatus == 4
+    assert str(ascii_.PatientName) == "Oster^Emile"
+    assert str(latin1.PatientName) == "Øster^Émile"
+
+
+def test_builder_writes_only_little_endian_syntaxes():
+    from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian
+
+    builder = ResponseBuilder(request(PatientID=""))
+    assert builder.writes(ExplicitVRLittleEndian) and builder.writes(ImplicitVRLittleEndian)
+    for syntax in (DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian):
+        assert not builder.writes(syntax)
+        with pytest.raises(ValueError):
+            builder.encode(ITEM, syntax)
+
+
+def test_builder_is_empty_only_without_keys_and_charset():
+    assert ResponseBuilder(request(PatientComments=""), "").empty
+    assert not ResponseBuilder(request(PatientComments=""), "ISO_IR 192").empty
+    assert not ResponseBuilder(request(PatientID=""), "").empty

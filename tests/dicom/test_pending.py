@@ -1,0 +1,85 @@
+"""Pending responses sent as encoded bytes: fragments, PDU sizes, same answers as pynetdicom's."""
+
+from __future__ import annotations
+
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
+from pynetdicom import AE
+from pynetdicom.sop_class import ModalityWorklistInformationFind
+
+from mwl.dicom.pending import _pdus
+from tests.dicom.conftest import CLIENT_TIMEOUT, mwl_identifier
+
+COMMAND = bytes(range(80))
+IDENTIFIER = bytes(range(256)) * 3
+
+
+def reassemble(pdus: list) -> tuple[bytes, bytes, list[int]]:
+    """Command and data set bytes from P-DATA primitives, and each PDV's control header."""
+    command, data, headers = b"", b"", []
+    for pdu in pdus:
+        for context_id, pdv in pdu.presentation_data_value_list:
+            assert context_id == 3
+            headers.append(pdv[0])
+            if pdv[0] & 0x01:
+                command += pdv[1:]
+            else:
+                data += pdv[1:]
+    return command, data, headers
+
+
+@pytest.mark.parametrize("max_length", [0, 16384, 900, 200, 50])
+def test_pdus_respect_the_peers_maximum_length_and_keep_the_bytes(max_length):
+    pdus = list(_pdus(3, COMMAND, IDENTIFIER, max_length))
+    command, data, headers = reassemble(pdus)
+    assert (command, data) == (COMMAND, IDENTIFIER)
+    # Command fragments first, each fragment kind ending with its "last" bit (PS3.8 E.2).
+    kinds = [h & 0x01 for h in headers]
+    assert kinds == sorted(kinds, reverse=True)
+    assert [h for h in headers if h & 0x02] == [0x03, 0x02]
+    assert headers[-1] == 0x02
+    for pdu in pdus:
+        # The PDV list (items of length + context ID + PDV) fits the peer's maximum.
+        size = sum(4 + 1 + len(pdv) for _, pdv in pdu.presentation_data_value_list)
+        assert max_length == 0 or size <= max_length
+    if max_length in (0, 16384):
+        assert len(pdus) == 1  # command and identifier in one PDU
+
+
+def find_all(address: tuple[str, int], syntax: str, max_pdu: int) -> list[Dataset]:
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context(ModalityWorklistInformationFind, [syntax])
+    ae.maximum_pdu_size = max_pdu
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = CLIENT_TIMEOUT
+    assoc = ae.associate(address[0], address[1], ae_title="MWLTEST")
+    assert assoc.is_established
+    found, final = [], None
+    try:
+        for status, identifier in assoc.send_c_find(
+            mwl_identifier(), ModalityWorklistInformationFind
+        ):
+            assert status, "no response"
+            if status.Status == 0xFF00:
+                found.append(identifier)
+            else:
+                final = status.Status
+    finally:
+        assoc.release()
+    assert final == 0x0000
+    return found
+
+
+def test_every_transfer_syntax_and_pdu_size_gets_the_same_answers(scp):
+    # Deflated goes through pynetdicom's own response path: the reference.
+    reference = find_all(scp.address, DeflatedExplicitVRLittleEndian, 16382)
+    assert len(reference) == 6
+    assert {str(r.PatientName) for r in reference} >= {"Müller^Hans", "Øster^Émile"}
+    for syntax in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
+        # 64 bytes: the command set and every Identifier arrive in several fragments.
+        for max_pdu in (16382, 0, 64):
+            assert find_all(scp.address, syntax, max_pdu) == reference, (syntax, max_pdu)
