@@ -8,7 +8,14 @@ from dataclasses import dataclass
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
-from mwl.models import Hl7Message, QueryLogEntry
+from mwl.models import (
+    Hl7Message,
+    Hl7MessageLink,
+    Patient,
+    QueryLogEntry,
+    RequestedProcedure,
+    ScheduledProcedureStep,
+)
 
 
 @dataclass(frozen=True)
@@ -34,6 +41,39 @@ class MessageDetail:
     raw: bytes
     ack: bytes | None
     processed_at: dt.datetime | None  # naive UTC
+
+
+@dataclass(frozen=True)
+class MessageFilter:
+    """Which messages of the log to list; every condition left at None matches all.
+
+    ``message_type`` matches MSH-9 from its start (``ADT`` finds every ADT event,
+    ``ORM^O01`` that event); ``outcome`` is ``AA``, ``AE``, ``AR`` or ``RECEIVED``;
+    ``received_from`` (inclusive) and ``received_before`` (exclusive) are naive UTC.
+    """
+
+    message_type: str | None = None
+    outcome: str | None = None
+    received_from: dt.datetime | None = None
+    received_before: dt.datetime | None = None
+
+
+@dataclass(frozen=True)
+class MessageChange:
+    """A patient and (for orders) a requested procedure one message created or changed.
+
+    The patient or procedure may be gone since (merged away, purged by retention):
+    their fields are then empty and ``exists`` is False.
+    """
+
+    patient_key: int | None
+    procedure_key: int | None
+    exists: bool
+    patient_id: str = ""
+    patient_name: str = ""
+    accession_number: str = ""
+    requested_procedure_description: str = ""
+    step_keys: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -64,7 +104,11 @@ def _summary(row: Hl7Message) -> MessageSummary:
 
 
 def recent_messages(
-    session: Session, *, limit: int = 100, before_key: int | None = None
+    session: Session,
+    *,
+    limit: int = 100,
+    before_key: int | None = None,
+    filters: MessageFilter | None = None,
 ) -> list[MessageSummary]:
     """The newest HL7 messages first, without their bodies.
 
@@ -76,6 +120,8 @@ def recent_messages(
         At most this many.
     before_key
         Only messages with a smaller key (the next page of the log).
+    filters
+        Only messages of this type, outcome and time of receipt.
 
     Returns
     -------
@@ -85,6 +131,17 @@ def recent_messages(
     stmt = select(Hl7Message).order_by(Hl7Message.id.desc()).limit(limit)
     if before_key is not None:
         stmt = stmt.where(Hl7Message.id < before_key)
+    if filters is not None:
+        if filters.message_type:
+            stmt = stmt.where(
+                Hl7Message.message_type.startswith(filters.message_type, autoescape=True)
+            )
+        if filters.outcome:
+            stmt = stmt.where(Hl7Message.outcome == filters.outcome)
+        if filters.received_from is not None:
+            stmt = stmt.where(Hl7Message.received_at >= filters.received_from)
+        if filters.received_before is not None:
+            stmt = stmt.where(Hl7Message.received_at < filters.received_before)
     return [_summary(row) for row in session.scalars(stmt)]
 
 
@@ -94,6 +151,69 @@ def message_detail(session: Session, key: int) -> MessageDetail | None:
     if row is None:
         return None
     return MessageDetail(_summary(row), row.raw, row.ack, row.processed_at)
+
+
+def message_changes(session: Session, key: int) -> list[MessageChange]:
+    """The patients and requested procedures message ``key`` created or changed.
+
+    Parameters
+    ----------
+    session
+        A read-only unit of work.
+    key
+        The message's key in the log.
+
+    Returns
+    -------
+    list[MessageChange]
+        In the order recorded; empty for a message that changed nothing.
+    """
+    links = session.execute(
+        select(Hl7MessageLink.patient_key, Hl7MessageLink.procedure_key)
+        .where(Hl7MessageLink.message_key == key)
+        .order_by(Hl7MessageLink.id)
+    ).all()
+    if not links:
+        return []
+    patient_keys = {p for p, _ in links if p is not None}
+    procedure_keys = {r for _, r in links if r is not None}
+    patients = {
+        row.id: row for row in session.scalars(select(Patient).where(Patient.id.in_(patient_keys)))
+    }
+    procedures = {
+        row.id: row
+        for row in session.scalars(
+            select(RequestedProcedure).where(RequestedProcedure.id.in_(procedure_keys))
+        )
+    }
+    steps: dict[int, list[int]] = {}
+    for step_key, owner in session.execute(
+        select(ScheduledProcedureStep.id, ScheduledProcedureStep.procedure_key)
+        .where(ScheduledProcedureStep.procedure_key.in_(procedure_keys))
+        .order_by(ScheduledProcedureStep.id)
+    ):
+        steps.setdefault(owner, []).append(step_key)
+    changes = []
+    for patient_key, procedure_key in links:
+        procedure = procedures.get(procedure_key) if procedure_key is not None else None
+        # The procedure's patient now (after a merge), else the one linked.
+        patient = procedure.patient if procedure is not None else patients.get(patient_key or -1)
+        exists = procedure is not None if procedure_key is not None else patient is not None
+        changes.append(
+            MessageChange(
+                patient_key=patient_key,
+                procedure_key=procedure_key,
+                exists=exists,
+                patient_id=patient.patient_id if patient else "",
+                patient_name=patient.patient_name if patient else "",
+                accession_number=procedure.accession_number if procedure else "",
+                requested_procedure_description=(
+                    procedure.requested_procedure_description if procedure else ""
+                ),
+                step_keys=tuple(steps.get(procedure_key or -1, ())),
+            )
+        )
+    return changes
 
 
 def scanner_activity(session: Session, since: dt.datetime) -> list[ScannerActivity]:
