@@ -291,6 +291,13 @@ class Settings:
     retention_outbox_days: float = 30.0
     retention_interval_seconds: float = 3600.0
     retention_batch_size: int = 500
+    # New orders entered on the admin page (mwl.order_entry; docs/admin-guide.md):
+    # accession number = prefix + YYMMDD + 4-digit counter (SH, 16 characters at most);
+    # an unidentified patient gets the ID prefix + YYYYMMDD + counter and a name from
+    # the template ({sex}: M, F, O or X; {date}: YYYYMMDD; {time}: HHMMSS; {id}).
+    order_accession_prefix: str = "EM"
+    order_unidentified_id_prefix: str = "TMP"
+    order_unidentified_name: str = "UNKNOWN^{sex}^{time}"
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -348,6 +355,7 @@ def _validate(settings: Settings) -> None:
             "dicom_restrict_calling_ae", "needs dicom_ae_profiles listing the allowed AEs"
         )
     _validate_mpps_ris_retention(settings)
+    _validate_order_entry(settings)
     if settings.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise SettingsError("log_level", f"{settings.log_level!r} is not DEBUG/INFO/WARNING/ERROR")
 
@@ -388,6 +396,44 @@ def _validate_mpps_ris_retention(settings: Settings) -> None:
             raise SettingsError(name, "must be 0 (off) or positive")
     if settings.retention_batch_size < 1:
         raise SettingsError("retention_batch_size", "must be at least 1")
+
+
+# Characters of generated identifiers: no C-FIND wildcard (* ?), no backslash, no space.
+_IDENTIFIER_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.-_")
+
+
+def _validate_order_entry(settings: Settings) -> None:
+    # Accession numbers are SH (16): the prefix leaves room for YYMMDD and 4 digits.
+    for name, longest in (("order_accession_prefix", 6), ("order_unidentified_id_prefix", 40)):
+        prefix = getattr(settings, name)
+        if len(prefix) > longest or not set(prefix) <= _IDENTIFIER_CHARS:
+            raise SettingsError(
+                name, f"{prefix!r} must be at most {longest} of A-Z, a-z, 0-9, '.', '-', '_'"
+            )
+    if not settings.order_unidentified_id_prefix:
+        # The prefix is what marks a patient ID as temporary (replaceable on the page).
+        raise SettingsError("order_unidentified_id_prefix", "must not be empty")
+    template = settings.order_unidentified_name
+    try:
+        sample = template.format(sex="X", date="20261121", time="235959", id="TMP202611210001")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise SettingsError(
+            "order_unidentified_name",
+            f"{template!r} is not a name template ({{sex}}, {{date}}, {{time}}, {{id}}): {exc}",
+        ) from None
+    if (
+        not sample.strip("^ ")
+        or "\\" in sample
+        or "=" in sample
+        or sample.count("^") > 4
+        or len(sample) > 64
+        or not sample.isprintable()
+    ):
+        raise SettingsError(
+            "order_unidentified_name",
+            f"{template!r} does not make a person name (Family^Given^Middle^Prefix^Suffix,"
+            " 64 characters at most)",
+        )
 
 
 def _coerce(name: str, kind: type, value: Any) -> Any:
@@ -440,6 +486,22 @@ def _convert(name: str, variable: str, value: Any, from_env: bool) -> Any:
         return convert(value)
     except (ValueError, TypeError, KeyError) as exc:
         raise SettingsError(variable, f"not valid: {exc}") from None
+
+
+def convert_setting(name: str, value: Any) -> Any:
+    """Turn one value, in its TOML form, into the type of setting ``name``.
+
+    The same conversion the TOML file gets (structured settings through their
+    ``convert`` metadata); used for settings changed on the admin page.
+
+    Raises
+    ------
+    SettingsError
+        Unknown setting, or a value of the wrong type or form.
+    """
+    if name not in _FIELDS:
+        raise SettingsError(name, "unknown setting")
+    return _convert(name, name, value, from_env=False)
 
 
 def _flatten_toml(data: Mapping[str, Any]) -> dict[str, Any]:

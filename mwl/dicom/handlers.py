@@ -16,10 +16,12 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mwl.config import Settings
+from mwl.dicom.pending import PendingSender
 from mwl.dicom.profiles import profile_for
 from mwl.dicom.query import parse_identifier
-from mwl.dicom.response import build_response
+from mwl.dicom.response import ResponseBuilder
 from mwl.errors import InvalidQueryError
+from mwl.overrides import LiveSettings, current_settings
 from mwl.querylog import QueryRecord, record_query
 from mwl.worklist import find_items
 
@@ -66,7 +68,7 @@ class _Outcome:
 
 
 def handle_find(
-    event: Event, session_factory: sessionmaker[Session], settings: Settings
+    event: Event, session_factory: sessionmaker[Session], settings: Settings | LiveSettings
 ) -> Iterator[tuple[int | Dataset, Dataset | None]]:
     """Answer a Modality Worklist C-FIND (PS3.4 K.4.1.3.1 SCP behaviour).
 
@@ -81,7 +83,8 @@ def handle_find(
     session_factory
         Makes the units of work: one to read the worklist, one to log the query.
     settings
-        The broker's settings (calling-AE profiles: response character set,
+        The broker's settings, or :class:`~mwl.overrides.LiveSettings` to follow
+        changes made on the admin page (calling-AE profiles: response character set,
         station coercion, date window, statuses, match limit).
 
     Yields
@@ -92,6 +95,8 @@ def handle_find(
         status with ``None``, after which the handler returns.
     """
     started = time.perf_counter()
+    # Read once per C-FIND: one query sees one consistent policy.
+    settings = current_settings(settings)
     assoc = event.assoc
     calling = assoc.requestor.ae_title
     peer_host = assoc.requestor.address
@@ -140,13 +145,18 @@ def handle_find(
         pending = (
             PENDING_OPTIONAL_KEYS_NOT_SUPPORTED if parsed.unsupported_keys else Status.PENDING
         )
+        builder = ResponseBuilder(identifier, profile.charset)
+        sender = _pending_sender(event, int(pending), builder, settings)
         for item in items:
             # C-CANCEL between responses (PS3.4 K.4.1.3.1, C.4.1.3.1): stop at once.
             if event.is_cancelled:
                 outcome.status = int(Status.CANCEL)
                 yield int(Status.CANCEL), None
                 return
-            yield int(pending), build_response(item, identifier, profile.charset)
+            if sender is None:
+                yield int(pending), builder.build(item)
+            elif not sender.send(builder.encode(item, sender.transfer_syntax)):
+                return  # the association ended
             outcome.matches += 1
         if event.is_cancelled:
             outcome.status = int(Status.CANCEL)
@@ -195,6 +205,20 @@ def _finish(
     except SQLAlchemyError as exc:
         # The modality already has its answer; a lost log row must not fail the query.
         logger.error("could not write the query log for %s (%s): %s", calling, peer, exc)
+
+
+def _pending_sender(
+    event: Event, status: int, builder: ResponseBuilder, settings: Settings
+) -> PendingSender | None:
+    """The fast way to send the Pending responses, or None for pynetdicom's own.
+
+    pynetdicom's way stays for what :meth:`ResponseBuilder.encode` does not write
+    (Deflated and Big Endian transfer syntaxes, an empty Identifier) and with
+    ``log_phi``, where pynetdicom logs each response Identifier at DEBUG.
+    """
+    if settings.log_phi or builder.empty or not builder.writes(event.context.transfer_syntax):
+        return None
+    return PendingSender(event, status)
 
 
 def _failure(status: int, comment: str, offending_keyword: str = "") -> Dataset:

@@ -20,6 +20,7 @@ from mwl.config import Settings
 from mwl.dicom.handlers import handle_echo, handle_find
 from mwl.dicom.mpps import handle_n_create, handle_n_set
 from mwl.dicom.profiles import check_profiles
+from mwl.overrides import LiveSettings
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,36 @@ def set_nodelay(event: Event) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+def allowed_calling_aets(settings: Settings) -> list[str]:
+    """The calling AE titles that may associate: the profiles' when restricted, else all."""
+    if not settings.dicom_restrict_calling_ae:
+        return []
+    return sorted({p.ae_title.strip() for p in settings.dicom_ae_profiles})
+
+
+class LivePolicyAe(AE):
+    """An AE whose calling-AE restriction follows settings changed on the admin page.
+
+    pynetdicom reads ``require_calling_aet`` while it negotiates each association and
+    rejects a caller not listed with A-ASSOCIATE-RJ "calling AE title not recognised"
+    (PS3.8 7.1.1.9), so answering from the live settings applies a change to the next
+    association, with pynetdicom's own rejection.
+    """
+
+    def __init__(self, ae_title: str, live_settings: LiveSettings) -> None:
+        super().__init__(ae_title=ae_title)
+        self._live_settings = live_settings
+
+    @property
+    def require_calling_aet(self) -> list[str]:
+        """The AE titles of the profiles while the restriction is on; else empty (any)."""
+        return allowed_calling_aets(self._live_settings.current())
+
+    @require_calling_aet.setter
+    def require_calling_aet(self, ae_titles: list[str]) -> None:
+        raise AttributeError("the calling AE titles come from the settings (dicom_ae_profiles)")
+
+
 class WorklistScp:
     """The Modality Worklist C-FIND SCP (plus Verification and MPPS), non-blocking.
 
@@ -67,6 +98,11 @@ class WorklistScp:
         Makes one unit of work per MPPS N-CREATE/N-SET (writing); a writer factory
         (:func:`mwl.db.make_session_factory` with ``writer=True``). Defaults to
         ``session_factory``.
+    live_settings
+        When given, the worklist policy (profiles, calling-AE restriction, match
+        limit, response character set) is read from it per association and C-FIND,
+        so changes made on the admin page apply without a restart; ``settings``
+        still gives the AE title, address and port.
 
     Raises
     ------
@@ -79,9 +115,12 @@ class WorklistScp:
         settings: Settings,
         session_factory: sessionmaker[Session],
         writer_factory: sessionmaker[Session] | None = None,
+        *,
+        live_settings: LiveSettings | None = None,
     ) -> None:
-        check_profiles(settings)
+        check_profiles(settings if live_settings is None else live_settings.current())
         self._settings = settings
+        self._live_settings = live_settings
         self._session_factory = session_factory
         self._writer_factory = writer_factory or session_factory
         self._server: ThreadedAssociationServer | None = None
@@ -89,7 +128,11 @@ class WorklistScp:
 
     def _make_ae(self) -> AE:
         settings = self._settings
-        ae = AE(ae_title=settings.dicom_ae_title)
+        ae = (
+            AE(ae_title=settings.dicom_ae_title)
+            if self._live_settings is None
+            else LivePolicyAe(settings.dicom_ae_title, self._live_settings)
+        )
         # pynetdicom's default transfer syntaxes: Explicit VR LE, Implicit VR LE,
         # Deflated Explicit VR LE and Explicit VR BE.
         ae.add_supported_context(ModalityWorklistInformationFind)
@@ -100,16 +143,21 @@ class WorklistScp:
         ae.dimse_timeout = DIMSE_TIMEOUT
         ae.network_timeout = NETWORK_TIMEOUT
         ae.maximum_associations = settings.dicom_max_associations
-        if settings.dicom_restrict_calling_ae:
+        if settings.dicom_restrict_calling_ae and self._live_settings is None:
             # Unknown callers are rejected at association (A-ASSOCIATE-RJ, PS3.8 7.1.1.9).
-            ae.require_calling_aet = sorted({p.ae_title for p in settings.dicom_ae_profiles})
+            ae.require_calling_aet = allowed_calling_aets(settings)
         return ae
+
+    @property
+    def _policy_settings(self) -> Settings | LiveSettings:
+        # What the C-FIND handler reads the worklist policy from, per C-FIND.
+        return self._settings if self._live_settings is None else self._live_settings
 
     def _handlers(self) -> list[Any]:
         return [
             (evt.EVT_CONN_OPEN, set_nodelay),
             (evt.EVT_C_ECHO, handle_echo),
-            (evt.EVT_C_FIND, handle_find, [self._session_factory, self._settings]),
+            (evt.EVT_C_FIND, handle_find, [self._session_factory, self._policy_settings]),
             (evt.EVT_N_CREATE, handle_n_create, [self._writer_factory, self._settings]),
             (evt.EVT_N_SET, handle_n_set, [self._writer_factory, self._settings]),
         ]
@@ -128,6 +176,11 @@ class WorklistScp:
             raise RuntimeError("the worklist SCP is already running")
         # pynetdicom logs every request Identifier at INFO unless told otherwise.
         apply_phi_policy(self._settings.log_phi)
+        # pynetdicom's standard handlers describe every PDU and DIMSE message for its
+        # logger; when that logger drops them (the default, WARNING) they only cost time.
+        _config.LOG_HANDLER_LEVEL = (
+            "standard" if logging.getLogger("pynetdicom").isEnabledFor(logging.INFO) else "none"
+        )
         address = (self._settings.bind_address, self._settings.dicom_port)
         # start_server binds and listens before it returns; the serving thread
         # accepts from then on.

@@ -4,11 +4,13 @@ One thread per connection (``socketserver.ThreadingTCPServer``, the model pynetd
 uses for associations); messages on a connection are processed one after another and
 each is acknowledged before the next is read, as dcm4che does. Per message:
 
-1. the raw bytes and MSH go into the message log in a transaction of their own, so
-   nothing delivered is lost (if that fails: AE, the sender retries; never AA);
-2. a resend of an accepted message (same MSH-3, MSH-4, MSH-10) gets its original ACK;
-3. the message is parsed and applied in a second transaction, which also records
-   the outcome; AA is sent only after it commits;
+1. one transaction stores the raw bytes and MSH in the message log, and then
+2. answers a resend of an accepted message (same MSH-3, MSH-4, MSH-10) with its
+   original ACK, or parses and applies the message in a savepoint, so that a
+   failed change is rolled back while the message stays stored;
+3. records the outcome (the ACK code and ACK) and commits; the ACK is sent only
+   after that commit (if it fails nothing is stored and the answer is AE: the
+   sender retries; never AA);
 4. errors become AE/AR with an ERR segment, recorded in the log.
 """
 
@@ -43,9 +45,11 @@ from mwl.hl7.parse import (
     parse_message,
     safe_header,
 )
+from mwl.message_links import link_order, link_patient
 from mwl.messages import original_ack, record_outcome, record_received
 from mwl.orders import apply_order, status_table
-from mwl.patients import apply_patient_message
+from mwl.overrides import LiveSettings
+from mwl.patients import PatientMessage, apply_patient_message
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +97,138 @@ def _peer(address: Any) -> str:
         return str(address)
 
 
+class MessageProcessor:
+    """Check, parse and apply one message under one set of settings.
+
+    The listener's path and re-processing's (:mod:`mwl.hl7.reprocess`) are this one,
+    so a message re-run after a mapping fix is treated exactly as a new one.
+
+    Parameters
+    ----------
+    settings
+        The mapping settings (``hl7_*``) and ``hl7_accepted_senders`` are used.
+
+    Raises
+    ------
+    SettingsError
+        When ``hl7_default_charset`` is not a known character set.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        try:
+            codec_for(settings.hl7_default_charset)
+        except Hl7MessageError:
+            raise SettingsError(
+                "hl7_default_charset", f"{settings.hl7_default_charset!r} is not an HL7 charset"
+            ) from None
+        self.options = MappingOptions.from_settings(settings)
+        self.status_table: Mapping[tuple[str, str], SpsStatus] = status_table(
+            settings.hl7_order_status
+        )
+
+    def check_sender(self, header: MessageHeader) -> None:
+        """Refuse a sender not in ``hl7_accepted_senders`` (empty list: every sender).
+
+        HL7 table 0357 has no code for an unknown sender; dcm4che (whose accepted
+        sending applications this setting mirrors) answers 103 "Table value not
+        found" at MSH-3 with AR, so the RIS sees the message will never be taken.
+        """
+        patterns = self.settings.hl7_accepted_senders
+        application = _hd(header.sending_application, header)
+        facility = _hd(header.sending_facility, header)
+        if not patterns or sender_accepted(patterns, application, facility):
+            return
+        # Application and facility names identify systems, not patients: fine at INFO.
+        logger.info(
+            "HL7 message %s from sender %s|%s: not in hl7_accepted_senders",
+            header.message_control_id or "-",
+            application,
+            facility,
+        )
+        raise Hl7MessageError(
+            TABLE_VALUE_NOT_FOUND,
+            "MSH-3",
+            f"sending application {application!r} / facility {facility!r}"
+            " (MSH-3 / MSH-4) not accepted",
+            "AR",
+        )
+
+    def parse(self, raw: bytes, header: MessageHeader | None) -> Order | Sequence[PatientMessage]:
+        """The message in domain terms; raises :class:`Hl7MessageError` (no MSH, bad field)."""
+        if header is None:
+            raise Hl7MessageError(
+                SEGMENT_SEQUENCE_ERROR, "MSH", "the message has no MSH segment", "AR"
+            )
+        return parse_message(raw, self.options)
+
+    def apply(self, session: Session, parsed: Order | Sequence[PatientMessage], key: int) -> str:
+        """Apply a parsed message in ``session`` and link it to what it changed.
+
+        Returns
+        -------
+        str
+            What was done, for the log (no patient data).
+
+        Raises
+        ------
+        InvalidOrderError, SQLAlchemyError
+            The order cannot be applied; the caller rolls back.
+        """
+        if isinstance(parsed, Order):
+            outcome = apply_order(
+                session,
+                parsed,
+                status_table=self.status_table,
+                missing_start=self.settings.hl7_missing_start,
+            )
+            link_order(session, key, outcome)
+            return (
+                f"{outcome.status.value}, {outcome.steps_created} step(s) created,"
+                f" {outcome.steps_updated} updated, {outcome.steps_removed} removed"
+            )
+        actions = []
+        for message in parsed:
+            action = apply_patient_message(session, message)
+            link_patient(session, key, message.patient, action)
+            actions.append(action)
+        return "patient " + ", ".join(a.value for a in actions)
+
+
+def rejection(exc: Exception, control_id: str, peer: str) -> Hl7MessageError:
+    """What to answer (and record) for a message whose processing raised ``exc``.
+
+    Call it from the ``except`` block: an unexpected error is logged with its
+    traceback. Database failures are logged by type only (their text may quote values).
+    """
+    if isinstance(exc, Hl7MessageError):
+        return exc
+    if isinstance(exc, InvalidOrderError):
+        code = TABLE_VALUE_NOT_FOUND if exc.location == "ORC-1" else REQUIRED_FIELD_MISSING
+        return Hl7MessageError(code, exc.location, exc.reason, "AE")
+    if isinstance(exc, DataError):
+        # The database refused a value of this message: resending will not help.
+        logger.info(
+            "HL7 message %s from %s not applied: a value does not fit (%s)",
+            control_id or "-",
+            peer,
+            type(exc).__name__,
+        )
+        return Hl7MessageError(
+            DATA_TYPE_ERROR, "", "a value does not fit the worklist database", "AE"
+        )
+    if isinstance(exc, SQLAlchemyError):
+        logger.error(
+            "HL7 message %s from %s not applied: database error (%s)",
+            control_id or "-",
+            peer,
+            type(exc).__name__,
+        )
+        return Hl7MessageError(APPLICATION_INTERNAL_ERROR, "", "database error; resend later", "AE")
+    logger.exception("HL7 message %s from %s: unexpected error", control_id or "-", peer)
+    return Hl7MessageError(APPLICATION_INTERNAL_ERROR, "", "internal error", "AE")
+
+
 class Hl7Server:
     """The HL7 listener, started and stopped from the composition root (or a test).
 
@@ -104,6 +240,10 @@ class Hl7Server:
     session_factory
         A writer session factory (:func:`mwl.db.make_session_factory` with
         ``writer=True``); each message is one or two units of work.
+    live_settings
+        When given, the mapping and routing settings and the accepted senders are
+        read from it per message, so changes made on the admin page apply to the
+        next message without a restart.
 
     Raises
     ------
@@ -111,24 +251,45 @@ class Hl7Server:
         When ``hl7_default_charset`` is not a known character set.
     """
 
-    def __init__(self, settings: Settings, session_factory: sessionmaker[Session]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        session_factory: sessionmaker[Session],
+        *,
+        live_settings: LiveSettings | None = None,
+    ) -> None:
         self.settings = settings
         self._sessions = session_factory
-        try:
-            codec_for(settings.hl7_default_charset)
-        except Hl7MessageError:
-            raise SettingsError(
-                "hl7_default_charset", f"{settings.hl7_default_charset!r} is not an HL7 charset"
-            ) from None
-        self.options = MappingOptions.from_settings(settings)
-        self.status_table: Mapping[tuple[str, str], SpsStatus] = status_table(
-            settings.hl7_order_status
+        self._live_settings = live_settings
+        self._processor = MessageProcessor(
+            settings if live_settings is None else live_settings.current()
         )
         self._server: _TcpServer | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._connections: set[socket.socket] = set()
         self._lock = threading.Lock()
+
+    @property
+    def processor(self) -> MessageProcessor:
+        """The message path under the current settings (rebuilt after a page change)."""
+        live = self._live_settings
+        if live is not None:
+            current = live.current()
+            if current is not self._processor.settings:
+                # Threads racing here build equal processors; either one will do.
+                self._processor = MessageProcessor(current)
+        return self._processor
+
+    @property
+    def options(self) -> MappingOptions:
+        """The mapping options in force."""
+        return self.processor.options
+
+    @property
+    def status_table(self) -> Mapping[tuple[str, str], SpsStatus]:
+        """The ORC-1/ORC-5 -> step status table in force."""
+        return self.processor.status_table
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -303,6 +464,9 @@ class Hl7Server:
         if self.settings.log_phi:
             logger.debug("HL7 message from %s: %r", peer, raw)
         try:
+            # One transaction stores the message, applies it (in a savepoint, so that a
+            # failed change leaves the message stored) and records the outcome: the ACK
+            # waits for a single durable commit.
             with self._sessions.begin() as session:
                 key = record_received(
                     session,
@@ -313,14 +477,10 @@ class Hl7Server:
                     message_control_id=control_id,
                     message_type=message_type,
                 )
-                previous = (
-                    original_ack(
-                        session, header.sending_application, header.sending_facility, control_id
-                    )
-                    if header is not None
-                    else None
-                )
+                ack, outcome, note = self._process(session, raw, header, key, peer)
+                record_outcome(session, key, outcome, ack, note)
         except SQLAlchemyError as exc:
+            # Nothing was stored and no AA sent: the sender sends the message again.
             logger.error(
                 "HL7 message %s from %s not stored, answered AE: database unavailable (%s)",
                 control_id or "-",
@@ -331,54 +491,34 @@ class Hl7Server:
                 APPLICATION_INTERNAL_ERROR, "", "database unavailable; resend later", "AE"
             )
             return build_ack(header, unavailable.ack_code, unavailable)
+        return ack
 
+    def _process(
+        self, session: Session, raw: bytes, header: MessageHeader | None, key: int, peer: str
+    ) -> tuple[bytes, str, str]:
+        """Check, parse and apply a stored message: (ACK, ACK code, note for the log)."""
+        control_id = header.message_control_id if header else ""
+        message_type = header.message_code if header else ""
         error: Hl7MessageError
         try:
             if header is not None:
                 # Before the resend check: a sender taken off the list gets no ACK but AR.
-                self._check_sender(header)
-            if previous is not None:
-                logger.info(
-                    "HL7 message %s (%s) from %s is a resend of an accepted message;"
-                    " original ACK sent",
-                    control_id,
-                    message_type,
-                    peer,
+                self.processor.check_sender(header)
+                previous = original_ack(
+                    session, header.sending_application, header.sending_facility, control_id
                 )
-                self._record(
-                    key, ACCEPT, previous, "resend of an accepted message; not applied again"
-                )
-                return previous
-            return self._apply(raw, header, key, peer)
-        except Hl7MessageError as exc:
-            error = exc
-        except InvalidOrderError as exc:
-            code = TABLE_VALUE_NOT_FOUND if exc.location == "ORC-1" else REQUIRED_FIELD_MISSING
-            error = Hl7MessageError(code, exc.location, exc.reason, "AE")
-        except DataError as exc:
-            # The database refused a value of this message: resending will not help.
-            logger.info(
-                "HL7 message %s from %s not applied: a value does not fit (%s)",
-                control_id or "-",
-                peer,
-                type(exc).__name__,
-            )
-            error = Hl7MessageError(
-                DATA_TYPE_ERROR, "", "a value does not fit the worklist database", "AE"
-            )
-        except SQLAlchemyError as exc:
-            logger.error(
-                "HL7 message %s from %s not applied: database error (%s)",
-                control_id or "-",
-                peer,
-                type(exc).__name__,
-            )
-            error = Hl7MessageError(
-                APPLICATION_INTERNAL_ERROR, "", "database error; resend later", "AE"
-            )
-        except Exception:
-            logger.exception("HL7 message %s from %s: unexpected error", control_id or "-", peer)
-            error = Hl7MessageError(APPLICATION_INTERNAL_ERROR, "", "internal error", "AE")
+                if previous is not None:
+                    logger.info(
+                        "HL7 message %s (%s) from %s is a resend of an accepted message;"
+                        " original ACK sent",
+                        control_id,
+                        message_type,
+                        peer,
+                    )
+                    return previous, ACCEPT, "resend of an accepted message; not applied again"
+            return self._apply(session, raw, header, key, peer), ACCEPT, ""
+        except Exception as exc:
+            error = rejection(exc, control_id, peer)
         ack = build_ack(header, error.ack_code, error)
         logger.info(
             "HL7 message %s (%s) from %s answered %s: %s at %s",
@@ -389,61 +529,19 @@ class Hl7Server:
             error.code,
             error.location or "-",
         )
-        self._record(key, error.ack_code, ack, str(error))
-        return ack
+        return ack, error.ack_code, str(error)
 
-    def _check_sender(self, header: MessageHeader) -> None:
-        """Refuse a sender not in ``hl7_accepted_senders`` (empty list: every sender).
-
-        HL7 table 0357 has no code for an unknown sender; dcm4che (whose accepted
-        sending applications this setting mirrors) answers 103 "Table value not
-        found" at MSH-3 with AR, so the RIS sees the message will never be taken.
-        """
-        patterns = self.settings.hl7_accepted_senders
-        application = _hd(header.sending_application, header)
-        facility = _hd(header.sending_facility, header)
-        if not patterns or sender_accepted(patterns, application, facility):
-            return
-        # Application and facility names identify systems, not patients: fine at INFO.
-        logger.info(
-            "HL7 message %s from sender %s|%s: not in hl7_accepted_senders",
-            header.message_control_id or "-",
-            application,
-            facility,
-        )
-        raise Hl7MessageError(
-            TABLE_VALUE_NOT_FOUND,
-            "MSH-3",
-            f"sending application {application!r} / facility {facility!r}"
-            " (MSH-3 / MSH-4) not accepted",
-            "AR",
-        )
-
-    def _apply(self, raw: bytes, header: MessageHeader | None, key: int, peer: str) -> bytes:
-        if header is None:
-            raise Hl7MessageError(
-                SEGMENT_SEQUENCE_ERROR, "MSH", "the message has no MSH segment", "AR"
-            )
-        parsed = parse_message(raw, self.options)
-        ack = build_ack(header, ACCEPT)
+    def _apply(
+        self, session: Session, raw: bytes, header: MessageHeader | None, key: int, peer: str
+    ) -> bytes:
+        # One processor for parse and apply: the settings may change in between.
+        processor = self.processor
+        parsed = processor.parse(raw, header)
+        assert header is not None  # parse() refuses a message without MSH
         for attempt in range(1, _APPLY_ATTEMPTS + 1):
             try:
-                with self._sessions.begin() as session:
-                    if isinstance(parsed, Order):
-                        outcome = apply_order(
-                            session,
-                            parsed,
-                            status_table=self.status_table,
-                            missing_start=self.settings.hl7_missing_start,
-                        )
-                        summary = (
-                            f"{outcome.status.value}, {outcome.steps_created} step(s) created,"
-                            f" {outcome.steps_updated} updated, {outcome.steps_removed} removed"
-                        )
-                    else:
-                        actions = [apply_patient_message(session, m) for m in parsed]
-                        summary = "patient " + ", ".join(a.value for a in actions)
-                    record_outcome(session, key, ACCEPT, ack)
+                with session.begin_nested():
+                    summary = processor.apply(session, parsed, key)
                 break
             except (IntegrityError, OperationalError) as exc:
                 if attempt == _APPLY_ATTEMPTS or (
@@ -460,17 +558,7 @@ class Hl7Server:
             peer,
             summary,
         )
-        return ack
-
-    def _record(self, key: int, outcome: str, ack: bytes, error: str) -> None:
-        try:
-            with self._sessions.begin() as session:
-                record_outcome(session, key, outcome, ack, error)
-        except SQLAlchemyError as exc:
-            # The ACK still goes out; only the log entry stays RECEIVED.
-            logger.error(
-                "outcome of HL7 message log entry %d not recorded (%s)", key, type(exc).__name__
-            )
+        return build_ack(header, ACCEPT)
 
 
 def sender_accepted(patterns: Sequence[str], application: str, facility: str) -> bool:
