@@ -1,13 +1,28 @@
-"""The day list page: items of the chosen day, readable, escaped, with day navigation."""
+"""The day list page: items of the chosen day, readable, escaped, accessible, with navigation."""
 
 from __future__ import annotations
 
 import datetime as dt
 import html
+import re
 
+import pytest
+from flask import Flask, url_for
+
+from mwl.daylist import items_for_day
 from mwl.domain import Code
+from mwl.users import add_user
+from web.store import db_session
 
 DAY = dt.date(2026, 11, 21)
+# "Today" for the page, fixed so that no test depends on the day it runs.
+TODAY = dt.date(2026, 11, 24)
+
+
+@pytest.fixture(autouse=True)
+def today(monkeypatch: pytest.MonkeyPatch) -> dt.date:
+    monkeypatch.setattr("web.worklist.local_today", lambda: TODAY)
+    return TODAY
 
 
 def at(hour: int, minute: int = 0, day: dt.date = DAY) -> dt.datetime:
@@ -17,6 +32,12 @@ def at(hour: int, minute: int = 0, day: dt.date = DAY) -> dt.datetime:
 def rows(page: str) -> list[str]:
     body = page.split("<tbody>", 1)[1].split("</tbody>", 1)[0]
     return body.split("<tr")[1:]
+
+
+def cells(row: str) -> list[str]:
+    """The text of each cell of a table row, white space collapsed, tags removed."""
+    found = re.findall(r"<t[dh][^>]*>(.*?)</t[dh]>", row, flags=re.S)
+    return [" ".join(re.sub(r"<[^>]+>", " ", html.unescape(c)).split()) for c in found]
 
 
 def test_lists_the_days_items_and_not_other_days(logged_in, add_order):
@@ -41,61 +62,88 @@ def test_lists_the_days_items_and_not_other_days(logged_in, add_order):
     assert "Other, Day" not in page and "ACC-OTHER" not in page
     assert "2 scheduled procedure steps" in page
     first, second = rows(page)
-    assert "07:30" in first and "ACC099" in first and "Doe, Jane" in first
-    for text in (
+    assert cells(first)[:2] == ["07:30", "Doe, Jane ID PID-8 (HOSP)"]
+    # Columns: time, patient (name, ID), birth date (age that day), sex, procedure
+    # (with protocol and accession number), modality / room, status.
+    assert cells(second) == [
         "14:05",
-        "Müller, Dr. Hans Peter",
-        "PID-7",
-        "1970-01-01",
-        ">M<",
-        "ACC100",
-        "MR knee left",
-        "Protocol: Knee standard (KNEE1)",
-        ">MR<",
-        "MR_ROOM_2",
+        "Müller, Dr. Hans Peter ID PID-7 (HOSP)",
+        "1970-01-01 56 years",
+        "male",
+        "MR knee left Protocol: Knee standard (KNEE1) Accession No. ACC100",
+        "MR MR_ROOM_2",
         "Scheduled",
-    ):
-        assert text in second, text
+    ]
 
     other_day = logged_in.get("/?date=2026-11-22").get_data(as_text=True)
     assert "ACC-OTHER" in other_day and "ACC100" not in other_day
     assert "1 scheduled procedure step<" in other_day
 
 
-def test_table_is_accessible(logged_in, add_order):
+def test_age_in_months_for_infants_and_nothing_for_unknown_births(logged_in, add_order):
+    add_order("ACC-BABY", at(8), patient_id="P1", birth_date="20260321", sex="F")
+    add_order("ACC-NONE", at(9), patient_id="P2", birth_date="", sex="")
+    add_order("ACC-ODD", at(10), patient_id="P3", birth_date="2026", sex="U")
+    baby, unknown, odd = (cells(r) for r in rows(logged_in.get("/?date=2026-11-21").text))
+    assert baby[2:4] == ["2026-03-21 8 months", "female"]
+    assert unknown[2:4] == ["", ""]
+    assert odd[2:4] == ["2026", "U"]  # shown as received, not judged
+
+
+def test_table_and_page_are_accessible(logged_in, add_order):
     add_order("ACC1", at(9))
     page = logged_in.get("/?date=2026-11-21").get_data(as_text=True)
     for column in (
         "Time",
-        "Patient name",
-        "Patient ID",
+        "Patient",
         "Birth date",
         "Sex",
-        "Accession",
         "Procedure",
-        "Modality",
-        "Station AE",
+        "Modality / room",
         "Status",
     ):
         assert f'<th scope="col">{column}</th>' in page
-    assert "<caption>" in page
+    assert "<caption>Scheduled procedure steps on 2026-11-21, by start time</caption>" in page
     assert '<th scope="row" class="patient">' in page
+    # Landmarks, skip link, the current page marked in the navigation.
+    assert '<a class="skip" href="#main">' in page and '<main id="main">' in page
+    assert '<a href="/" aria-current="page">Worklist</a>' in page
+    assert 'role="search"' in page
+    # Every form control has a label.
+    controls = re.findall(r'<(?:input|select)(?![^>]*type="hidden")[^>]*\bid="([^"]+)"', page)
+    assert {"date", "modality", "station", "status", "q", "lang"} <= set(controls)
+    for control in controls:
+        assert f'<label for="{control}">' in page, control
+    assert 'aria-describedby="q-hint"' in page and 'id="q-hint"' in page
+    assert '<html lang="en">' in page
 
 
-def test_canceled_steps_stay_visible_with_their_status(logged_in, add_order):
+def test_status_is_text_not_colour_alone(logged_in, add_order):
     add_order("ACC-CA", at(11))
     add_order("ACC-CA", at(11), control="CA", order_status="CA")
-    page = logged_in.get("/?date=2026-11-21").get_data(as_text=True)
-    (row,) = rows(page)
-    assert 'class="status-canceled"' in row
-    assert "Canceled" in row and "ACC-CA" in row
+    add_order("ACC-IP", at(12), patient_id="P2", control="XO", order_status="IP")
+    canceled, started = rows(logged_in.get("/?date=2026-11-21").get_data(as_text=True))
+    assert 'class="status-canceled"' in canceled
+    assert cells(canceled)[-1] == "Canceled" and "ACC-CA" in canceled
+    assert 'class="status-started"' in started and cells(started)[-1] == "Started"
 
 
 def test_values_are_escaped(logged_in, add_order):
     add_order("ACC<b>", at(9), patient_name="<script>alert(1)</script>^Eve")
     page = logged_in.get("/?date=2026-11-21").get_data(as_text=True)
-    assert "<script>" not in page
+    assert "<script>" not in page and "ACC<b>" not in page
     assert html.escape("<script>alert(1)</script>, Eve", quote=False) in page
+
+
+def test_rows_link_to_the_item_page(app: Flask, client, user, password, add_order):
+    add_order("ACC1", at(9), patient_name="Doe^Jane")
+    client.post("/login", data={"username": user, "password": password})
+    page = client.get("/?date=2026-11-21").get_data(as_text=True)
+    link = re.search(r'<th scope="row" class="patient">\s*<a href="([^"]+)">Doe, Jane</a>', page)
+    assert link is not None, page
+    with app.test_request_context():
+        (item,) = items_for_day(db_session(), DAY)
+        assert link.group(1) == url_for("items.detail", key=item.step_key)
 
 
 def test_day_navigation_and_default_today(logged_in, add_order):
@@ -104,18 +152,34 @@ def test_day_navigation_and_default_today(logged_in, add_order):
     assert 'href="/?date=2026-11-22"' in page
     assert "Nothing is scheduled on this day." in page
     assert "0 scheduled procedure steps" in page
+    assert "Saturday, November 21, 2026" in page
+    assert 'http-equiv="refresh"' not in page  # another day does not change by itself
 
-    today = dt.date.today()
-    add_order("ACC-TODAY", dt.datetime.combine(today, dt.time(12)))
+    add_order("ACC-TODAY", dt.datetime.combine(TODAY, dt.time(12)))
     page = logged_in.get("/").get_data(as_text=True)
     assert "ACC-TODAY" in page
-    assert f"{today.isoformat()}</time> (today)" in page
-    assert 'http-equiv="refresh"' in page  # today's list refreshes itself
+    assert '<time datetime="2026-11-24">Tuesday, November 24, 2026</time>' in page
+    assert "(today)" in page and 'href="/?date=2026-11-23"' in page
+    assert '<meta http-equiv="refresh" content="60; url=/">' in page
+    assert "this list refreshes every minute" in page
 
 
-def test_bad_date_is_a_400_with_a_clear_message(logged_in):
-    for value in ("bad", "2026-13-01", "2026-02-30", "20261121", "2026-11-21T00:00"):
-        response = logged_in.get("/", query_string={"date": value})
-        assert response.status_code == 400, value
-        assert "YYYY-MM-DD" in response.get_data(as_text=True)
-    assert logged_in.get("/?date=").status_code == 200  # empty means today
+def test_every_role_sees_the_day_list(app, session_factory, password, add_order):
+    add_order("ACC1", at(9))
+    for role in ("viewer", "editor", "admin"):
+        with session_factory.begin() as session:
+            add_user(session, f"user_{role}", password, role)
+        client = app.test_client()
+        client.post("/login", data={"username": f"user_{role}", "password": password})
+        response = client.get("/?date=2026-11-21")
+        assert response.status_code == 200, role
+        assert "ACC1" in response.text
+        assert f"user_{role} ({role})" in response.text
+
+
+def test_logged_out_visitors_go_to_the_login_page(client, add_order):
+    add_order("ACC1", at(9))
+    response = client.get("/?date=2026-11-21&modality=CT")
+    assert response.status_code == 302
+    assert response.headers["Location"] == "/login?next=%2F%3Fdate%3D2026-11-21%26modality%3DCT"
+    assert "ACC1" not in response.text
