@@ -4,27 +4,42 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime as dt
+import functools
 import getpass
 import logging
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
 
 from mwl import __version__
 from mwl.config import Settings, load_settings
 from mwl.db import make_engine, make_session_factory
-from mwl.errors import MwlError, SettingsError
+from mwl.errors import MwlError, SettingsError, UserError
+
+if TYPE_CHECKING:
+    # The adapters load only with the command that needs them (start-up of `mwl user`
+    # and friends stays quick).
+    from flask import Flask
+
+    from mwl.domain import WorklistItem
+    from mwl.item_history import AttributeRow
+    from mwl.overrides import LiveSettings
 
 logger = logging.getLogger("mwl.cli")
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+
+ROLES = ["viewer", "editor", "admin"]
 
 
 def configure_logging(settings: Settings) -> None:
@@ -79,7 +94,28 @@ def _build_parser() -> argparse.ArgumentParser:
         "add", help="create a user; the password is prompted for, or read from standard input"
     )
     add.add_argument("name")
-    add.add_argument("--role", choices=["viewer", "editor", "admin"], default="viewer")
+    add.add_argument("--role", choices=ROLES, default="viewer")
+    passwd = user_commands.add_parser(
+        "passwd", help="set a new password; prompted for, or read from standard input"
+    )
+    passwd.add_argument("name")
+    user_commands.add_parser("list", help="list the users with their role")
+    remove = user_commands.add_parser("remove", help="delete a user and their API tokens")
+    remove.add_argument("name")
+    role = user_commands.add_parser("role", help="give a user another role")
+    role.add_argument("name")
+    role.add_argument("role", choices=ROLES)
+
+    token = commands.add_parser("token", help="API tokens (bearer tokens for /api/v1)")
+    token_commands = token.add_subparsers(dest="token_command", metavar="ACTION", required=True)
+    token_add = token_commands.add_parser(
+        "add", help="create a token acting as USER; it is printed once, only its hash is kept"
+    )
+    token_add.add_argument("user")
+    token_add.add_argument("--name", default="", help="what the token is for, e.g. 'RIS import'")
+    token_commands.add_parser("list", help="list the tokens (never their values)")
+    revoke = token_commands.add_parser("revoke", help="delete a token by its ID (see list)")
+    revoke.add_argument("id", type=int)
 
     hl7 = commands.add_parser("hl7", help="HL7 tools")
     hl7_commands = hl7.add_subparsers(dest="hl7_command", metavar="ACTION", required=True)
@@ -111,7 +147,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "purge":
             return purge_now(settings, dry_run=args.dry_run)
         if args.command == "user":
-            return user_add(settings, args.name, args.role)
+            return user_command(settings, args)
+        if args.command == "token":
+            return token_command(settings, args)
         if args.command == "hl7":
             from mwl.hl7.client import send_files
 
@@ -204,14 +242,143 @@ def user_add(settings: Settings, name: str, role: str) -> int:
     return EXIT_OK
 
 
+@contextlib.contextmanager
+def _writer(settings: Settings) -> Iterator[Session]:
+    """One unit of work on the migrated database, for the user and token commands."""
+    from mwl.migrate import upgrade
+
+    engine = make_engine(settings.database_url)
+    try:
+        upgrade(engine)
+        with make_session_factory(engine, writer=True).begin() as session:
+            yield session
+    finally:
+        engine.dispose()
+
+
+def _utc_text(value: dt.datetime | None) -> str:
+    # Stored as naive UTC; shown in the local time of whoever runs the command.
+    if value is None:
+        return "never"
+    return value.replace(tzinfo=dt.UTC).astimezone().strftime("%Y-%m-%d %H:%M")
+
+
+def _print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(cell) for cell in column) for column in zip(headers, *rows, strict=True)]
+    for line in (headers, *rows):
+        print("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
+
+
+def user_command(settings: Settings, args: argparse.Namespace) -> int:
+    """``mwl user add|passwd|list|remove|role``: manage the web users."""
+    from mwl import users
+
+    action = args.user_command
+    if action == "add":
+        return user_add(settings, args.name, args.role)
+    if action == "passwd":
+        # Checked before the prompt (and outside the write transaction, which must
+        # not wait for someone typing), so nobody types a password for a typo.
+        with _writer(settings) as session:
+            if users.find_user(session, args.name) is None:
+                name = users.normalize_username(args.name)
+                raise UserError(f"no user {name!r}", name)
+        password = _read_password(args.name)
+        with _writer(settings) as session:
+            user = users.set_password(session, args.name, password)
+            name = user.username
+        print(f"password of {name} changed")
+    elif action == "list":
+        with _writer(settings) as session:
+            rows = [(u.username, u.role, u.created_at) for u in users.list_users(session)]
+        _print_table(
+            ("NAME", "ROLE", "CREATED"),
+            [(name, role, _utc_text(created)) for name, role, created in rows],
+        )
+    elif action == "remove":
+        with _writer(settings) as session:
+            users.remove_user(session, args.name)
+        print(f"user {users.normalize_username(args.name)} removed")
+    elif action == "role":
+        with _writer(settings) as session:
+            name = users.set_role(session, args.name, args.role).username
+        print(f"user {name} now has role {args.role}")
+    return EXIT_OK
+
+
+def token_command(settings: Settings, args: argparse.Namespace) -> int:
+    """``mwl token add|list|revoke``: the bearer tokens of the JSON API."""
+    from mwl import tokens
+
+    action = args.token_command
+    if action == "add":
+        with _writer(settings) as session:
+            token = tokens.create_token(session, args.user, args.name)
+        # The token on stdout alone, so that scripts can capture it; the advice on stderr.
+        print(token)
+        print("This token is shown only once; store it now.", file=sys.stderr)
+    elif action == "list":
+        with _writer(settings) as session:
+            rows = tokens.list_tokens(session)
+        _print_table(
+            ("ID", "USER", "NAME", "CREATED", "LAST USED"),
+            [
+                (
+                    str(t.key),
+                    t.username,
+                    t.name or "-",
+                    _utc_text(t.created_at),
+                    _utc_text(t.last_used_at),
+                )
+                for t in rows
+            ],
+        )
+    elif action == "revoke":
+        with _writer(settings) as session:
+            info = tokens.revoke_token(session, args.id)
+        print(f"token {info.key} of {info.username} revoked")
+    return EXIT_OK
+
+
+def web_app(
+    settings: Settings,
+    readers: sessionmaker[Session],
+    writers: sessionmaker[Session],
+    live: LiveSettings,
+) -> Flask:
+    """The admin web page, lent the HL7 and DICOM services it shows and drives.
+
+    The web package never imports the other adapters; this composition root hands it
+    their functions (see :mod:`web.store`).
+    """
+    from mwl.dicom.listing import item_attributes
+    from mwl.dicom.preview import WorklistPreviewer
+    from mwl.hl7.describe import describe_message
+    from mwl.hl7.reprocess import reprocess_message
+    from web import create_app
+
+    def list_item(item: WorklistItem) -> list[AttributeRow]:
+        return item_attributes(item, live.current())
+
+    return create_app(
+        settings,
+        readers,
+        writer_factory=writers,
+        hl7_reprocessor=functools.partial(reprocess_message, live.current, writers),
+        hl7_describer=describe_message,
+        query_previewer=WorklistPreviewer(live, readers),
+        item_lister=list_item,
+    )
+
+
 def serve(settings: Settings) -> int:
     """``mwl serve``: migrate, start HL7, DICOM and web, run until SIGTERM or SIGINT."""
     from mwl.dicom.scp import WorklistScp
     from mwl.hl7.sender import OutboxSender
     from mwl.hl7.server import Hl7Server
     from mwl.migrate import upgrade
+    from mwl.overrides import LiveSettings
     from mwl.retention import Housekeeper
-    from web import create_app
     from web.server import WebServer
 
     for key, value in settings.redacted().items():
@@ -229,15 +396,21 @@ def serve(settings: Settings) -> int:
     upgrade(engine)
     readers = make_session_factory(engine)
     writers = make_session_factory(engine, writer=True)
+    # Settings changed on the admin page reach every service through one LiveSettings;
+    # it reads with a reader session, so it never waits for SQLite's write lock.
+    live = LiveSettings(settings, readers)
+    live.current()
     services: list[Hl7Server | WorklistScp | WebServer | OutboxSender | Housekeeper] = []
     try:
-        hl7 = Hl7Server(settings, writers)
+        hl7 = Hl7Server(settings, writers, live_settings=live)
         hl7.start()
         services.append(hl7)
-        scp = WorklistScp(settings, readers, writers)
+        scp = WorklistScp(settings, readers, writers, live_settings=live)
         scp.start()
         services.append(scp)
-        web = WebServer(create_app(settings, readers), settings.bind_address, settings.web_port)
+        web = WebServer(
+            web_app(settings, readers, writers, live), settings.bind_address, settings.web_port
+        )
         web.start()
         services.append(web)
         # Background work starts once every listener is up, and stops first.

@@ -10,6 +10,7 @@ from typing import Any
 
 from flask import Flask, Response, render_template
 from flask.typing import ResponseReturnValue
+from flask_babel import gettext, lazy_gettext
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from sqlalchemy.orm import Session, sessionmaker
 from werkzeug.exceptions import HTTPException
@@ -17,9 +18,12 @@ from werkzeug.exceptions import HTTPException
 from mwl.config import Settings
 from mwl.db import make_engine, make_session_factory
 from web import admin, api, auth, display, i18n, items, messages, scanners, status, worklist
+from web import tokens as token_page
 from web.ratelimit import LoginRateLimiter
 from web.store import (
+    Hl7Describer,
     Hl7Reprocessor,
+    ItemLister,
     QueryPreviewer,
     WebState,
     close_session,
@@ -39,6 +43,8 @@ def create_app(
     writer_factory: sessionmaker[Session] | None = None,
     hl7_reprocessor: Hl7Reprocessor | None = None,
     query_previewer: QueryPreviewer | None = None,
+    hl7_describer: Hl7Describer | None = None,
+    item_lister: ItemLister | None = None,
 ) -> Flask:
     """Build the admin web application.
 
@@ -55,9 +61,13 @@ def create_app(
     writer_factory
         Sessions for changes (edits, new orders, settings). When None, a writer
         factory on the same engine as ``session_factory``.
-    hl7_reprocessor, query_previewer
+    hl7_reprocessor, query_previewer, hl7_describer
         Services of the HL7 and DICOM adapters, lent by the composition root
         (see :mod:`web.store`); the pages that need them say so when they are absent.
+    item_lister
+        What a modality receives for an item (``mwl.dicom.listing.item_attributes``
+        with the settings bound), for the item page; without it the page shows the
+        stored values only.
 
     Returns
     -------
@@ -100,9 +110,14 @@ def create_app(
         owned_engine=owned_engine,
         hl7_reprocessor=hl7_reprocessor,
         query_previewer=query_previewer,
+        hl7_describer=hl7_describer,
+        item_lister=item_lister,
     )
 
-    CSRFProtect(app)
+    csrf = CSRFProtect(app)
+    # The API authenticates by bearer token only, never by the session cookie, so a
+    # cross-site form cannot act through it.
+    csrf.exempt(api.bp)
     auth.init_login(app)
     i18n.init_i18n(app)
     display.register_filters(app)
@@ -115,6 +130,7 @@ def create_app(
     app.register_blueprint(items.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(admin.bp)
+    app.register_blueprint(token_page.bp)
 
     # Lets the navigation show links only to pages that exist.
     app.jinja_env.globals["url_endpoints"] = app.view_functions
@@ -148,36 +164,69 @@ def _csrf_error(error: CSRFError) -> tuple[str, int]:
     return (
         render_template(
             "error.html",
-            title="Form expired",
-            message="The form was not accepted (missing or expired security token)."
-            " Reload the page and try again.",
+            title=gettext("Form expired"),
+            message=gettext(
+                "The form was not accepted (missing or expired security token)."
+                " Reload the page and try again."
+            ),
         ),
         400,
     )
 
 
+# Error page titles in the reader's language (werkzeug's names are English only).
+_ERROR_NAMES = {
+    400: lazy_gettext("Bad Request"),
+    403: lazy_gettext("Forbidden"),
+    404: lazy_gettext("Not Found"),
+    405: lazy_gettext("Method Not Allowed"),
+    413: lazy_gettext("Request Entity Too Large"),
+    429: lazy_gettext("Too Many Requests"),
+}
+_DEFAULT_MESSAGES = {
+    400: lazy_gettext("The request was not understood."),
+    403: lazy_gettext("You do not have the permission to see this page."),
+    404: lazy_gettext("This page does not exist. Check the address, or go back to the worklist."),
+    405: lazy_gettext("This page does not accept this kind of request."),
+    413: lazy_gettext("The data sent is too large."),
+    429: lazy_gettext("Too many requests. Wait a moment and try again."),
+}
+
+
+def _error_message(error: HTTPException) -> str:
+    # Our own descriptions are translated where they are raised; werkzeug's stock
+    # ones are English, so they are replaced by ours.
+    if error.description and error.description != type(error).description:
+        return error.description
+    return str(_DEFAULT_MESSAGES.get(error.code or 0, error.description or ""))
+
+
 def _http_error(error: HTTPException) -> ResponseReturnValue:
     if error.code is None or error.code < 400:
         return error.get_response()
+    if api.is_api_request():
+        return api.http_error(error)
     return (
         render_template(
             "error.html",
-            title=f"{error.code} {error.name}",
-            message=error.description or "",
+            title=f"{error.code} {_ERROR_NAMES.get(error.code, error.name)}",
+            message=_error_message(error),
         ),
         error.code,
     )
 
 
-def _server_error(error: Exception) -> tuple[str, int]:
+def _server_error(error: Exception) -> ResponseReturnValue:
     # Logged once with its traceback; the page shows none (it could hold patient data).
     logger.exception("unexpected error while serving a web request")
     rollback_session()
+    if api.is_api_request():
+        return api.server_error()
     return (
         render_template(
             "error.html",
-            title="500 Internal Server Error",
-            message="Something went wrong on the server. The error has been logged.",
+            title=gettext("500 Internal Server Error"),
+            message=gettext("Something went wrong on the server. The error has been logged."),
         ),
         500,
     )

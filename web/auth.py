@@ -18,6 +18,7 @@ from flask import (
     url_for,
 )
 from flask.typing import ResponseReturnValue
+from flask_babel import gettext, lazy_gettext, ngettext
 from flask_login import LoginManager, UserMixin, current_user, login_user, logout_user
 from flask_wtf import FlaskForm
 from wtforms import PasswordField, StringField
@@ -31,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 bp = Blueprint("auth", __name__)
 
-LOGIN_FAILED = "Unknown user name or wrong password."
+LOGIN_FAILED = lazy_gettext("Unknown user name or wrong password.")
 
 
 @dataclass(frozen=True)
@@ -63,16 +64,20 @@ class LoginForm(FlaskForm):
     """User name and password (with Flask-WTF's CSRF token)."""
 
     username = StringField(
-        "User name", validators=[DataRequired(), Length(max=USERNAME_MAX_LENGTH)]
+        lazy_gettext("User name"), validators=[DataRequired(), Length(max=USERNAME_MAX_LENGTH)]
     )
-    password = PasswordField("Password", validators=[DataRequired(), Length(max=1024)])
+    password = PasswordField(
+        lazy_gettext("Password"), validators=[DataRequired(), Length(max=1024)]
+    )
 
 
 def init_login(app: Flask) -> None:
     """Attach Flask-Login to ``app``: unauthenticated page requests go to the login form."""
     manager = LoginManager(app)
     manager.login_view = "auth.login"
-    manager.login_message = "Please log in to see this page."
+    manager.login_message = lazy_gettext("Please log in to see this page.")
+    # Made text when flashed, so in the language of the request that needs the login.
+    manager.localize_callback = str
     manager.login_message_category = "info"
     # The session is dropped when the client's address or browser changes.
     manager.session_protection = "strong"
@@ -87,6 +92,15 @@ def _load_user(identifier: str) -> LoginUser | None:
     if user is None or password_stamp(user.password_hash) != stamp:
         return None
     return LoginUser.from_user(user)
+
+
+def _fresh_session() -> None:
+    # The language picked in the header is a preference, not a credential: keeping
+    # it means logging in or out does not switch the page back to English.
+    lang = session.get("lang")
+    session.clear()
+    if lang:
+        session["lang"] = lang
 
 
 def safe_next(target: str | None) -> str:
@@ -115,8 +129,11 @@ def login() -> ResponseReturnValue:
     if wait > 0:
         minutes = max(1, round(wait / 60))
         logger.warning("login refused for %r from %s: too many failures", username, key[1])
-        plural = "s" if minutes > 1 else ""
-        error = f"Too many failed logins. Try again in {minutes} minute{plural}."
+        error = ngettext(
+            "Too many failed logins. Try again in %(num)s minute.",
+            "Too many failed logins. Try again in %(num)s minutes.",
+            minutes,
+        )
         page = render_template("login.html", form=form, next_url=next_url, error=error)
         return page, 429, {"Retry-After": str(int(wait) + 1)}
 
@@ -128,8 +145,8 @@ def login() -> ResponseReturnValue:
 
     limiter.reset(key)
     # A fresh session at login: nothing from before (an attacker-planted session
-    # included) carries over into the authenticated one.
-    session.clear()
+    # included) carries over into the authenticated one, but the chosen language.
+    _fresh_session()
     session.permanent = True  # expires after PERMANENT_SESSION_LIFETIME without use
     login_user(LoginUser.from_user(user))
     logger.info("user %r logged in from %s", user.username, key[1])
@@ -142,6 +159,6 @@ def logout() -> ResponseReturnValue:
     if current_user.is_authenticated:
         logger.info("user %r logged out", current_user.username)
     logout_user()
-    session.clear()
-    flash("You are logged out.", "info")
+    _fresh_session()
+    flash(gettext("You are logged out."), "info")
     return redirect(url_for("auth.login"))

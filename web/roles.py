@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
 from flask import abort
+from flask_babel import gettext
 from flask_login import current_user, login_required
 
 from mwl.users import Role
@@ -36,7 +37,7 @@ def role_required(role: Role) -> Callable[[Callable[P, R]], Callable[P, R]]:
         @functools.wraps(view)
         def checked(*args: P.args, **kwargs: P.kwargs) -> R:
             if not has_role(role):
-                abort(403, description=f"This needs the {role.value} role.")
+                abort(403, description=gettext("This needs the %(role)s role.", role=role.value))
             return view(*args, **kwargs)
 
         wrapped: Callable[P, R] = login_required(checked)

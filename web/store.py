@@ -2,24 +2,57 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from flask import current_app, g
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from mwl.config import Settings
+from mwl.domain import WorklistItem
+from mwl.item_history import AttributeRow
+from mwl.message_view import MessageView, ReprocessOutcome
 from web.ratelimit import LoginRateLimiter
 
 # What the composition root lends the web page from the other adapters, so that the
 # web package never imports mwl.hl7 or mwl.dicom itself (see ARCHITECTURE.md):
-# - reprocess an HL7 message: message key -> outcome (an object the template shows);
-# - preview a worklist query as an AE would get it: (calling AE, identifier as
-#   DICOM JSON) -> preview result (see mwl.dicom.preview).
-Hl7Reprocessor = Callable[[int], Any]
-QueryPreviewer = Callable[[str, str], Any]
+# - reprocess an HL7 message: (message key, username) -> outcome
+#   (mwl.hl7.reprocess.reprocess_message with settings and writer sessions bound);
+# - describe an HL7 message: raw bytes -> segments and named fields
+#   (mwl.hl7.describe.describe_message);
+# - preview a worklist query as an AE would get it, and say why a step is not in
+#   the answer: QueryPreviewer below (mwl.dicom.preview.WorklistPreviewer).
+Hl7Reprocessor = Callable[[int, str], ReprocessOutcome]
+Hl7Describer = Callable[[bytes], MessageView]
+# - list what a modality receives for a worklist item: item -> rows (tag, keyword,
+#   name, VR, value; mwl.dicom.listing.item_attributes with the settings bound).
+ItemLister = Callable[[WorklistItem], Sequence[AttributeRow]]
+
+
+class QueryPreviewer(Protocol):
+    """Run a calling AE's worklist query as the SCP would; nothing is stored or logged.
+
+    Identifiers travel as DICOM JSON (as the query log stores them). The results
+    are :mod:`mwl.dicom.preview`'s ``QueryPreview`` (status, error comment, items
+    with their responses, the effective query as conditions) and ``Explanation``
+    (the step, and per condition a ``KeyVerdict``: what the step holds, passed).
+    """
+
+    def preview(self, calling_ae: str, identifier_json: str, peer_host: str = "") -> Any:
+        """What a C-FIND with this identifier from ``calling_ae`` would get now."""
+        ...
+
+    def explain(
+        self, calling_ae: str, identifier_json: str, sps_key: int, peer_host: str = ""
+    ) -> Any:
+        """The step and each condition of the query judged on it (``Explanation``), or None."""
+        ...
+
+    def identifier_with_keys(self, identifier_json: str, keys: Mapping[str, str]) -> str:
+        """The identifier (``""``: a default one) with these keywords set to these values."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -34,7 +67,9 @@ class WebState:
     # Set only when create_app built the engine itself; its owner disposes it.
     owned_engine: Engine | None = None
     hl7_reprocessor: Hl7Reprocessor | None = None
+    hl7_describer: Hl7Describer | None = None
     query_previewer: QueryPreviewer | None = None
+    item_lister: ItemLister | None = None
 
 
 def state() -> WebState:
