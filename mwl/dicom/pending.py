@@ -17,6 +17,7 @@ follows the pending ones on the same queue.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from io import BytesIO
 
@@ -30,6 +31,12 @@ from pynetdicom.pdu_primitives import P_DATA
 _DATA_FRAGMENT, _COMMAND_FRAGMENT, _LAST = 0x00, 0x01, 0x02
 # A PDV item: item length (4), presentation context ID (1), then the PDV (header + fragment).
 _ITEM_HEADER = 5
+# At most this many PDUs wait in the DUL's queue. Queuing every response at once would
+# finish the handler before a C-CANCEL could be read (the SCU would get every match
+# anyway) and hold a large answer in memory for a slow modality; a short queue keeps
+# both bounded and costs nothing while the socket keeps up.
+_MAX_QUEUED = 32
+_QUEUE_POLL_S = 0.0005
 
 
 class PendingSender:
@@ -63,6 +70,11 @@ class PendingSender:
         bool
             False when the association has ended (released or aborted): stop.
         """
+        queue = self._assoc.dul.to_provider_queue
+        while queue.qsize() > _MAX_QUEUED:
+            if not self._assoc.is_established:
+                return False
+            time.sleep(_QUEUE_POLL_S)
         if not self._assoc.is_established:
             return False
         for pdu in _pdus(self._context_id, self._command, identifier, self._max_length):
