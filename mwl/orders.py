@@ -12,10 +12,12 @@ import logging
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, insert, select
 from sqlalchemy.orm import Session
 
+from mwl.db import Base
 from mwl.domain import (
     Code,
     Order,
@@ -231,6 +233,9 @@ _PATIENT_BY_ID = select(Patient).where(
     Patient.patient_id == bindparam("patient_id"),
     Patient.issuer_of_patient_id == bindparam("issuer"),
 )
+_INSERT_PATIENT = insert(Patient).returning(Patient.id)
+_INSERT_PROCEDURE = insert(RequestedProcedureRow).returning(RequestedProcedureRow.id)
+_INSERT_STEP = insert(ScheduledProcedureStep)
 
 
 def apply_order(
@@ -276,7 +281,7 @@ def apply_order(
         raise InvalidOrderError("the order has no requested procedure", location="OBR")
     start_default = now or dt.datetime.now().replace(microsecond=0)
 
-    patient: Patient | None = None
+    patient_key: int | None = None
     actions: list[tuple[str, OrderAction]] = []
     created = updated = removed = 0
     for raw_procedure in order.procedures:
@@ -292,8 +297,8 @@ def apply_order(
                 procedure.filler_order_number or "-",
             )
             continue
-        if patient is None:
-            patient = _upsert_patient(session, order.patient)
+        if patient_key is None:
+            patient_key = _upsert_patient(session, order.patient)
         if status in _ENDING and row is not None:
             for step_row in row.steps:
                 step_row.status = status.value
@@ -301,14 +306,16 @@ def apply_order(
             actions.append((procedure.study_instance_uid, OrderAction.STATUS_CHANGED))
             continue
         if row is None:
-            row = RequestedProcedureRow(study_instance_uid=procedure.study_instance_uid)
-            session.add(row)
-            action = OrderAction.CREATED
-        else:
-            action = OrderAction.UPDATED
-        row.patient = patient
+            _check_starts({}, procedure.steps, order.start_location, missing_start)
+            created += _create_procedure(
+                session, procedure, order, patient_key, status, start_default
+            )
+            actions.append((procedure.study_instance_uid, OrderAction.CREATED))
+            continue
+        row.patient_key = patient_key
         _copy_procedure(row, procedure, order)
-        _check_starts(row, procedure.steps, order.start_location, missing_start)
+        stored = {s.scheduled_procedure_step_id: s for s in row.steps}
+        _check_starts(stored, procedure.steps, order.start_location, missing_start)
         # A new order or a change without an order status (NW, XO with empty ORC-5)
         # restates the order; it must not undo what the modality reported by MPPS,
         # or a RIS replay would put a patient who is on the table back on the
@@ -318,24 +325,66 @@ def apply_order(
         )
         c, u, r = _reconcile_steps(row, procedure.steps, status, start_default, keep_progress)
         created, updated, removed = created + c, updated + u, removed + r
-        actions.append((procedure.study_instance_uid, action))
+        actions.append((procedure.study_instance_uid, OrderAction.UPDATED))
     session.flush()
     return OrderOutcome(status, tuple(actions), created, updated, removed)
 
 
-def _upsert_patient(session: Session, demographics: PatientDemographics) -> Patient:
+def _upsert_patient(session: Session, demographics: PatientDemographics) -> int:
+    """The patient's key; a known patient's row takes the message's demographics."""
     patient = session.scalars(
         _PATIENT_BY_ID,
         {"patient_id": demographics.patient_id, "issuer": demographics.issuer_of_patient_id},
     ).one_or_none()
-    if patient is None:
-        patient = Patient(
-            patient_id=demographics.patient_id,
-            issuer_of_patient_id=demographics.issuer_of_patient_id,
+    if patient is not None:
+        # Through the unit of work: only the values that changed are written.
+        copy_demographics(patient, demographics)
+        return patient.id
+    new = Patient(
+        patient_id=demographics.patient_id,
+        issuer_of_patient_id=demographics.issuer_of_patient_id,
+    )
+    copy_demographics(new, demographics)
+    key: int = session.connection().execute(_INSERT_PATIENT, _column_values(new)).scalar_one()
+    return key
+
+
+def _create_procedure(
+    session: Session,
+    procedure: RequestedProcedure,
+    order: Order,
+    patient_key: int,
+    status: SpsStatus,
+    start_default: dt.datetime,
+) -> int:
+    """Insert a new requested procedure and its steps; return the number of steps."""
+    row = RequestedProcedureRow(
+        study_instance_uid=procedure.study_instance_uid, patient_key=patient_key
+    )
+    _copy_procedure(row, procedure, order)
+    connection = session.connection()
+    key = connection.execute(_INSERT_PROCEDURE, _column_values(row)).scalar_one()
+    steps = []
+    for step in procedure.steps:
+        step_row = ScheduledProcedureStep(
+            procedure_key=key,
+            scheduled_procedure_step_id=step.scheduled_procedure_step_id,
+            status=status.value,
         )
-        session.add(patient)
-    copy_demographics(patient, demographics)
-    return patient
+        _copy_step(step_row, step, step.start or start_default)
+        steps.append(_column_values(step_row))
+    connection.execute(_INSERT_STEP, steps)
+    return len(steps)
+
+
+def _column_values(row: Base) -> dict[str, Any]:
+    """The columns set on a new (transient) row, for a Core INSERT of that row.
+
+    A new order is only inserted, so it needs none of the unit of work's change
+    tracking, which takes half the time of an HL7 message (docs/performance.md);
+    the rows are still filled by the same functions as the rows the ORM updates.
+    """
+    return {c.key: getattr(row, c.key) for c in row.__table__.columns if c.key in row.__dict__}
 
 
 def _copy_procedure(
@@ -375,12 +424,12 @@ _DETAILS = (
 
 
 def _check_starts(
-    row: RequestedProcedureRow,
+    known: Mapping[str, ScheduledProcedureStep],
     steps: tuple[ScheduledStep, ...],
     location: str,
     policy: str,
 ) -> None:
-    known = {s.scheduled_procedure_step_id: s for s in row.steps}
+    """Refuse (policy "reject") a step that neither the order nor ``known`` gives a start."""
     for step in steps:
         if step.start is not None:
             continue
@@ -394,6 +443,18 @@ def _check_starts(
                 location=location,
             )
         logger.debug("fallback: step start set to now (no TQ1-7, ORC-7.4 or OBR-27.4)")
+
+
+def _copy_step(step_row: ScheduledProcedureStep, step: ScheduledStep, start: dt.datetime) -> None:
+    step_row.modality = step.modality
+    step_row.scheduled_station_ae_title = step.scheduled_station_ae_title
+    step_row.scheduled_station_name = step.scheduled_station_name
+    step_row.scheduled_procedure_step_location = step.scheduled_procedure_step_location
+    step_row.start_datetime = start
+    step_row.start_time = start.strftime("%H%M%S")
+    step_row.scheduled_performing_physician_name = step.scheduled_performing_physician_name
+    step_row.scheduled_procedure_step_description = step.scheduled_procedure_step_description
+    step_row.scheduled_protocol_codes = format_codes(step.scheduled_protocol_codes)
 
 
 def _reconcile_steps(
@@ -416,16 +477,7 @@ def _reconcile_steps(
             created += 1
         else:
             updated += 1
-        start = step.start or step_row.start_datetime or start_default
-        step_row.modality = step.modality
-        step_row.scheduled_station_ae_title = step.scheduled_station_ae_title
-        step_row.scheduled_station_name = step.scheduled_station_name
-        step_row.scheduled_procedure_step_location = step.scheduled_procedure_step_location
-        step_row.start_datetime = start
-        step_row.start_time = start.strftime("%H%M%S")
-        step_row.scheduled_performing_physician_name = step.scheduled_performing_physician_name
-        step_row.scheduled_procedure_step_description = step.scheduled_procedure_step_description
-        step_row.scheduled_protocol_codes = format_codes(step.scheduled_protocol_codes)
+        _copy_step(step_row, step, step.start or step_row.start_datetime or start_default)
         if not (keep_progress and step_row.status in _PERFORMED):
             step_row.status = status.value
     for sps_id, step_row in existing.items():

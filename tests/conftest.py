@@ -22,6 +22,20 @@ from mwl.db import make_engine, make_session_factory
 from mwl.migrate import upgrade
 from tests.databases import fresh_database_url
 
+# scrypt at the production cost (N=2**15) takes 0.1-0.6 s per hash on the shared
+# 2-core machine, and hundreds of tests create users and log in. In-process tests
+# hash at N=2**10 instead; tests marked ``production_password_cost`` (and every
+# `mwl` subprocess) use the real cost, and tests/web/test_users.py checks it.
+CHEAP_SCRYPT_N = 2**10
+
+
+@pytest.fixture(autouse=True)
+def cheap_password_hashing(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hash passwords cheaply unless the test is marked ``production_password_cost``."""
+    if request.node.get_closest_marker("production_password_cost") is None:
+        monkeypatch.setattr("mwl.users._SCRYPT_N", CHEAP_SCRYPT_N)
+        monkeypatch.setattr("mwl.users._dummy_hash", None)
+
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:

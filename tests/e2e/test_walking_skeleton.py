@@ -8,6 +8,7 @@ browser side is an HTTP client with cookies and the CSRF token of the login form
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -152,6 +153,24 @@ def test_order_reaches_worklist_findscu_and_web_page(broker: Broker, tmp_path: P
     assert "PAT0001" in page and "ACC0001" in page and "Sample" in page
     status, url, page = web.get("/?date=2026-11-22")
     assert "ACC0001" not in page
+
+    # `mwl serve` lends the page the DICOM and HL7 services: the item page lists what
+    # the modality receives, the message page names HL7 fields, and "test as this
+    # scanner" answers as the SCP did for MR01's findscu query above.
+    _, _, page = web.get("/?date=2026-11-21")
+    item = re.search(r'href="(/items/\d+)"', page)
+    assert item, "the day list links no item page"
+    status, _, page = web.get(item[1])
+    assert status == 200
+    assert "(0008,0050)" in page and "ACC0001" in page  # Accession Number, by tag
+    status, _, page = web.get("/messages")
+    message = re.search(r'href="(/messages/\d+)"', page)
+    assert status == 200 and message
+    status, _, page = web.get(message[1])
+    assert status == 200 and "Patient Name" in page
+    status, _, page = web.get("/scanners/test?ae=MR01&as_sent=y")
+    assert status == 200, page
+    assert "ACC0001" in page
 
     # SIGTERM stops every service cleanly.
     assert broker.stop() == 0

@@ -20,6 +20,7 @@ from mwl.users import (
 )
 
 
+@pytest.mark.production_password_cost
 def test_add_user_stores_a_salted_scrypt_hash_not_the_password(session_factory):
     with session_factory.begin() as session:
         add_user(session, "  Bob ", "s3cret pass", "editor")
