@@ -89,7 +89,8 @@ class ScannerActivity:
     total_queries: int
 
 
-def _summary(row: Hl7Message) -> MessageSummary:
+def message_summary(row: Hl7Message) -> MessageSummary:
+    """The log line of one stored message, detached from the session."""
     return MessageSummary(
         key=row.id,
         received_at=row.received_at,
@@ -142,7 +143,7 @@ def recent_messages(
             stmt = stmt.where(Hl7Message.received_at >= filters.received_from)
         if filters.received_before is not None:
             stmt = stmt.where(Hl7Message.received_at < filters.received_before)
-    return [_summary(row) for row in session.scalars(stmt)]
+    return [message_summary(row) for row in session.scalars(stmt)]
 
 
 def message_detail(session: Session, key: int) -> MessageDetail | None:
@@ -150,7 +151,7 @@ def message_detail(session: Session, key: int) -> MessageDetail | None:
     row = session.get(Hl7Message, key)
     if row is None:
         return None
-    return MessageDetail(_summary(row), row.raw, row.ack, row.processed_at)
+    return MessageDetail(message_summary(row), row.raw, row.ack, row.processed_at)
 
 
 def message_changes(session: Session, key: int) -> list[MessageChange]:

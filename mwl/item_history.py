@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
-from mwl.activity import MessageSummary
+from mwl.activity import MessageSummary, message_summary
 from mwl.audit import AuditRecord, events_for_step
 from mwl.edits import PATIENT_FIELDS
 from mwl.models import (
@@ -100,20 +100,7 @@ def messages_for_item(session: Session, sps_key: int) -> list[MessageSummary]:
     rows = session.scalars(
         select(Hl7Message).where(Hl7Message.id.in_(linked)).order_by(Hl7Message.id)
     )
-    return [
-        MessageSummary(
-            key=row.id,
-            received_at=row.received_at,
-            message_type=row.message_type,
-            message_control_id=row.message_control_id,
-            sending_application=row.sending_application,
-            sending_facility=row.sending_facility,
-            peer_address=row.peer_address,
-            outcome=row.outcome,
-            error=row.error,
-        )
-        for row in rows
-    ]
+    return [message_summary(row) for row in rows]
 
 
 def performed_steps_for_item(session: Session, sps_key: int) -> list[PerformedStepSummary]:
