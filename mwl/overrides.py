@@ -23,6 +23,7 @@ from mwl.config import DicomAeProfile, Hl7StationRule, Settings, convert_setting
 from mwl.domain import SpsStatus
 from mwl.errors import SettingsError
 from mwl.models import SettingOverride
+from mwl.values import CHARSET_NAMES
 
 logger = logging.getLogger(__name__)
 
@@ -42,27 +43,9 @@ EDITABLE: tuple[str, ...] = (
     "hl7_missing_start",
 )
 
-#: Specific Character Set defined terms the responses can be written in (PS3.3
-#: C.12.1.1.2: single-byte sets without code extensions, UTF-8, GB18030, GBK), with a
-#: name a person recognises. Kept here because the core may not ask pydicom; a test
-#: checks the list against the DICOM adapter's own check.
-RESPONSE_CHARSETS: dict[str, str] = {
-    "ISO_IR 192": "Unicode (UTF-8)",
-    "ISO_IR 6": "ASCII",
-    "ISO_IR 100": "Latin-1, Western Europe",
-    "ISO_IR 101": "Latin-2, Central Europe",
-    "ISO_IR 109": "Latin-3, Southern Europe",
-    "ISO_IR 110": "Latin-4, Northern Europe",
-    "ISO_IR 148": "Latin-5, Turkish",
-    "ISO_IR 144": "Cyrillic",
-    "ISO_IR 127": "Arabic",
-    "ISO_IR 126": "Greek",
-    "ISO_IR 138": "Hebrew",
-    "ISO_IR 166": "Thai",
-    "ISO_IR 13": "Japanese katakana (JIS X 0201)",
-    "GB18030": "Chinese (GB18030)",
-    "GBK": "Chinese (GBK)",
-}
+#: Specific Character Set defined terms the responses can be written in, with a name
+#: a person recognises: the core's one table of them (:data:`mwl.values.CHARSET_NAMES`).
+RESPONSE_CHARSETS: Mapping[str, str] = CHARSET_NAMES
 
 SOURCE_DEFAULT = "default"
 SOURCE_FILE = "file"

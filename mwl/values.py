@@ -44,6 +44,27 @@ CHARSET_CODECS: Mapping[str, str] = {
     "GBK": "GBK",
 }
 
+# The same terms (but the empty default) with a name a person recognises, in the order
+# the settings page offers them. Kept in the core because the core may not ask
+# pydicom; tests check both tables against the DICOM adapter's own check.
+CHARSET_NAMES: Mapping[str, str] = {
+    "ISO_IR 192": "Unicode (UTF-8)",
+    "ISO_IR 6": "ASCII",
+    "ISO_IR 100": "Latin-1, Western Europe",
+    "ISO_IR 101": "Latin-2, Central Europe",
+    "ISO_IR 109": "Latin-3, Southern Europe",
+    "ISO_IR 110": "Latin-4, Northern Europe",
+    "ISO_IR 148": "Latin-5, Turkish",
+    "ISO_IR 144": "Cyrillic",
+    "ISO_IR 127": "Arabic",
+    "ISO_IR 126": "Greek",
+    "ISO_IR 138": "Hebrew",
+    "ISO_IR 166": "Thai",
+    "ISO_IR 13": "Japanese katakana (JIS X 0201)",
+    "GB18030": "Chinese (GB18030)",
+    "GBK": "Chinese (GBK)",
+}
+
 SEXES = ("M", "F", "O")
 # Requested Procedure Priority (0040,1003) defined terms (PS3.3 C.4.11).
 PRIORITIES = ("STAT", "HIGH", "ROUTINE", "MEDIUM", "LOW")

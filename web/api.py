@@ -16,7 +16,7 @@ import dataclasses
 import datetime as dt
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -433,26 +433,22 @@ def update_item(key: int) -> Response:
 @bp.post("/items/<int:key>/cancel")
 def cancel_item(key: int) -> Response:
     """Cancel an item: modalities no longer see it."""
-    user = _require(Role.EDITOR)
-    reason = _checked(_json_object(optional=True), openapi.STATUS_FIELDS).get("reason", "")
-    try:
-        with writer().begin() as session:
-            item = cancel_step(session, _step_key(key), user.username, reason)
-    except UnknownStepError:
-        raise ApiError(404, f"There is no scheduled procedure step with key {key}.") from None
-    except EditError as exc:
-        _edit_refused(exc, conflict=True)
-    return jsonify(item_json(item))
+    return _change_status(key, cancel_step)
 
 
 @bp.post("/items/<int:key>/restore")
 def restore_item(key: int) -> Response:
     """Undo a cancel: the step gets back the status it had."""
+    return _change_status(key, restore_step)
+
+
+def _change_status(key: int, change: Callable[..., WorklistItem]) -> Response:
+    """Cancel or restore one step as the token's user, with the body's optional reason."""
     user = _require(Role.EDITOR)
     reason = _checked(_json_object(optional=True), openapi.STATUS_FIELDS).get("reason", "")
     try:
         with writer().begin() as session:
-            item = restore_step(session, _step_key(key), user.username, reason)
+            item = change(session, _step_key(key), user.username, reason)
     except UnknownStepError:
         raise ApiError(404, f"There is no scheduled procedure step with key {key}.") from None
     except EditError as exc:

@@ -152,6 +152,17 @@ def status_ok(status: int | None) -> bool:
     return status in (0x0000, 0xFF00, 0xFF01)
 
 
+def _printable_field(label: Any, max_length: int) -> StringField:
+    """A free-text key of the test form: printable characters, bounded length."""
+    return StringField(
+        label,
+        validators=[
+            Length(max=max_length),
+            Regexp(_PRINTABLE, message=_l("Only printable characters are allowed.")),
+        ],
+    )
+
+
 class ScannerTestForm(FlaskForm):
     """Run a worklist query as a calling AE (a GET form: it changes nothing)."""
 
@@ -179,47 +190,17 @@ class ScannerTestForm(FlaskForm):
     )
     query = IntegerField(_l("Stored query"), validators=[Optional(), NumberRange(min=1)])
     as_sent = BooleanField(_l("Send the stored query exactly as the scanner sent it"))
-    modality = StringField(
-        _l("Modality"),
-        validators=[
-            Length(max=64),
-            Regexp(_PRINTABLE, message=_l("Only printable characters are allowed.")),
-        ],
-    )
-    station = StringField(
-        _l("Scheduled station AE title"),
-        validators=[
-            Length(max=64),
-            Regexp(_PRINTABLE, message=_l("Only printable characters are allowed.")),
-        ],
-    )
+    modality = _printable_field(_l("Modality"), 64)
+    station = _printable_field(_l("Scheduled station AE title"), 64)
     date_from = DateField(
         _l("SPS start date from"),
         validators=[Optional()],
         format="%Y-%m-%d",
     )
     date_to = DateField(_l("SPS start date to"), validators=[Optional()], format="%Y-%m-%d")
-    patient_id = StringField(
-        _l("Patient ID"),
-        validators=[
-            Length(max=64),
-            Regexp(_PRINTABLE, message=_l("Only printable characters are allowed.")),
-        ],
-    )
-    patient_name = StringField(
-        _l("Patient's name"),
-        validators=[
-            Length(max=200),
-            Regexp(_PRINTABLE, message=_l("Only printable characters are allowed.")),
-        ],
-    )
-    accession = StringField(
-        _l("Accession number"),
-        validators=[
-            Length(max=64),
-            Regexp(_PRINTABLE, message=_l("Only printable characters are allowed.")),
-        ],
-    )
+    patient_id = _printable_field(_l("Patient ID"), 64)
+    patient_name = _printable_field(_l("Patient's name"), 200)
+    accession = _printable_field(_l("Accession number"), 64)
     why = StringField(
         _l("Accession number or patient ID"),
         validators=[
