@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from sqlalchemy import MetaData, event
@@ -41,17 +42,47 @@ def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
 
 
 WRITER_OPTION = "mwl_writer"
+_TURN = "mwl_writer_turn"
 
 
-def _begin(conn: Any) -> None:
-    # A deferred BEGIN that later writes fails at once with "database is locked" when
-    # another writer committed meanwhile (the busy timeout does not apply to that
-    # upgrade); writers therefore take the write lock up front and wait for it.
-    # Readers stay deferred so that C-FIND never queues behind HL7 in WAL mode.
-    if conn.get_execution_options().get(WRITER_OPTION):
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
-    else:
-        conn.exec_driver_sql("BEGIN")
+class _WriterTurns:
+    """Writers of one SQLite database take turns on a lock of this process.
+
+    SQLite's busy handler makes a waiting writer sleep and poll, in steps that grow
+    to 100 ms; with four HL7 connections and the C-FIND query log writing at once,
+    a writer could wait seconds while the lock was free most of the time (ACK p99
+    0.6 s at 140 msg/s, docs/performance.md). A Python lock hands over the moment
+    the previous writer's connection is back in the pool, i.e. after its commit.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def take(self, conn: Any) -> None:
+        # Bounded like the busy timeout: a thread that already holds a writer session
+        # must not wait for itself forever; SQLite's own handler then decides.
+        if self._lock.acquire(timeout=SQLITE_BUSY_TIMEOUT_MS / 1000):
+            conn.info[_TURN] = self
+
+    def give_back(self, _dbapi_connection: Any, record: Any, *_args: Any) -> None:
+        if record is not None and record.info.pop(_TURN, None) is self:
+            self._lock.release()
+
+
+def _begin_with(turns: _WriterTurns) -> Any:
+    def begin(conn: Any) -> None:
+        # A deferred BEGIN that later writes fails at once with "database is locked"
+        # when another writer committed meanwhile (the busy timeout does not apply to
+        # that upgrade); writers therefore take the write lock up front and wait for
+        # it. Readers stay deferred so that C-FIND never queues behind HL7 in WAL mode.
+        if conn.get_execution_options().get(WRITER_OPTION):
+            if _TURN not in conn.info:
+                turns.take(conn)
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            conn.exec_driver_sql("BEGIN")
+
+    return begin
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
@@ -73,7 +104,13 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         connect_args.setdefault("isolation_level", None)
         engine = create_engine(parsed, connect_args=connect_args, **kwargs)
         event.listen(engine, "connect", _configure_sqlite)
-        event.listen(engine, "begin", _begin)
+        turns = _WriterTurns()
+        event.listen(engine, "begin", _begin_with(turns))
+        # The turn ends when the connection is back in the pool (after COMMIT or
+        # ROLLBACK), or when the pool drops it.
+        event.listen(engine.pool, "checkin", turns.give_back)
+        event.listen(engine.pool, "invalidate", turns.give_back)
+        event.listen(engine.pool, "close", turns.give_back)
         return engine
     kwargs.setdefault("pool_pre_ping", True)
     kwargs.setdefault("pool_size", 10)
