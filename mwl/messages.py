@@ -84,18 +84,82 @@ def record_received(
     int
         The message key for :func:`record_outcome`.
     """
-    row = {
+    row = _received_row(
+        raw,
+        peer_address,
+        sending_application,
+        sending_facility,
+        message_control_id,
+        message_type,
+    )
+    row["outcome"] = RECEIVED
+    key: int = session.connection().execute(_INSERT, row).scalar_one()
+    return key
+
+
+def record_message(
+    session: Session,
+    raw: bytes,
+    peer_address: str,
+    *,
+    sending_application: str = "",
+    sending_facility: str = "",
+    message_control_id: str = "",
+    message_type: str = "",
+    outcome: str,
+    ack: bytes | None,
+    error: str = "",
+) -> int:
+    """Store a message together with what became of it, in one statement.
+
+    For a caller that stores the message in the same unit of work that processes
+    it, so the message and its outcome commit together (or not at all); the
+    parameters are those of :func:`record_received` and :func:`record_outcome`.
+
+    Returns
+    -------
+    int
+        The message key.
+    """
+    row = _received_row(
+        raw,
+        peer_address,
+        sending_application,
+        sending_facility,
+        message_control_id,
+        message_type,
+    )
+    row.update(_outcome_values(outcome, ack, error))
+    key: int = session.connection().execute(_INSERT, row).scalar_one()
+    return key
+
+
+def _received_row(
+    raw: bytes,
+    peer_address: str,
+    sending_application: str,
+    sending_facility: str,
+    message_control_id: str,
+    message_type: str,
+) -> dict[str, object]:
+    return {
         "raw": raw,
         "peer_address": _cut("peer_address", peer_address),
         "sending_application": _cut("sending_application", sending_application),
         "sending_facility": _cut("sending_facility", sending_facility),
         "message_control_id": _cut("message_control_id", message_control_id),
         "message_type": _cut("message_type", message_type),
-        "outcome": RECEIVED,
         "received_at": utcnow(),
     }
-    key: int = session.connection().execute(_INSERT, row).scalar_one()
-    return key
+
+
+def _outcome_values(outcome: str, ack: bytes | None, error: str) -> dict[str, object]:
+    return {
+        "outcome": outcome[:16],
+        "ack": ack,
+        "error": error.replace("\x00", ""),
+        "processed_at": utcnow(),
+    }
 
 
 def record_outcome(
@@ -117,13 +181,7 @@ def record_outcome(
     error
         Why it was not accepted (no patient data), or a note.
     """
-    values = {
-        "key": message_key,
-        "outcome": outcome[:16],
-        "ack": ack,
-        "error": error.replace("\x00", ""),
-        "processed_at": utcnow(),
-    }
+    values = {"key": message_key, **_outcome_values(outcome, ack, error)}
     if not session.connection().execute(_UPDATE_OUTCOME, values).rowcount:
         raise KeyError(message_key)
     # The entry, if this unit of work holds it, reads the new values from now on.

@@ -97,6 +97,9 @@ class OrderOutcome:
     steps_created: int = 0
     steps_updated: int = 0
     steps_removed: int = 0
+    # (patient key, requested procedure key) of every procedure the order changed,
+    # so the message log can link to them without looking them up again.
+    changed: tuple[tuple[int, int], ...] = ()
 
 
 def status_table(
@@ -283,6 +286,7 @@ def apply_order(
 
     patient_key: int | None = None
     actions: list[tuple[str, OrderAction]] = []
+    changed: list[tuple[int, int]] = []
     created = updated = removed = 0
     for raw_procedure in order.procedures:
         procedure = complete_identifiers(order, raw_procedure)
@@ -304,13 +308,16 @@ def apply_order(
                 step_row.status = status.value
                 updated += 1
             actions.append((procedure.study_instance_uid, OrderAction.STATUS_CHANGED))
+            changed.append((row.patient_key, row.id))
             continue
         if row is None:
             _check_starts({}, procedure.steps, order.start_location, missing_start)
-            created += _create_procedure(
+            key, steps = _create_procedure(
                 session, procedure, order, patient_key, status, start_default
             )
+            created += steps
             actions.append((procedure.study_instance_uid, OrderAction.CREATED))
+            changed.append((patient_key, key))
             continue
         row.patient_key = patient_key
         _copy_procedure(row, procedure, order)
@@ -326,8 +333,9 @@ def apply_order(
         c, u, r = _reconcile_steps(row, procedure.steps, status, start_default, keep_progress)
         created, updated, removed = created + c, updated + u, removed + r
         actions.append((procedure.study_instance_uid, OrderAction.UPDATED))
+        changed.append((patient_key, row.id))
     session.flush()
-    return OrderOutcome(status, tuple(actions), created, updated, removed)
+    return OrderOutcome(status, tuple(actions), created, updated, removed, tuple(changed))
 
 
 def _upsert_patient(session: Session, demographics: PatientDemographics) -> int:
@@ -356,8 +364,8 @@ def _create_procedure(
     patient_key: int,
     status: SpsStatus,
     start_default: dt.datetime,
-) -> int:
-    """Insert a new requested procedure and its steps; return the number of steps."""
+) -> tuple[int, int]:
+    """Insert a new requested procedure and its steps: (its key, the number of steps)."""
     row = RequestedProcedureRow(
         study_instance_uid=procedure.study_instance_uid, patient_key=patient_key
     )
@@ -374,7 +382,7 @@ def _create_procedure(
         _copy_step(step_row, step, step.start or start_default)
         steps.append(_column_values(step_row))
     connection.execute(_INSERT_STEP, steps)
-    return len(steps)
+    return key, len(steps)
 
 
 def _column_values(row: Base) -> dict[str, Any]:

@@ -4,14 +4,15 @@ One thread per connection (``socketserver.ThreadingTCPServer``, the model pynetd
 uses for associations); messages on a connection are processed one after another and
 each is acknowledged before the next is read, as dcm4che does. Per message:
 
-1. one transaction stores the raw bytes and MSH in the message log, and then
-2. answers a resend of an accepted message (same MSH-3, MSH-4, MSH-10) with its
-   original ACK, or parses and applies the message in a savepoint, so that a
-   failed change is rolled back while the message stays stored;
-3. records the outcome (the ACK code and ACK) and commits; the ACK is sent only
-   after that commit (if it fails nothing is stored and the answer is AE: the
-   sender retries; never AA);
-4. errors become AE/AR with an ERR segment, recorded in the log.
+1. one transaction answers a resend of an accepted message (same MSH-3, MSH-4,
+   MSH-10) with its original ACK, or parses and applies the message, then stores
+   the raw bytes, MSH, outcome and ACK in the message log and links the message
+   to what it changed, and commits; the ACK is sent only after that commit;
+2. when anything in it fails, that transaction is rolled back whole and a second
+   one stores the message with its AE/AR answer (with an ERR segment), so a
+   failed change leaves nothing behind but the message is still kept;
+3. when the database cannot store the message at all, the answer is AE and
+   nothing is stored: the sender retries (never AA).
 """
 
 from __future__ import annotations
@@ -22,13 +23,14 @@ import socket
 import socketserver
 import threading
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.exc import DataError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mwl.config import Settings
-from mwl.domain import Order, SpsStatus
+from mwl.domain import Order, PatientDemographics, SpsStatus
 from mwl.errors import InvalidOrderError, SettingsError
 from mwl.hl7.ack import ACCEPT, build_ack
 from mwl.hl7.mllp import FramingError, MllpFramer, frame
@@ -46,10 +48,10 @@ from mwl.hl7.parse import (
     safe_header,
 )
 from mwl.message_links import link_order, link_patient
-from mwl.messages import original_ack, record_outcome, record_received
-from mwl.orders import apply_order, status_table
+from mwl.messages import original_ack, record_message
+from mwl.orders import OrderOutcome, apply_order, status_table
 from mwl.overrides import LiveSettings
-from mwl.patients import PatientMessage, apply_patient_message
+from mwl.patients import PatientAction, PatientMessage, apply_patient_message
 
 logger = logging.getLogger(__name__)
 
@@ -163,12 +165,28 @@ class MessageProcessor:
         return parse_message(raw, self.options)
 
     def apply(self, session: Session, parsed: Order | Sequence[PatientMessage], key: int) -> str:
-        """Apply a parsed message in ``session`` and link it to what it changed.
+        """Apply a parsed message in ``session`` and link the logged message ``key``.
 
         Returns
         -------
         str
             What was done, for the log (no patient data).
+
+        Raises
+        ------
+        InvalidOrderError, SQLAlchemyError
+            The order cannot be applied; the caller rolls back.
+        """
+        applied = self.apply_changes(session, parsed)
+        applied.link(session, key)
+        return applied.summary
+
+    def apply_changes(
+        self, session: Session, parsed: Order | Sequence[PatientMessage]
+    ) -> AppliedMessage:
+        """Apply a parsed message in ``session``; linking it to the log comes after.
+
+        For a caller that logs the message only once it knows the outcome.
 
         Raises
         ------
@@ -182,17 +200,33 @@ class MessageProcessor:
                 status_table=self.status_table,
                 missing_start=self.settings.hl7_missing_start,
             )
-            link_order(session, key, outcome)
-            return (
+            return AppliedMessage(
                 f"{outcome.status.value}, {outcome.steps_created} step(s) created,"
-                f" {outcome.steps_updated} updated, {outcome.steps_removed} removed"
+                f" {outcome.steps_updated} updated, {outcome.steps_removed} removed",
+                order=outcome,
             )
-        actions = []
-        for message in parsed:
-            action = apply_patient_message(session, message)
-            link_patient(session, key, message.patient, action)
-            actions.append(action)
-        return "patient " + ", ".join(a.value for a in actions)
+        patients = tuple(
+            (message.patient, apply_patient_message(session, message)) for message in parsed
+        )
+        return AppliedMessage(
+            "patient " + ", ".join(action.value for _, action in patients), patients=patients
+        )
+
+
+@dataclass(frozen=True)
+class AppliedMessage:
+    """What applying one message changed: a summary for the log, and what to link."""
+
+    summary: str
+    order: OrderOutcome | None = None
+    patients: tuple[tuple[PatientDemographics, PatientAction], ...] = ()
+
+    def link(self, session: Session, key: int) -> None:
+        """Link the logged message ``key`` to the procedures and patients it changed."""
+        if self.order is not None:
+            link_order(session, key, self.order)
+        for patient, action in self.patients:
+            link_patient(session, key, patient, action)
 
 
 def rejection(exc: Exception, control_id: str, peer: str) -> Hl7MessageError:
@@ -463,22 +497,23 @@ class Hl7Server:
         message_type = header.message_code if header else ""
         if self.settings.log_phi:
             logger.debug("HL7 message from %s: %r", peer, raw)
+        logged = _LogFields(
+            raw,
+            peer,
+            sending_application=header.sending_application if header else "",
+            sending_facility=header.sending_facility if header else "",
+            message_control_id=control_id,
+            message_type=message_type,
+        )
         try:
-            # One transaction stores the message, applies it (in a savepoint, so that a
-            # failed change leaves the message stored) and records the outcome: the ACK
-            # waits for a single durable commit.
+            try:
+                return self._accept(logged, header)
+            except Exception as exc:
+                error = rejection(exc, control_id, peer)
+            # The failed transaction left nothing behind; this one keeps the message.
+            ack = build_ack(header, error.ack_code, error)
             with self._sessions.begin() as session:
-                key = record_received(
-                    session,
-                    raw,
-                    peer,
-                    sending_application=header.sending_application if header else "",
-                    sending_facility=header.sending_facility if header else "",
-                    message_control_id=control_id,
-                    message_type=message_type,
-                )
-                ack, outcome, note = self._process(session, raw, header, key, peer)
-                record_outcome(session, key, outcome, ack, note)
+                logged.record(session, error.ack_code, ack, str(error))
         except SQLAlchemyError as exc:
             # Nothing was stored and no AA sent: the sender sends the message again.
             logger.error(
@@ -491,35 +526,6 @@ class Hl7Server:
                 APPLICATION_INTERNAL_ERROR, "", "database unavailable; resend later", "AE"
             )
             return build_ack(header, unavailable.ack_code, unavailable)
-        return ack
-
-    def _process(
-        self, session: Session, raw: bytes, header: MessageHeader | None, key: int, peer: str
-    ) -> tuple[bytes, str, str]:
-        """Check, parse and apply a stored message: (ACK, ACK code, note for the log)."""
-        control_id = header.message_control_id if header else ""
-        message_type = header.message_code if header else ""
-        error: Hl7MessageError
-        try:
-            if header is not None:
-                # Before the resend check: a sender taken off the list gets no ACK but AR.
-                self.processor.check_sender(header)
-                previous = original_ack(
-                    session, header.sending_application, header.sending_facility, control_id
-                )
-                if previous is not None:
-                    logger.info(
-                        "HL7 message %s (%s) from %s is a resend of an accepted message;"
-                        " original ACK sent",
-                        control_id,
-                        message_type,
-                        peer,
-                    )
-                    return previous, ACCEPT, "resend of an accepted message; not applied again"
-            return self._apply(session, raw, header, key, peer), ACCEPT, ""
-        except Exception as exc:
-            error = rejection(exc, control_id, peer)
-        ack = build_ack(header, error.ack_code, error)
         logger.info(
             "HL7 message %s (%s) from %s answered %s: %s at %s",
             control_id or "-",
@@ -529,19 +535,49 @@ class Hl7Server:
             error.code,
             error.location or "-",
         )
-        return ack, error.ack_code, str(error)
+        return ack
 
-    def _apply(
-        self, session: Session, raw: bytes, header: MessageHeader | None, key: int, peer: str
-    ) -> bytes:
+    def _accept(self, logged: _LogFields, header: MessageHeader | None) -> bytes:
+        """Answer a resend, or apply the message: one transaction, committed before the ACK.
+
+        Raises whatever stops the message (the caller answers AE/AR and logs it).
+        """
         # One processor for parse and apply: the settings may change in between.
         processor = self.processor
-        parsed = processor.parse(raw, header)
-        assert header is not None  # parse() refuses a message without MSH
+        parsed: Order | Sequence[PatientMessage] | None = None
         for attempt in range(1, _APPLY_ATTEMPTS + 1):
             try:
-                with session.begin_nested():
-                    summary = processor.apply(session, parsed, key)
+                with self._sessions.begin() as session:
+                    if header is not None:
+                        # Before the resend check: a sender taken off the list gets AR.
+                        processor.check_sender(header)
+                        previous = original_ack(
+                            session,
+                            header.sending_application,
+                            header.sending_facility,
+                            header.message_control_id,
+                        )
+                        if previous is not None:
+                            logged.record(
+                                session,
+                                ACCEPT,
+                                previous,
+                                "resend of an accepted message; not applied again",
+                            )
+                            logger.info(
+                                "HL7 message %s (%s) from %s is a resend of an accepted"
+                                " message; original ACK sent",
+                                header.message_control_id,
+                                header.message_code,
+                                logged.peer,
+                            )
+                            return previous
+                    if parsed is None:
+                        parsed = processor.parse(logged.raw, header)
+                    assert header is not None  # parse() refuses a message without MSH
+                    applied = processor.apply_changes(session, parsed)
+                    ack = build_ack(header, ACCEPT)
+                    applied.link(session, logged.record(session, ACCEPT, ack))
                 break
             except (IntegrityError, OperationalError) as exc:
                 if attempt == _APPLY_ATTEMPTS or (
@@ -549,16 +585,42 @@ class Hl7Server:
                 ):
                     raise
                 logger.debug(
-                    "HL7 message %s: write conflict, attempt %d", header.message_control_id, attempt
+                    "HL7 message %s: write conflict, attempt %d", logged.message_control_id, attempt
                 )
         logger.info(
             "HL7 message %s (%s) from %s answered AA: %s",
-            header.message_control_id,
-            header.message_code,
-            peer,
-            summary,
+            logged.message_control_id,
+            logged.message_type,
+            logged.peer,
+            applied.summary,
         )
-        return build_ack(header, ACCEPT)
+        return ack
+
+
+@dataclass(frozen=True)
+class _LogFields:
+    """A received message as the log stores it, whatever becomes of it."""
+
+    raw: bytes
+    peer: str
+    sending_application: str
+    sending_facility: str
+    message_control_id: str
+    message_type: str
+
+    def record(self, session: Session, outcome: str, ack: bytes | None, note: str = "") -> int:
+        return record_message(
+            session,
+            self.raw,
+            self.peer,
+            sending_application=self.sending_application,
+            sending_facility=self.sending_facility,
+            message_control_id=self.message_control_id,
+            message_type=self.message_type,
+            outcome=outcome,
+            ack=ack,
+            error=note,
+        )
 
 
 def sender_accepted(patterns: Sequence[str], application: str, facility: str) -> bool:
