@@ -245,8 +245,10 @@ class Settings:
     )
     dicom_restrict_calling_ae: bool = False
     # Associations served at once; more are refused (A-ASSOCIATE-RJ, transient). pynetdicom
-    # allows 10 unless told otherwise, too few for a department's modalities.
-    dicom_max_associations: int = 50
+    # allows 10 unless told otherwise, too few for a department's modalities; and a
+    # modality that reconnects at once may briefly hold two slots (the old acceptor
+    # thread still counts), so 50 modalities at a limit of 50 saw refusals.
+    dicom_max_associations: int = 100
     # MPPS SCP (docs/conformance-statement.md): Performed Procedure Step Status -> status
     # of the linked scheduled steps, as a table {"IN PROGRESS" = "STARTED"}; "" leaves
     # the steps as they are.
