@@ -1,4 +1,4 @@
-"""Shared helpers of the benchmark scripts: peers folder, `mwl serve` process, statistics.
+"""Shared helpers of the benchmark scripts: peers folder, `mwl serve`, DCMTK tools, signals.
 
 The scripts in ``bench/`` are run on demand (never by the test suite) as
 ``python bench/<script>.py``; Python then puts ``bench/`` on ``sys.path``, so
@@ -14,7 +14,9 @@ import os
 import platform
 import queue
 import re
+import secrets
 import shlex
+import shutil
 import signal
 import socket
 import statistics
@@ -22,7 +24,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -36,6 +38,211 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PEERS_DIR = REPO_ROOT.parent / "shared" / "peers"
 PEERS_DIR_ENV = "MWL_PEERS_DIR"
 MWL_AE_TITLE = "MWL"
+# Where DCMTK's tools are looked for: never PATH, whose first findscu may be pynetdicom's
+# Python script of the same name (the virtualenv's bin/).
+DCMTK_SEARCH_PATH = "/usr/bin:/usr/local/bin"
+PG_SERVER_URL = "postgresql://postgres@127.0.0.1:5432"
+
+
+# --------------------------------------------------------------------------- signals
+
+
+def exit_on_signals(script: str) -> None:
+    """Make SIGTERM and SIGINT a normal exit, so every ``finally`` stops what it started.
+
+    The first signal raises ``SystemExit(128 + signum)`` in the main thread (where
+    Python runs signal handlers); later ones only say that the script is already
+    stopping, so they cannot cut the clean-up short. Every stop in the clean-up is
+    bounded (SIGTERM, a wait, SIGKILL), and the servers run under ``timeout``.
+    Child processes reset Python-level handlers at ``exec``.
+    """
+    stopping = False
+
+    def handler(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        name = signal.Signals(signum).name
+        if stopping:
+            os.write(2, f"{script}: {name} again: still stopping\n".encode())
+            return
+        stopping = True
+        os.write(2, f"\n{script}: {name}: exiting; stopping what it started\n".encode())
+        raise SystemExit(128 + signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, handler)
+
+
+def die_with_parent_worker() -> None:
+    """Initializer of client worker processes (forked: they inherit our handlers).
+
+    SIGTERM kills them outright (``Pool.terminate`` sends it), SIGINT (Ctrl-C goes
+    to the whole process group) is left to the parent, and they get SIGTERM when
+    the parent dies.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent()
+
+
+# --------------------------------------------------------------------------- DCMTK
+
+
+class NotDcmtkError(RuntimeError):
+    """The tool found is missing, or is not DCMTK's (e.g. pynetdicom's ``findscu`` script)."""
+
+
+def resolve_dcmtk(tool: str, explicit: str | Path | None = None, *, near: str | None = None) -> str:
+    """The absolute path of DCMTK's ``tool`` (``findscu``, ``echoscu``, ``wlmscpfs``).
+
+    ``explicit`` (an option such as ``--findscu``) is used as given; otherwise the
+    folder of ``near`` (another DCMTK tool already resolved) is tried first, then
+    :data:`DCMTK_SEARCH_PATH`, never ``$PATH``. The file must not be a script (the
+    virtualenv's ``findscu`` is pynetdicom's Python script) and its ``--version``
+    must name DCMTK.
+
+    Raises
+    ------
+    NotDcmtkError
+        With a message saying what was found and what to do.
+    """
+    if explicit is not None:
+        found = shutil.which(str(explicit)) if os.sep not in str(explicit) else str(explicit)
+    else:
+        search = DCMTK_SEARCH_PATH
+        if near:
+            search = f"{Path(near).parent}:{search}"
+        found = shutil.which(tool, path=search)
+    if not found or not os.access(found, os.X_OK) or not Path(found).is_file():
+        raise NotDcmtkError(
+            f"DCMTK's {tool} not found (looked for {explicit or tool!s} in "
+            f"{'the given path' if explicit else DCMTK_SEARCH_PATH}); "
+            f"apt-get install -y dcmtk, or pass --{tool} PATH"
+        )
+    found = str(Path(found).resolve())
+    with open(found, "rb") as f:
+        head = f.read(256)
+    if head.startswith(b"#!"):
+        first = head.split(b"\n", 1)[0].decode("utf-8", "replace")
+        kind = "a Python script (pynetdicom's?)" if b"python" in head.lower() else "a script"
+        raise NotDcmtkError(
+            f"{found} is {kind} ({first}), not DCMTK's {tool}; pass --{tool} "
+            f"/usr/bin/{tool} (apt-get install -y dcmtk)"
+        )
+    try:
+        done = subprocess.run(
+            [found, "--version"], capture_output=True, timeout=20, stdin=subprocess.DEVNULL
+        )
+        version = (done.stdout + done.stderr).decode("utf-8", "replace")
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise NotDcmtkError(f"{found} --version failed: {exc}") from exc
+    if "dcmtk" not in version.lower():
+        raise NotDcmtkError(
+            f"{found} is not DCMTK's {tool} (its --version does not name DCMTK: "
+            f"{version.strip()[:120]!r}); pass --{tool} PATH"
+        )
+    return found
+
+
+def dcmtk_version(tool_path: str) -> str:
+    """``v3.6.7 2022-04-22`` from ``$dcmtk: findscu v3.6.7 2022-04-22 $`` (or '')."""
+    try:
+        done = subprocess.run([tool_path, "--version"], capture_output=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    match = re.search(r"\$dcmtk: \S+ (v[^$]*?)\s*\$", done.stdout.decode("utf-8", "replace"))
+    return match.group(1) if match else ""
+
+
+def dcmtk_first_path(folder: str, path: str | None = None) -> str:
+    """``path`` (default ``$PATH``) with ``folder`` first, so tools run by name are DCMTK's.
+
+    The peers' ``run_peer_bench.py`` runs ``echoscu``/``wlmscpfs``/``Orthanc`` by name;
+    with the virtualenv's ``bin/`` first on ``$PATH`` pynetdicom's scripts of the
+    same names would win. ``/usr/sbin`` (Orthanc) is appended when missing.
+    """
+    parts = [folder] + [p for p in (path or os.environ.get("PATH", "")).split(os.pathsep) if p]
+    for extra in ("/usr/bin", "/usr/sbin", "/usr/local/sbin", "/bin"):
+        if extra not in parts:
+            parts.append(extra)
+    return os.pathsep.join(dict.fromkeys(parts))
+
+
+def put_dcmtk_first_on_path(folder: str, *envs: dict[str, str]) -> None:
+    """Set PATH of this process (inherited by every child) and of ``envs`` DCMTK-first."""
+    os.environ["PATH"] = dcmtk_first_path(folder)
+    for env in envs:
+        env["PATH"] = dcmtk_first_path(folder, env.get("PATH"))
+
+
+# findscu -v -sr: one "Received Find Response N (Pending)" line per match.
+FINDSCU_PENDING_RE = re.compile(r"Find Response:? \d+ \(Pending\)")
+FINDSCU_FINAL_RE = re.compile(r"Received Final Find Response \(([^)]*)\)")
+FINDSCU_FINAL_OK = "Received Final Find Response (Success)"
+
+
+class ChildProcesses:
+    """Client processes started by worker threads, so the main thread can end them all.
+
+    Python runs signal handlers (and so the clean-up after SIGTERM) in the main
+    thread only; a worker thread waiting for its child never sees the exception.
+    :meth:`kill_all` kills the children still running and refuses new ones.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._procs: set[subprocess.Popen[bytes]] = set()
+        self.closed = False
+
+    def run(
+        self, cmd: Sequence[str], timeout_s: float, env: Mapping[str, str] | None = None
+    ) -> tuple[int | None, str] | None:
+        """Run ``cmd`` to its end: (exit status or None on timeout, stdout+stderr).
+
+        None when :meth:`kill_all` was called before it could start.
+        """
+        with self._lock:
+            if self.closed:
+                return None
+            proc = subprocess.Popen(
+                list(cmd),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=dict(env) if env is not None else None,
+            )
+            self._procs.add(proc)
+        try:
+            try:
+                out, _ = proc.communicate(timeout=timeout_s)
+                code: int | None = proc.returncode
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                out, _ = proc.communicate()
+                code = None
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            with self._lock:
+                self._procs.discard(proc)
+        return code, (out or b"").decode("utf-8", "replace")
+
+    def kill_all(self) -> int:
+        """Kill every child still running; no new ones start. Returns how many were killed."""
+        with self._lock:
+            self.closed = True
+            procs = list(self._procs)
+        killed = 0
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                killed += 1
+        for proc in procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+        return killed
 
 
 # --------------------------------------------------------------------------- peers
@@ -201,6 +408,31 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> s
 
 def is_postgres(url: str) -> bool:
     return make_url(url).get_backend_name() == "postgresql"
+
+
+def run_pg_url(name: str, given: str | None = None) -> str:
+    """The PostgreSQL URL of this run: ``given`` (``--pg-url``) as is, else one of its own.
+
+    The default database is ``<name>_<pid>_<4 hex digits>`` on the local server, so two
+    runs at the same time (also from two containers, whose pids may be equal) never
+    share, drop or re-create each other's database.
+    """
+    if given:
+        return given
+    return f"{PG_SERVER_URL}/{name}_{os.getpid()}_{secrets.token_hex(2)}"
+
+
+def shown_url(url: str) -> str:
+    """``url`` without its password, for the report."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def cleanup(what: str, fn: Callable[..., object], *args: object) -> None:
+    """Run one clean-up step; report a failure instead of raising (the others still run)."""
+    try:
+        fn(*args)
+    except Exception as exc:  # noqa: BLE001 - clean-up: report and go on
+        print(f"clean-up: {what} failed: {exc}", file=sys.stderr)
 
 
 def recreate_database(url: str) -> None:
@@ -409,6 +641,16 @@ def start_mwl(
         lines.put(None)
 
     threading.Thread(target=pump, name="mwl-stdout", daemon=True).start()
+    try:
+        _wait_ready(server, lines, ready_timeout_s)
+    except BaseException:
+        server.stop()  # also on SIGTERM (SystemExit) while waiting
+        raise
+    server.pid = _child_pid(proc.pid) or proc.pid
+    return server
+
+
+def _wait_ready(server: MwlServer, lines: queue.Queue[str | None], ready_timeout_s: float) -> None:
     deadline = time.monotonic() + ready_timeout_s
     while True:
         remaining = deadline - time.monotonic()
@@ -418,7 +660,7 @@ def start_mwl(
             line = ""
         if line is None or remaining <= 0:
             server.stop()
-            tail = log_path.read_text(errors="replace")[-3000:]
+            tail = server.log_path.read_text(errors="replace")[-3000:]
             raise RuntimeError(f"mwl serve did not become ready; log tail:\n{tail}")
         for name, pattern in _READY_LINES.items():
             match = pattern.match(line)
@@ -427,9 +669,7 @@ def start_mwl(
                 if name == "dicom_port":
                     server.ae_title = match.group(1)
         if line == "mwl is ready":
-            break
-    server.pid = _child_pid(proc.pid) or proc.pid
-    return server
+            return
 
 
 def _child_pid(pid: int) -> int | None:

@@ -1,7 +1,9 @@
 """HL7 ingest of `mwl serve`: ORM messages per second with ACK after commit, and ACK latency.
 
-Per backend (``--backends sqlite postgresql``) on a fresh database, with
-``mwl serve`` started on loopback (ephemeral ports, stopped by SIGTERM):
+Per backend (``--backends sqlite postgresql``) on a fresh database (SQLite in the
+work folder; PostgreSQL ``mwl_bench_ingest_<pid>_<hex>`` unless ``--pg-url``, dropped
+at the end unless ``--keep``), with ``mwl serve`` started on loopback (ephemeral
+ports, stopped by SIGTERM at the end, also when this script gets SIGTERM/SIGINT):
 
 1. **throughput** on 1 and 4 connections (``--connections``): each connection
    sends a message, waits for its ACK (the listener sends AA only after the
@@ -59,7 +61,7 @@ from mwl.hl7.client import ack_summary, split_messages
 from mwl.hl7.mllp import MllpFramer, frame
 
 TEMPLATE = benchlib.REPO_ROOT / "samples" / "hl7" / "orm_o01_nw.hl7"
-DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/mwl_bench_ingest"
+PG_NAME = "mwl_bench_ingest"  # + _<pid>_<hex> per run unless --pg-url
 _MAX_ACK_BYTES = 1_048_576
 
 
@@ -446,7 +448,7 @@ def bench_backend(
             }
         )
     finally:
-        mwl.stop()
+        benchlib.cleanup("stopping mwl serve", mwl.stop)
     return record
 
 
@@ -457,8 +459,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--pg-url",
-        default=DEFAULT_PG_URL,
-        help="PostgreSQL database for the run; DROPPED and re-created",
+        help="PostgreSQL database for the run; DROPPED and re-created "
+        f"(default: {benchlib.PG_SERVER_URL}/{PG_NAME}_<pid>_<hex>, new per run)",
     )
     parser.add_argument("--connections", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--throughput-seconds", type=float, default=15.0)
@@ -489,15 +491,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, help="default: a new temporary folder")
     parser.add_argument("--keep", action="store_true", help="keep the work folder and databases")
     args = parser.parse_args(argv)
+    benchlib.exit_on_signals("hl7_ingest")
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="mwl-hl7-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     benchlib.print_header("HL7 ingest: ORM^O01 over MLLP, ACK after commit")
     print(f"template: {TEMPLATE.relative_to(benchlib.REPO_ROOT)}; work folder: {workdir}")
     urls = {
-        b: (f"sqlite:///{workdir}/mwl-hl7.db" if b == "sqlite" else args.pg_url)
+        b: (
+            f"sqlite:///{workdir}/mwl-hl7.db"
+            if b == "sqlite"
+            else benchlib.run_pg_url(PG_NAME, args.pg_url)
+        )
         for b in args.backends
     }
+    print("databases: " + ", ".join(benchlib.shown_url(u) for u in urls.values()))
     status = 0
     try:
         for backend, url in urls.items():
@@ -510,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if not args.keep:
             for url in urls.values():
-                benchlib.drop_database(url)
+                benchlib.cleanup(f"dropping {url}", benchlib.drop_database, url)
             if args.workdir is None:
                 shutil.rmtree(workdir, ignore_errors=True)
     return status

@@ -484,6 +484,8 @@ def main(argv: list[str] | None = None) -> int:
         help="compare --method bulk and apply-order on N items, then exit",
     )
     args = parser.parse_args(argv)
+    # SIGTERM/SIGINT: a normal exit (the engine is disposed, the transaction rolled back).
+    benchlib.exit_on_signals("load_items")
     try:
         if args.self_check:
             return self_check(args.self_check, args.peers_dir)

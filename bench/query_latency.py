@@ -4,21 +4,25 @@ For each N in ``--n`` it:
 
 1. loads N generated items into a fresh broker database per backend
    (``load_items.load``: SQLite file in the work folder, and/or a PostgreSQL
-   database ``mwl_bench_query`` made for the run) and writes the same N items as
+   database ``mwl_bench_query_<pid>_<hex>`` made for the run, dropped at the end
+   unless ``--keep``; ``--pg-url`` names another) and writes the same N items as
    ``.wl`` files for the peers (``gen_worklist.generate`` from ``../shared/peers``);
 2. starts, all at once on 127.0.0.1: ``mwl serve`` per backend (ephemeral ports),
    wlmscpfs and Orthanc on the ``.wl`` folder (started by the shared
    ``run_peer_bench.py``), and once per run the pynetdicom SCP that answers
    nothing (the floor);
-3. sends the query shapes modalities use, as whole ``findscu -W`` processes with
-   ``TCP_NODELAY=1``, **interleaved**: each round sends every shape to every
-   server (in a rotating order) before the next round, so the machine's noise
-   falls on all servers alike. ``--warmup`` rounds are untimed (calling AE
-   ``W_<shape>``), then ``--queries`` timed rounds (calling AE ``Q_<shape>``);
+3. sends the query shapes modalities use, as whole DCMTK ``findscu -W`` processes
+   (``--findscu``, default the one in /usr/bin or /usr/local/bin, never a Python
+   script of that name found on PATH) with ``TCP_NODELAY=1``, **interleaved**:
+   each round sends every shape to every server (in a rotating order) before the
+   next round, so the machine's noise falls on all servers alike. ``--warmup``
+   rounds are untimed (calling AE ``W_<shape>``), then ``--queries`` timed
+   rounds (calling AE ``Q_<shape>``);
 4. reads the broker's server-side time of the same timed queries from its query
    log (``QueryLogEntry.duration_ms``: handler start to the last response handed to
    pynetdicom, selected by calling AE title), and the peak RSS (VmHWM) of each
-   ``mwl serve``; then stops every server.
+   ``mwl serve``; then stops every server (also on SIGTERM/SIGINT: they become a
+   normal exit, so every ``finally`` runs).
 
 Shapes (``today`` = ``--date``, the generator's base date):
 
@@ -68,7 +72,7 @@ from sqlalchemy import select
 from mwl.db import make_engine
 from mwl.models import QueryLogEntry
 
-DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/mwl_bench_query"
+PG_NAME = "mwl_bench_query"  # + _<pid>_<hex> per run unless --pg-url
 PEER_SERVERS = ("wlmscpfs", "orthanc", "pynetdicom-null")
 FLOOR = "pynetdicom-null"
 NAME_PATTERN = "Schmidt^A*"
@@ -231,9 +235,14 @@ def make_shapes(facts: Sequence[load_items.ItemFacts], date: str, broad_target: 
 # --------------------------------------------------------------------------- findscu
 
 
-def findscu_command(port: int, called_ae: str, calling_ae: str, keys: Sequence[str]) -> list[str]:
-    """One worklist C-FIND; ``-sr`` logs one line per response instead of each dataset."""
-    cmd = ["findscu", "-v", "-W", "-sr", "-aet", calling_ae, "-aec", called_ae, "-to", "10"]
+def findscu_command(
+    findscu: str, port: int, called_ae: str, calling_ae: str, keys: Sequence[str]
+) -> list[str]:
+    """One worklist C-FIND with DCMTK's ``findscu`` (an absolute path, see ``--findscu``).
+
+    ``-sr`` logs one line per response instead of each dataset.
+    """
+    cmd = [findscu, "-v", "-W", "-sr", "-aet", calling_ae, "-aec", called_ae, "-to", "10"]
     for key in keys:
         cmd += ["-k", key]
     return cmd + [benchlib.HOST, str(port)]
@@ -261,14 +270,24 @@ def run_findscu(rb: ModuleType, cmd: list[str], timeout_s: float) -> tuple[float
 def start_peer(
     rb: ModuleType, kind: str, n_root: Path | None, workdir: Path, life_s: int
 ) -> Target:
-    """Start a peer through the shared runner and wait for its C-ECHO."""
+    """Start a peer through the shared runner and wait for its C-ECHO (DCMTK's echoscu).
+
+    The runner runs ``echoscu``, ``wlmscpfs`` and ``Orthanc`` by name: ``main`` has put
+    DCMTK's folder first on PATH (of this process and of ``rb.CLIENT_ENV``). The peer
+    is stopped here when anything, SIGTERM included, interrupts the wait.
+    """
     if kind == "wlmscpfs":
         srv = rb.start_wlmscpfs(n_root, workdir, life_s, True)
     elif kind == "orthanc":
         srv = rb.start_orthanc(n_root / rb.WL_AET, workdir, life_s, True)
     else:
         srv = rb.start_pynetdicom_null(workdir, life_s, True)
-    if not rb.wait_ready(srv):
+    try:
+        ready = rb.wait_ready(srv)
+    except BaseException:
+        rb.stop_server(srv)
+        raise
+    if not ready:
         rb.stop_server(srv)
         tail = srv.log_path.read_text(errors="replace")[-2000:]
         raise RuntimeError(f"{kind} did not answer C-ECHO; log tail:\n{tail}")
@@ -356,7 +375,7 @@ def bench_n(
     finally:
         for t in targets:
             if t is not floor:
-                t.stop()
+                benchlib.cleanup(f"stopping {t.label}", t.stop)
     server_side = {
         t.label: server_side_ms(t.database_url, [s.name for s in shapes]) for t in targets if t.mwl
     }
@@ -394,7 +413,9 @@ def bench_n(
                 "description": s.description,
                 "expected": s.expected,
                 "findscu": "TCP_NODELAY=1 "
-                + shlex.join(findscu_command(0, "<AE>", _calling_ae("Q", s.name), s.keys())),
+                + shlex.join(
+                    findscu_command(args.findscu, 0, "<AE>", _calling_ae("Q", s.name), s.keys())
+                ),
             }
             for s in shapes
         ],
@@ -419,9 +440,7 @@ def _run_rounds(
         timed = rnd >= args.warmup
         shift = rnd % len(targets)
         order = list(targets[shift:]) + list(targets[:shift])  # rotate: no fixed position
-        peers_done = (
-            args.peer_queries is not None and rnd >= args.warmup + args.peer_queries
-        )
+        peers_done = args.peer_queries is not None and rnd >= args.warmup + args.peer_queries
         for shape in shapes:
             for t in order:
                 if shape.name not in t.shapes:
@@ -429,7 +448,7 @@ def _run_rounds(
                 if peers_done and t.label in ("wlmscpfs", "orthanc"):
                     continue
                 ae = _calling_ae("Q" if timed else "W", shape.name)
-                cmd = findscu_command(t.port, t.called_ae, ae, shape.keys())
+                cmd = findscu_command(args.findscu, t.port, t.called_ae, ae, shape.keys())
                 seconds, matches, ok, tail = run_findscu(rb, cmd, args.query_timeout_s)
                 if not timed:
                     continue
@@ -521,8 +540,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--pg-url",
-        default=DEFAULT_PG_URL,
-        help="PostgreSQL database for the broker; DROPPED and re-created per N",
+        help="PostgreSQL database for the broker; DROPPED and re-created per N "
+        f"(default: {benchlib.PG_SERVER_URL}/{PG_NAME}_<pid>_<hex>, new per run)",
     )
     parser.add_argument(
         "--servers", nargs="+", choices=["mwl", *PEER_SERVERS], default=["mwl", *PEER_SERVERS]
@@ -550,22 +569,41 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=load_items.DEFAULT_SEED)
     parser.add_argument("--broad-target", type=int, default=500)
+    parser.add_argument(
+        "--findscu",
+        help="DCMTK's findscu (default: the one in /usr/bin or /usr/local/bin; a Python "
+        "script such as pynetdicom's findscu is refused); echoscu and wlmscpfs are "
+        "taken from the same folder",
+    )
     parser.add_argument("--peers-dir", type=Path, help="default: ../shared/peers")
     parser.add_argument("--workdir", type=Path, help="default: a new temporary folder")
     parser.add_argument("--keep", action="store_true", help="keep the work folder and databases")
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args(argv)
+    benchlib.exit_on_signals("query_latency")
+    args.pg_url = benchlib.run_pg_url(PG_NAME, args.pg_url)
 
     try:
         rb = benchlib.peer_bench_module(args.peers_dir)
     except benchlib.PeersMissingError as exc:
         print(f"query_latency: {exc}", file=sys.stderr)
         return 2
-    for tool in ("findscu", "echoscu", "timeout") + (
-        ("wlmscpfs",) if "wlmscpfs" in args.servers else ()
-    ):
-        if not shutil.which(tool):
-            parser.error(f"{tool} not found (apt-get install -y dcmtk)")
+    try:
+        args.findscu = benchlib.resolve_dcmtk("findscu", args.findscu)
+        dcmtk = {"findscu": args.findscu}
+        for tool in ("echoscu",) + (("wlmscpfs",) if "wlmscpfs" in args.servers else ()):
+            dcmtk[tool] = benchlib.resolve_dcmtk(tool, near=args.findscu)
+    except benchlib.NotDcmtkError as exc:
+        print(f"query_latency: {exc}", file=sys.stderr)
+        return 2
+    if len({str(Path(p).parent) for p in dcmtk.values()}) != 1:
+        print(f"query_latency: DCMTK tools in different folders: {dcmtk}", file=sys.stderr)
+        return 2
+    # The shared runner runs echoscu/wlmscpfs by name, with os.environ or its CLIENT_ENV
+    # (copied when it was imported): DCMTK's folder goes first in both.
+    benchlib.put_dcmtk_first_on_path(str(Path(args.findscu).parent), rb.CLIENT_ENV)
+    if not shutil.which("timeout"):
+        parser.error("timeout not found (coreutils)")
     if "orthanc" in args.servers and not (
         shutil.which("Orthanc") and Path(rb.ORTHANC_WL_PLUGIN).exists()
     ):
@@ -580,6 +618,12 @@ def main(argv: list[str] | None = None) -> int:
         f"work folder: {workdir}; rounds: {args.warmup} warm-up + {args.queries} timed, "
         f"interleaved over servers and shapes"
     )
+    print(
+        f"DCMTK {benchlib.dcmtk_version(args.findscu)}: "
+        + ", ".join(f"{tool} {path}" for tool, path in dcmtk.items())
+    )
+    if "postgresql" in args.backends and "mwl" in args.servers:
+        print(f"PostgreSQL database: {benchlib.shown_url(args.pg_url)}")
     records: list[dict[str, Any]] = []
     floor: Target | None = None
     status = 0
@@ -598,12 +642,14 @@ def main(argv: list[str] | None = None) -> int:
                 status = 1
     finally:
         if floor is not None:
-            floor.stop()
+            benchlib.cleanup("stopping the floor SCP", floor.stop)
         if not args.keep:
-            if "postgresql" in args.backends:
-                benchlib.drop_database(args.pg_url)
+            if "postgresql" in args.backends and "mwl" in args.servers:
+                benchlib.cleanup("dropping the database", benchlib.drop_database, args.pg_url)
             if args.workdir is None:
                 shutil.rmtree(workdir, ignore_errors=True)
+        elif "postgresql" in args.backends and "mwl" in args.servers:
+            print(f"kept: {benchlib.shown_url(args.pg_url)}", file=sys.stderr)
     if args.json_out:
         args.json_out.write_text(
             json.dumps(
