@@ -29,6 +29,8 @@ from pynetdicom.pdu_primitives import P_DATA
 
 # PDV message control header (PS3.8 E.2): bit 0 command, bit 1 last fragment.
 _DATA_FRAGMENT, _COMMAND_FRAGMENT, _LAST = 0x00, 0x01, 0x02
+_LAST_COMMAND = bytes([_COMMAND_FRAGMENT | _LAST])
+_LAST_DATA = bytes([_DATA_FRAGMENT | _LAST])
 # A PDV item: item length (4), presentation context ID (1), then the PDV (header + fragment).
 _ITEM_HEADER = 5
 # At most this many PDUs wait in the DUL's queue. Queuing every response at once would
@@ -99,6 +101,14 @@ def _command_set(request: C_FIND, status: int) -> bytes:
 
 def _pdus(context_id: int, command: bytes, identifier: bytes, max_length: int) -> Iterator[P_DATA]:
     """P-DATA primitives for one message: PDVs packed while they fit ``max_length``."""
+    whole = 2 * (_ITEM_HEADER + 1) + len(command) + len(identifier)
+    if not max_length or whole <= max_length:
+        # The usual case, a few times cheaper than fragmenting: one PDU, one PDV each.
+        pdu = P_DATA()
+        pdu.presentation_data_value_list.append((context_id, _LAST_COMMAND + command))
+        pdu.presentation_data_value_list.append((context_id, _LAST_DATA + identifier))
+        yield pdu
+        return
     pdu = P_DATA()
     used = 0
     for pdv in _pdvs(command, identifier, max_length):

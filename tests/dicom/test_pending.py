@@ -33,7 +33,8 @@ def reassemble(pdus: list) -> tuple[bytes, bytes, list[int]]:
     return command, data, headers
 
 
-@pytest.mark.parametrize("max_length", [0, 16384, 900, 200, 50])
+# 860: command and identifier PDVs exactly fill one PDU; 859: one byte short.
+@pytest.mark.parametrize("max_length", [0, 16384, 900, 860, 859, 200, 50])
 def test_pdus_respect_the_peers_maximum_length_and_keep_the_bytes(max_length):
     pdus = list(_pdus(3, COMMAND, IDENTIFIER, max_length))
     command, data, headers = reassemble(pdus)
@@ -47,8 +48,10 @@ def test_pdus_respect_the_peers_maximum_length_and_keep_the_bytes(max_length):
         # The PDV list (items of length + context ID + PDV) fits the peer's maximum.
         size = sum(4 + 1 + len(pdv) for _, pdv in pdu.presentation_data_value_list)
         assert max_length == 0 or size <= max_length
-    if max_length in (0, 16384):
+    if max_length in (0, 16384, 900, 860):
         assert len(pdus) == 1  # command and identifier in one PDU
+    else:
+        assert len(pdus) > 1
 
 
 def find_all(address: tuple[str, int], syntax: str, max_pdu: int) -> list[Dataset]:

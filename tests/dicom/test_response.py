@@ -218,7 +218,12 @@ def some_keys() -> Dataset:
     return asked
 
 
-@pytest.mark.parametrize("charset", ["ISO_IR 192", "ISO_IR 100", "", "ISO_IR 144", "GB18030"])
+@pytest.mark.parametrize(
+    "charset",
+    # ISO_IR 13 (JIS X 0201) is written by pydicom's own encoder, the others by
+    # Python's codecs.
+    ["ISO_IR 192", "ISO_IR 100", "", "ISO_IR 144", "GB18030", "ISO 2022 IR 149", "ISO_IR 13"],
+)
 @pytest.mark.parametrize("asked", [every_key, some_keys, lambda: request(PatientID="")])
 @pytest.mark.parametrize(
     "syntax", [ImplicitVRLittleEndian, ExplicitVRLittleEndian], ids=["implicit", "explicit"]
@@ -232,6 +237,19 @@ def test_encoded_identifier_is_what_pydicom_writes_for_the_dataset(charset, aske
     # And it reads back: exactly the keys the Dataset holds.
     back = read(expected, implicit=syntax == ImplicitVRLittleEndian)
     assert [e.tag for e in back] == [e.tag for e in dataset]
+
+
+@pytest.mark.filterwarnings("ignore:Failed to encode value")
+@pytest.mark.parametrize(
+    "syntax", [ImplicitVRLittleEndian, ExplicitVRLittleEndian], ids=["implicit", "explicit"]
+)
+def test_text_no_codec_can_encode_is_written_as_pydicom_writes_it(syntax):
+    # A lone surrogate (not text UTF-8 can hold): pydicom warns and writes "?".
+    item = replace(RICH, patient_name="Bad\udc80^Name", requested_procedure_description="x\udc80")
+    builder = ResponseBuilder(every_key(), "ISO_IR 192")
+    expected = write(builder.build(item), implicit=syntax == ImplicitVRLittleEndian)
+    assert builder.encode(item, syntax) == expected
+    assert b"Bad?^Name" in expected
 
 
 def test_builder_returns_exactly_the_requested_keys_in_each_charset():
