@@ -1,8 +1,9 @@
 """The HL7 message log: every message as received, what became of it, the ACK sent.
 
-A core service (no HL7 parsing here): the HL7 adapter records each message before
-it processes it, so nothing a sender delivered is ever lost, and looks up the
-original ACK of a resent message. Reading the log for people is mwl.activity's job.
+A core service (no HL7 parsing here): the HL7 adapter records each message with its
+outcome in the unit of work that applies it, or in one of its own when that fails, so
+nothing a sender delivered is ever lost, and looks up the original ACK of a resent
+message. Reading the log for people is mwl.activity's job.
 Functions take the unit of work's session first and never commit.
 """
 
@@ -54,49 +55,6 @@ def _cut(name: str, value: str) -> str:
     return value.replace("\x00", "")[: _LENGTHS[name]]
 
 
-def record_received(
-    session: Session,
-    raw: bytes,
-    peer_address: str,
-    *,
-    sending_application: str = "",
-    sending_facility: str = "",
-    message_control_id: str = "",
-    message_type: str = "",
-) -> int:
-    """Store a message as it arrived, before anything is done with it.
-
-    Parameters
-    ----------
-    session
-        The unit of work (the caller commits, before processing the message).
-    raw
-        The frame payload, byte for byte.
-    peer_address
-        ``host:port`` of the sender.
-    sending_application, sending_facility, message_control_id
-        MSH-3, MSH-4, MSH-10 as sent (the duplicate key).
-    message_type
-        MSH-9 (``ORM^O01``).
-
-    Returns
-    -------
-    int
-        The message key for :func:`record_outcome`.
-    """
-    row = _received_row(
-        raw,
-        peer_address,
-        sending_application,
-        sending_facility,
-        message_control_id,
-        message_type,
-    )
-    row["outcome"] = RECEIVED
-    key: int = session.connection().execute(_INSERT, row).scalar_one()
-    return key
-
-
 def record_message(
     session: Session,
     raw: bytes,
@@ -110,39 +68,31 @@ def record_message(
     ack: bytes | None,
     error: str = "",
 ) -> int:
-    """Store a message together with what became of it, in one statement.
+    """Store a message as it arrived, together with what became of it, in one statement.
 
-    For a caller that stores the message in the same unit of work that processes
-    it, so the message and its outcome commit together (or not at all); the
-    parameters are those of :func:`record_received` and :func:`record_outcome`.
+    Parameters
+    ----------
+    session
+        The unit of work; for an accepted message the same one that applied it, so the
+        log never says AA for an order that was rolled back.
+    raw
+        The frame payload, byte for byte.
+    peer_address
+        ``host:port`` of the sender.
+    sending_application, sending_facility, message_control_id
+        MSH-3, MSH-4, MSH-10 as sent (the duplicate key).
+    message_type
+        MSH-9 (``ORM^O01``).
+    outcome, ack, error
+        As for :func:`record_outcome`; ``RECEIVED`` (and no ACK) for a message not
+        processed yet.
 
     Returns
     -------
     int
         The message key.
     """
-    row = _received_row(
-        raw,
-        peer_address,
-        sending_application,
-        sending_facility,
-        message_control_id,
-        message_type,
-    )
-    row.update(_outcome_values(outcome, ack, error))
-    key: int = session.connection().execute(_INSERT, row).scalar_one()
-    return key
-
-
-def _received_row(
-    raw: bytes,
-    peer_address: str,
-    sending_application: str,
-    sending_facility: str,
-    message_control_id: str,
-    message_type: str,
-) -> dict[str, object]:
-    return {
+    row = {
         "raw": raw,
         "peer_address": _cut("peer_address", peer_address),
         "sending_application": _cut("sending_application", sending_application),
@@ -150,7 +100,10 @@ def _received_row(
         "message_control_id": _cut("message_control_id", message_control_id),
         "message_type": _cut("message_type", message_type),
         "received_at": utcnow(),
+        **_outcome_values(outcome, ack, error),
     }
+    key: int = session.connection().execute(_INSERT, row).scalar_one()
+    return key
 
 
 def _outcome_values(outcome: str, ack: bytes | None, error: str) -> dict[str, object]:
@@ -158,7 +111,7 @@ def _outcome_values(outcome: str, ack: bytes | None, error: str) -> dict[str, ob
         "outcome": outcome[:16],
         "ack": ack,
         "error": error.replace("\x00", ""),
-        "processed_at": utcnow(),
+        "processed_at": None if outcome == RECEIVED else utcnow(),
     }
 
 
@@ -173,7 +126,7 @@ def record_outcome(
         The unit of work; for an accepted message the same one that applied it, so
         the log never says AA for an order that was rolled back.
     message_key
-        From :func:`record_received`.
+        From :func:`record_message`.
     outcome
         The ACK code (``AA``, ``AE``, ``AR``) or another short status.
     ack

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from mwl.messages import original_ack, record_outcome, record_received
+from mwl.messages import RECEIVED, original_ack, record_message, record_outcome
 from mwl.models import Hl7Message
 
 
 def test_record_then_outcome(session_factory) -> None:  # type: ignore[no-untyped-def]
     with session_factory.begin() as session:
-        key = record_received(
+        key = record_message(
             session,
             b"MSH|raw\xe4",
             "127.0.0.1:5000",
@@ -18,6 +18,8 @@ def test_record_then_outcome(session_factory) -> None:  # type: ignore[no-untype
             sending_facility="H",
             message_control_id="C1",
             message_type="ORM^O01",
+            outcome=RECEIVED,
+            ack=None,
         )
     with session_factory() as session:
         row = session.get(Hl7Message, key)
@@ -37,24 +39,28 @@ def test_record_then_outcome(session_factory) -> None:  # type: ignore[no-untype
 
 def test_original_ack_only_for_accepted_messages_of_the_same_sender(session_factory) -> None:  # type: ignore[no-untyped-def]
     with session_factory.begin() as session:
-        rejected = record_received(
+        record_message(
             session,
             b"m",
             "p",
             sending_application="RIS",
             sending_facility="H",
             message_control_id="C1",
+            outcome="AE",
+            ack=b"ack-ae",
         )
-        record_outcome(session, rejected, "AE", b"ack-ae")
         assert original_ack(session, "RIS", "H", "C1") is None
-        accepted = record_received(
+        accepted = record_message(
             session,
             b"m",
             "p",
             sending_application="RIS",
             sending_facility="H",
             message_control_id="C1",
+            outcome=RECEIVED,
+            ack=None,
         )
+        assert original_ack(session, "RIS", "H", "C1") is None
         record_outcome(session, accepted, "AA", b"ack-aa")
         assert original_ack(session, "RIS", "H", "C1") == b"ack-aa"
         assert original_ack(session, "RIS", "OTHER", "C1") is None
@@ -64,8 +70,14 @@ def test_original_ack_only_for_accepted_messages_of_the_same_sender(session_fact
 
 def test_overlong_header_values_are_cut_not_refused(session_factory) -> None:  # type: ignore[no-untyped-def]
     with session_factory.begin() as session:
-        key = record_received(
-            session, b"m", "p" * 100, message_control_id="C" * 500, message_type="T" * 50
+        key = record_message(
+            session,
+            b"m",
+            "p" * 100,
+            message_control_id="C" * 500,
+            message_type="T" * 50,
+            outcome="AA",
+            ack=b"a",
         )
     with session_factory() as session:
         row = session.scalars(select(Hl7Message).where(Hl7Message.id == key)).one()

@@ -15,7 +15,7 @@ from mwl.hl7.client import ack_summary, send_messages
 from mwl.hl7.reprocess import reprocess_message
 from mwl.hl7.server import Hl7Server
 from mwl.message_view import ReprocessRefusal
-from mwl.messages import record_received
+from mwl.messages import RECEIVED, record_message
 from mwl.models import AuditEvent, Hl7Message, Hl7MessageLink, Patient
 from mwl.worklist import find_items
 
@@ -155,7 +155,10 @@ def test_accepted_messages_are_not_reprocessed(settings, session_factory) -> Non
 
 def test_messages_in_progress_and_unknown_keys_are_refused(settings, session_factory) -> None:
     with session_factory.begin() as session:
-        key = record_received(session, sample("orm_o01_nw.hl7"), "10.0.0.1:5000")
+        # As an earlier version stored it before processing, and never got further.
+        key = record_message(
+            session, sample("orm_o01_nw.hl7"), "10.0.0.1:5000", outcome=RECEIVED, ack=None
+        )
     outcome = reprocess_message(settings, session_factory, key, "erin")
     assert outcome.refusal is ReprocessRefusal.IN_PROGRESS
     assert logged(session_factory, "").outcome == "RECEIVED"
