@@ -18,6 +18,7 @@ from mwl.dicom.handlers import FAILURE_UNABLE_TO_PROCESS
 from mwl.dicom.scp import WorklistScp
 from mwl.domain import Order, PatientDemographics, RequestedProcedure, ScheduledStep
 from mwl.errors import SettingsError
+from mwl.migrate import upgrade
 from mwl.models import QueryLogEntry
 from mwl.orders import apply_order
 
@@ -175,6 +176,36 @@ def test_many_modalities_at_once_are_all_accepted_up_to_the_limit(engine, settin
             if assoc.is_established:
                 assoc.release()
         scp.shutdown()
+
+
+def test_by_default_fifty_modalities_and_their_reconnects_are_all_accepted(tmp_path: Path):
+    # A modality that reconnects at once may hold a second slot while its released
+    # acceptor thread still counts: 50 modalities need a margin above 50. No query is
+    # sent, so one database backend is enough.
+    url = f"sqlite:///{tmp_path / 'mwl.db'}"
+    engine = make_engine(url)
+    upgrade(engine)
+    scp = WorklistScp(
+        Settings(
+            database_url=url, bind_address="127.0.0.1", dicom_port=0, dicom_ae_title="MWLTEST"
+        ),
+        make_session_factory(engine),
+    )
+    scp.start()
+    open_associations = []
+    try:
+        for index in range(55):
+            ae = AE(ae_title=f"MOD{index:02d}")
+            ae.add_requested_context(ModalityWorklistInformationFind)
+            assoc = ae.associate("127.0.0.1", scp.address[1], ae_title="MWLTEST")
+            open_associations.append(assoc)
+            assert assoc.is_established, f"association {index + 1} refused"
+    finally:
+        for assoc in open_associations:
+            if assoc.is_established:
+                assoc.release()
+        scp.shutdown()
+        engine.dispose()
 
 
 def test_max_associations_setting_is_validated():
