@@ -542,6 +542,11 @@ class MwlServer:
         """Current resident set size (VmRSS) of the mwl process, in MB."""
         return _proc_status_mb(self.pid, "VmRSS")
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU of the mwl process (all its threads) so far, from /proc."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def shown_command(self) -> str:
         """The command with its MWL_* environment, as a reader would type it."""
         env = " ".join(

@@ -42,7 +42,6 @@ import cProfile
 import datetime as dt
 import io
 import itertools
-import os
 import pstats
 import shutil
 import socket
@@ -396,12 +395,6 @@ def profile_in_process(url: str, backend: str, count: int, workdir: Path) -> Non
 # --------------------------------------------------------------------------- main
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU of process ``pid`` so far (from /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def bench_backend(
     backend: str, url: str, args: argparse.Namespace, workdir: Path
 ) -> dict[str, Any]:
@@ -421,7 +414,7 @@ def bench_backend(
         print(f"- {durability}; preloaded steps: {args.preload}")
         runs = []
         for connections in args.connections:
-            cpu_before = _cpu_seconds(mwl.pid)
+            cpu_before = mwl.cpu_seconds()
             r = run_throughput(
                 mwl.hl7_port,
                 factory,
@@ -432,7 +425,7 @@ def bench_backend(
             runs.append(r)
             # The server's own CPU (all its threads) per accepted message: what the
             # message path costs, apart from waiting for the disk and the database.
-            cpu_ms = 1000 * (_cpu_seconds(mwl.pid) - cpu_before) / max(r.accepted, 1)
+            cpu_ms = 1000 * (mwl.cpu_seconds() - cpu_before) / max(r.accepted, 1)
             print(f"- throughput, {r.line()}; mwl serve CPU {cpu_ms:.2f} ms/msg", flush=True)
         steady = run_steady(mwl.hl7_port, factory, args.rate, args.steady_seconds)
         runs.append(steady)

@@ -27,11 +27,6 @@ from pathlib import Path
 import benchlib
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _hold(port: int, ae_title: str, count: int, seconds: float, out: multiprocessing.Queue) -> None:
     """In a child process: open ``count`` associations, idle, report own CPU, release."""
     from pynetdicom import AE
@@ -76,9 +71,9 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 _, established = out.get(timeout=60)
                 out.get(timeout=30)  # "start"
-                server_before = _cpu_seconds(mwl.pid)
+                server_before = mwl.cpu_seconds()
                 _, client_cpu = out.get(timeout=args.seconds + 30)
-                server_cpu = _cpu_seconds(mwl.pid) - server_before
+                server_cpu = mwl.cpu_seconds() - server_before
             finally:
                 client.join(timeout=30)
                 if client.is_alive():

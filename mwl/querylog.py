@@ -7,9 +7,9 @@ import json
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from mwl.models import QueryLogEntry
@@ -273,12 +273,7 @@ def ae_history(
     before_key
         Only queries with a smaller key (the next, older page).
     """
-    stmt = (
-        select(QueryLogEntry)
-        .where(QueryLogEntry.calling_ae_title == calling_ae_title)
-        .order_by(QueryLogEntry.id.desc())
-        .limit(limit)
-    )
+    stmt = _newest_first(select(QueryLogEntry), calling_ae_title).limit(limit)
     if before_key is not None:
         stmt = stmt.where(QueryLogEntry.id < before_key)
     return [_logged(entry) for entry in session.scalars(stmt)]
@@ -292,16 +287,21 @@ def latest_query(
     With ``with_identifier``, the newest one whose identifier was stored (a query
     refused before its identifier was read has none).
     """
-    stmt = (
-        select(QueryLogEntry)
-        .where(QueryLogEntry.calling_ae_title == calling_ae_title)
-        .order_by(QueryLogEntry.id.desc())
-        .limit(1)
-    )
+    stmt = _newest_first(select(QueryLogEntry), calling_ae_title).limit(1)
     if with_identifier:
         stmt = stmt.where(QueryLogEntry.identifier_json != "")
     entry = session.scalars(stmt).first()
     return None if entry is None else _logged(entry)
+
+
+_Select = TypeVar("_Select", bound=Select)
+
+
+def _newest_first(stmt: _Select, calling_ae_title: str) -> _Select:
+    """``stmt`` narrowed to the queries of one calling AE title, the newest first."""
+    return stmt.where(QueryLogEntry.calling_ae_title == calling_ae_title).order_by(
+        QueryLogEntry.id.desc()
+    )
 
 
 def logged_query(session: Session, key: int) -> LoggedQuery | None:
@@ -341,10 +341,10 @@ def typical_key_sets(
         At most this many sets, the most frequent first (ties: the most recent).
     """
     stmt = (
-        select(QueryLogEntry.identifier_json, QueryLogEntry.received_at)
-        .where(QueryLogEntry.calling_ae_title == calling_ae_title)
+        _newest_first(
+            select(QueryLogEntry.identifier_json, QueryLogEntry.received_at), calling_ae_title
+        )
         .where(QueryLogEntry.identifier_json != "")
-        .order_by(QueryLogEntry.id.desc())
         .limit(last)
     )
     return _key_sets(session.execute(stmt), top)
