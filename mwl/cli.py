@@ -52,7 +52,8 @@ def configure_logging(settings: Settings) -> None:
     )
     # Alembic announces its context on every start; the CLI says what it did instead.
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    # pynetdicom narrates every PDU at INFO (and dumps identifiers at DEBUG).
+    # The broker's association layer uses pynetdicom's encoders only, which log
+    # decoded datasets (patient data) at DEBUG: they speak only when log_phi asks.
     logging.getLogger("pynetdicom").setLevel(
         logging.DEBUG
         if settings.log_phi and settings.log_level.upper() == "DEBUG"
@@ -425,10 +426,12 @@ def serve(settings: Settings) -> int:
             services.append(housekeeper)
         host, port = hl7.address[:2]
         print(f"HL7 MLLP listening on {host}:{port}", flush=True)
-        host, port = scp.address[:2]
-        print(
-            f"DICOM worklist SCP {settings.dicom_ae_title} listening on {host}:{port}", flush=True
-        )
+        for host, port, tls in scp.server.addresses:
+            over = " over TLS" if tls else ""
+            print(
+                f"DICOM worklist SCP {settings.dicom_ae_title}{over} listening on {host}:{port}",
+                flush=True,
+            )
         host, port = web.address[:2]
         print(f"web page on http://{host}:{port}/", flush=True)
         print("mwl is ready", flush=True)

@@ -41,6 +41,8 @@ class DicomAeProfile:
     visible_statuses: tuple[str, ...] = ()
     # At most this many matches (0 = dicom_max_matches).
     max_matches: int = 0
+    # Only associations over DICOM TLS are accepted from this AE (dicom_tls_port).
+    require_tls: bool = False
 
 
 def _dicom_ae_profiles(value: Any) -> tuple[DicomAeProfile, ...]:
@@ -66,6 +68,7 @@ def _dicom_ae_profiles(value: Any) -> tuple[DicomAeProfile, ...]:
                 date_window_days=int(row.get("date_window_days", 0)),
                 visible_statuses=statuses,
                 max_matches=int(row.get("max_matches", 0)),
+                require_tls=bool(row.get("require_tls", False)),
             )
         )
     return tuple(profiles)
@@ -244,11 +247,33 @@ class Settings:
         default=(), metadata={"convert": _dicom_ae_profiles}
     )
     dicom_restrict_calling_ae: bool = False
-    # Associations served at once; more are refused (A-ASSOCIATE-RJ, transient). pynetdicom
-    # allows 10 unless told otherwise, too few for a department's modalities; and a
-    # modality that reconnects at once may briefly hold two slots (the old acceptor
-    # thread still counts), so 50 modalities at a limit of 50 saw refusals.
-    dicom_max_associations: int = 100
+    # Associations served at once, in all, from one IP address and of one calling AE
+    # title (self-declared, so the per-address limit is what stops a single host);
+    # beyond either: A-ASSOCIATE-RJ transient, local limit exceeded. An idle
+    # association costs no CPU, so the total is set for a department's modalities
+    # that reconnect at once, with room to spare.
+    dicom_max_associations: int = 500
+    dicom_max_associations_per_address: int = 50
+    dicom_max_associations_per_ae: int = 20
+    # Seconds: for the A-ASSOCIATE-RQ (and TLS handshake) after connecting; for the
+    # rest of a request once its first fragment came; of silence on an established
+    # association (and for a peer that stops reading an answer) before it is aborted.
+    dicom_acse_timeout_seconds: float = 30.0
+    dicom_dimse_timeout_seconds: float = 30.0
+    dicom_network_timeout_seconds: float = 60.0
+    # Maximum Length advertised in the A-ASSOCIATE-AC; a longer P-DATA-TF aborts.
+    dicom_max_pdu_bytes: int = 16384
+    # A request's data set (Identifier, MPPS attributes), received and once inflated.
+    dicom_max_identifier_bytes: int = 65536
+    # DICOM TLS (PS3.15 B.12, BCP 195) on a port of its own, on while a certificate is
+    # set: PEM certificate chain and key; with a CA file, client certificates are
+    # required and verified against it. 2762 is the IANA port of DICOM over TLS.
+    dicom_tls_port: int = 2762
+    dicom_tls_cert: str = ""
+    dicom_tls_key: str = ""
+    dicom_tls_ca: str = ""
+    # With TLS on: serve DICOM over TLS only (no plain dicom_port).
+    dicom_tls_only: bool = False
     # MPPS SCP (docs/conformance-statement.md): Performed Procedure Step Status -> status
     # of the linked scheduled steps, as a table {"IN PROGRESS" = "STARTED"}; "" leaves
     # the steps as they are.
@@ -318,7 +343,7 @@ class Settings:
 
 
 def _validate(settings: Settings) -> None:
-    for name in ("hl7_port", "dicom_port", "web_port"):
+    for name in ("hl7_port", "dicom_port", "dicom_tls_port", "web_port"):
         port = getattr(settings, name)
         if not 0 <= port <= 65535:
             raise SettingsError(name, f"{port} is not a TCP port (0-65535)")
@@ -348,8 +373,7 @@ def _validate(settings: Settings) -> None:
         raise SettingsError("hl7_missing_start", 'must be "now" or "reject"')
     if settings.hl7_protocol_code_component not in (1, 4):
         raise SettingsError("hl7_protocol_code_component", "must be 4 (OBR-4.4) or 1 (OBR-4.1)")
-    if not 1 <= settings.dicom_max_associations <= 1000:
-        raise SettingsError("dicom_max_associations", "must be between 1 and 1000")
+    _validate_dicom_network(settings)
     if settings.dicom_max_matches < 0:
         raise SettingsError("dicom_max_matches", "must be 0 (no limit) or positive")
     if settings.dicom_restrict_calling_ae and not settings.dicom_ae_profiles:
@@ -360,6 +384,42 @@ def _validate(settings: Settings) -> None:
     _validate_order_entry(settings)
     if settings.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise SettingsError("log_level", f"{settings.log_level!r} is not DEBUG/INFO/WARNING/ERROR")
+
+
+def _validate_dicom_network(settings: Settings) -> None:
+    if not 1 <= settings.dicom_max_associations <= 5000:
+        raise SettingsError("dicom_max_associations", "must be between 1 and 5000")
+    for name in ("dicom_max_associations_per_address", "dicom_max_associations_per_ae"):
+        # Above dicom_max_associations they are moot (the total applies first), not wrong.
+        if not 1 <= getattr(settings, name) <= 5000:
+            raise SettingsError(name, "must be between 1 and 5000")
+    for name in (
+        "dicom_acse_timeout_seconds",
+        "dicom_dimse_timeout_seconds",
+        "dicom_network_timeout_seconds",
+    ):
+        if not 0 < getattr(settings, name) <= 86400:
+            raise SettingsError(name, "must be positive (seconds, at most a day)")
+    # PS3.8 D.1 allows any length; below a few KiB every response needs many PDUs, and
+    # the PDV header (6 bytes) must leave room for data.
+    if not 4096 <= settings.dicom_max_pdu_bytes <= 16 * 1024 * 1024:
+        raise SettingsError("dicom_max_pdu_bytes", "must be between 4096 and 16777216")
+    if not 1024 <= settings.dicom_max_identifier_bytes <= 64 * 1024 * 1024:
+        raise SettingsError("dicom_max_identifier_bytes", "must be between 1024 and 67108864")
+    tls_files = (settings.dicom_tls_cert, settings.dicom_tls_key)
+    if any(tls_files) and not all(tls_files):
+        raise SettingsError(
+            "dicom_tls_cert" if not settings.dicom_tls_cert else "dicom_tls_key",
+            "DICOM TLS needs both dicom_tls_cert and dicom_tls_key",
+        )
+    if settings.dicom_tls_ca and not settings.dicom_tls_cert:
+        raise SettingsError("dicom_tls_ca", "needs dicom_tls_cert and dicom_tls_key")
+    if settings.dicom_tls_only and not settings.dicom_tls_cert:
+        raise SettingsError("dicom_tls_only", "needs dicom_tls_cert and dicom_tls_key")
+    for name in ("dicom_tls_cert", "dicom_tls_key", "dicom_tls_ca"):
+        path = getattr(settings, name)
+        if path and not Path(path).is_file():
+            raise SettingsError(name, f"{path!r} is not a readable file")
 
 
 def _validate_mpps_ris_retention(settings: Settings) -> None:

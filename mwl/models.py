@@ -225,8 +225,11 @@ class QueryLogEntry(Base):
     identifier_json: Mapped[str] = mapped_column(Text, default="")
     matches: Mapped[int] = mapped_column(Integer, default=0)
     duration_ms: Mapped[float] = mapped_column(Float, default=0.0)
+    # The final status sent; Pending (0xFF00) when the answer ended without one.
     status: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str] = mapped_column(Text, default="")
+    # completed, cancelled, aborted, released, connection lost, timed out, shutdown.
+    ended: Mapped[str] = mapped_column(String(16), default="completed", server_default="completed")
 
 
 class User(Base):

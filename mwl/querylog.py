@@ -31,6 +31,8 @@ class QueryRecord:
     duration_ms: float
     status: int
     error: str = ""
+    #: How the answer ended (see :class:`~mwl.models.QueryLogEntry`).
+    ended: str = "completed"
 
 
 def record_query(session: Session, record: QueryRecord) -> QueryLogEntry:
@@ -57,6 +59,7 @@ def record_query(session: Session, record: QueryRecord) -> QueryLogEntry:
         duration_ms=record.duration_ms,
         status=record.status,
         error=record.error,
+        ended=record.ended[:16],
     )
     session.add(entry)
     session.flush()

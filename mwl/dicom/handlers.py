@@ -1,4 +1,11 @@
-"""pynetdicom event handlers: C-ECHO and Modality Worklist C-FIND (translate, find, yield)."""
+"""DIMSE handlers of the worklist SCP: C-ECHO and Modality Worklist C-FIND (find, stream).
+
+Thin: the C-FIND goes through the shared pipeline (:mod:`mwl.dicom.find`) and
+answers with a :class:`~mwl.dicom.net.service.FindAnswer` whose Identifiers are
+encoded lazily while the association layer sends them. Every C-FIND is written to
+the log and the query log once it ends, however it ends (completed, cancelled,
+aborted), with the matches actually sent.
+"""
 
 from __future__ import annotations
 
@@ -8,78 +15,116 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from pydicom.datadict import tag_for_keyword
-from pydicom.dataset import Dataset
-from pynetdicom.events import Event
 from pynetdicom.status import Status
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mwl.config import Settings
-from mwl.dicom.pending import PendingSender
-from mwl.dicom.profiles import profile_for
-from mwl.dicom.query import parse_identifier
-from mwl.dicom.response import ResponseBuilder
-from mwl.errors import InvalidQueryError
+from mwl.dicom.find import (
+    FAILURE_IDENTIFIER_DOES_NOT_MATCH,
+    FAILURE_UNABLE_TO_PROCESS,
+    PENDING_OPTIONAL_KEYS_NOT_SUPPORTED,
+    REFUSED_NOT_AUTHORIZED,
+    FindFailure,
+    FindPlan,
+    find_matches,
+    plan_find,
+)
+from mwl.dicom.net.messages import DatasetTooLargeError, encode_data_set
+from mwl.dicom.net.service import AnswerEnd, DimseRequest, FindAnswer
+from mwl.domain import WorklistItem
 from mwl.overrides import LiveSettings, current_settings
 from mwl.querylog import QueryRecord, record_query
-from mwl.worklist import find_items
 
 logger = logging.getLogger(__name__)
 
-# C-FIND statuses of the Modality Worklist SOP Class, PS3.4 K.4.1.1.4 Table K.4-1
-# (the general C-FIND table is C.4.1.1.4). pynetdicom names only Success, Pending
-# and Cancel; the others are named here.
-#: Failure: Identifier does not match SOP Class (a malformed or impossible query).
-FAILURE_IDENTIFIER_DOES_NOT_MATCH = 0xA900
-#: Failure: Unable to process (0xC000-0xCFFF); used when the database fails.
-FAILURE_UNABLE_TO_PROCESS = 0xC001
-#: Pending: matches are continuing, one or more optional keys were not supported.
-PENDING_OPTIONAL_KEYS_NOT_SUPPORTED = 0xFF01
-#: Refused: Not Authorized (PS3.7 C.5.x general status): a listed AE from another host.
-REFUSED_NOT_AUTHORIZED = 0x0124
-
-_ERROR_COMMENT_LENGTH = 64  # Error Comment (0000,0902) is LO
 # What pydicom raises on bytes it cannot parse (it decodes lazily, on first access).
 _DECODE_ERRORS = (ValueError, TypeError, KeyError, IndexError, EOFError, struct.error)
 
 
-def handle_echo(event: Event) -> int:
-    """Answer a C-ECHO (Verification, PS3.4 A.4) with Success.
-
-    Parameters
-    ----------
-    event
-        The ``EVT_C_ECHO`` event.
-
-    Returns
-    -------
-    int
-        ``Status.SUCCESS``.
-    """
+def handle_echo(request: DimseRequest) -> int:
+    """Answer a C-ECHO (Verification, PS3.4 A.4) with Success."""
     return int(Status.SUCCESS)
 
 
 @dataclass
-class _Outcome:
-    status: int = int(Status.SUCCESS)
-    matches: int = 0
+class _Query:
+    """One C-FIND as the logs record it."""
+
+    request: DimseRequest
+    settings: Settings
+    session_factory: sessionmaker[Session]
+    started: float
+    identifier_json: str = ""
     error: str = ""
+
+    @property
+    def peer(self) -> str:
+        requestor = self.request.requestor
+        return f"{requestor.address}:{requestor.port}"
+
+    def failed(self, failure: FindFailure, error: str = "") -> FindAnswer:
+        """Answer with ``failure``; the logs get ``error`` (default: its comment)."""
+        self.error = error or failure.comment
+        status = failure.status if failure.status is not None else REFUSED_NOT_AUTHORIZED
+        failure = FindFailure(status, failure.comment, failure.offending_keyword)
+        return FindAnswer(status=status, status_dataset=failure.status_dataset(), on_end=self.ended)
+
+    def ended(self, end: AnswerEnd) -> None:
+        """Log the query and write its query-log row (the layer calls this once)."""
+        duration_ms = (time.perf_counter() - self.started) * 1000
+        requestor = self.request.requestor
+        # The last status sent: Pending when the answer ended without a final one (the
+        # peer aborted or reset, or the broker dropped it: timeout, shutdown).
+        status = end.status if end.status is not None else int(Status.PENDING)
+        # AE titles, peer and counts only: the identifier is patient data (DEBUG, opt-in).
+        logger.info(
+            "C-FIND from %s (%s) to %s: %d matches, status 0x%04X, %s, %.1f ms",
+            requestor.ae_title,
+            self.peer,
+            requestor.called_ae_title,
+            end.matches,
+            status,
+            end.reason,
+            duration_ms,
+        )
+        if self.settings.log_phi:
+            logger.debug("C-FIND identifier from %s: %s", requestor.ae_title, self.identifier_json)
+        record = QueryRecord(
+            calling_ae_title=requestor.ae_title,
+            called_ae_title=requestor.called_ae_title,
+            peer_address=self.peer,
+            identifier_json=self.identifier_json,
+            matches=end.matches,
+            duration_ms=round(duration_ms, 3),
+            status=status,
+            error=self.error,
+            ended=end.reason,
+        )
+        try:
+            with self.session_factory.begin() as session:
+                record_query(session, record)
+        except SQLAlchemyError as exc:
+            # The modality already has its answer; a lost log row must not fail the query.
+            logger.error(
+                "could not write the query log for %s (%s): %s", requestor.ae_title, self.peer, exc
+            )
 
 
 def handle_find(
-    event: Event, session_factory: sessionmaker[Session], settings: Settings | LiveSettings
-) -> Iterator[tuple[int | Dataset, Dataset | None]]:
+    request: DimseRequest,
+    session_factory: sessionmaker[Session],
+    settings: Settings | LiveSettings,
+) -> FindAnswer:
     """Answer a Modality Worklist C-FIND (PS3.4 K.4.1.3.1 SCP behaviour).
 
-    The query runs and its session closes before the first response is yielded,
-    so a slow modality never holds a database transaction. Every C-FIND is
-    written to the query log (:mod:`mwl.querylog`) once it ends.
+    The query runs and its session closes before the first response is written,
+    so a slow modality never holds a database transaction.
 
     Parameters
     ----------
-    event
-        The ``EVT_C_FIND`` event.
+    request
+        The C-FIND request.
     session_factory
         Makes the units of work: one to read the worklist, one to log the query.
     settings
@@ -87,151 +132,67 @@ def handle_find(
         changes made on the admin page (calling-AE profiles: response character set,
         station coercion, date window, statuses, match limit).
 
-    Yields
-    ------
-    tuple
-        ``(status, identifier)``: Pending with a response Identifier per match,
-        then nothing (pynetdicom then sends Success); or a failure or Cancel
-        status with ``None``, after which the handler returns.
+    Returns
+    -------
+    FindAnswer
+        The matches' Identifiers (encoded as they are sent), or a failure status
+        with Error Comment (and Offending Element when one key is at fault).
     """
-    started = time.perf_counter()
     # Read once per C-FIND: one query sees one consistent policy.
-    settings = current_settings(settings)
-    assoc = event.assoc
-    calling = assoc.requestor.ae_title
-    peer_host = assoc.requestor.address
-    peer = f"{peer_host}:{assoc.requestor.port}"
-    profile = profile_for(settings, calling, peer_host)
-    outcome = _Outcome()
-    identifier_json = ""
+    policy = current_settings(settings)
+    query = _Query(request, policy, session_factory, time.perf_counter())
+    requestor = request.requestor
     try:
-        if settings.dicom_restrict_calling_ae and not profile.known:
-            # The AE title passed the association check (require_calling_aet) but
-            # its profile names another host.
-            outcome.status = REFUSED_NOT_AUTHORIZED
-            outcome.error = "calling AE not allowed from this host"
-            yield _failure(outcome.status, outcome.error), None
-            return
-        try:
-            identifier = event.identifier
-            # Serialising decodes every element, so a garbled Identifier fails here.
-            identifier_json = identifier.to_json()
-        except _DECODE_ERRORS as exc:
-            logger.warning(
-                "C-FIND from %s (%s): undecodable identifier (%s)", calling, peer,
-                type(exc).__name__,
-            )
-            outcome.status = FAILURE_IDENTIFIER_DOES_NOT_MATCH
-            outcome.error = f"identifier cannot be decoded: {type(exc).__name__}"
-            yield _failure(outcome.status, "the Identifier cannot be decoded"), None
-            return
-        try:
-            parsed = parse_identifier(identifier, limit=profile.max_matches)
-            query = profile.apply(parsed.query, calling)
-        except InvalidQueryError as exc:
-            outcome.status = FAILURE_IDENTIFIER_DOES_NOT_MATCH
-            outcome.error = exc.reason
-            yield _failure(outcome.status, exc.reason, exc.offending_keyword), None
-            return
-        try:
-            with session_factory() as session:
-                items = find_items(session, query)
-        except SQLAlchemyError as exc:
-            logger.error("C-FIND from %s (%s): the worklist query failed: %s", calling, peer, exc)
-            outcome.status = FAILURE_UNABLE_TO_PROCESS
-            outcome.error = f"database error: {type(exc).__name__}"
-            yield _failure(outcome.status, "the worklist database is unavailable"), None
-            return
-        pending = (
-            PENDING_OPTIONAL_KEYS_NOT_SUPPORTED if parsed.unsupported_keys else Status.PENDING
+        identifier = request.dataset()
+        # Serialising decodes every element, so a garbled Identifier fails here.
+        query.identifier_json = identifier.to_json()
+    except DatasetTooLargeError as exc:
+        logger.warning(
+            "C-FIND from %s (%s): identifier over %d bytes",
+            requestor.ae_title,
+            query.peer,
+            exc.limit,
         )
-        builder = ResponseBuilder(identifier, profile.charset)
-        sender = _pending_sender(event, int(pending), builder, settings)
-        for item in items:
-            # C-CANCEL between responses (PS3.4 K.4.1.3.1, C.4.1.3.1): stop at once.
-            if event.is_cancelled:
-                outcome.status = int(Status.CANCEL)
-                yield int(Status.CANCEL), None
-                return
-            if sender is None:
-                yield int(pending), builder.build(item)
-            elif not sender.send(builder.encode(item, sender.transfer_syntax)):
-                return  # the association ended
-            outcome.matches += 1
-        if event.is_cancelled:
-            outcome.status = int(Status.CANCEL)
-            yield int(Status.CANCEL), None
-            return
-    finally:
-        _finish(session_factory, settings, event, peer, identifier_json, outcome, started)
-
-
-def _finish(
-    session_factory: sessionmaker[Session],
-    settings: Settings,
-    event: Event,
-    peer: str,
-    identifier_json: str,
-    outcome: _Outcome,
-    started: float,
-) -> None:
-    duration_ms = (time.perf_counter() - started) * 1000
-    calling = event.assoc.requestor.ae_title
-    # AE titles, peer and counts only: the identifier is patient data (DEBUG, opt-in).
-    logger.info(
-        "C-FIND from %s (%s) to %s: %d matches, status 0x%04X, %.1f ms",
-        calling,
-        peer,
-        event.assoc.acceptor.ae_title,
-        outcome.matches,
-        outcome.status,
-        duration_ms,
+        comment = f"Identifier larger than {exc.limit} bytes"
+        return query.failed(FindFailure(FAILURE_IDENTIFIER_DOES_NOT_MATCH, comment))
+    except _DECODE_ERRORS as exc:
+        logger.warning(
+            "C-FIND from %s (%s): undecodable identifier (%s)",
+            requestor.ae_title,
+            query.peer,
+            type(exc).__name__,
+        )
+        failure = FindFailure(FAILURE_IDENTIFIER_DOES_NOT_MATCH, "the Identifier cannot be decoded")
+        return query.failed(failure, f"identifier cannot be decoded: {type(exc).__name__}")
+    plan = plan_find(policy, requestor.ae_title, requestor.address, identifier)
+    if isinstance(plan, FindFailure):
+        return query.failed(plan)
+    items = find_matches(session_factory, plan.query)
+    if isinstance(items, FindFailure):
+        logger.error(
+            "C-FIND from %s (%s): the worklist query failed", requestor.ae_title, query.peer
+        )
+        return query.failed(items, "database error")
+    return FindAnswer(
+        identifiers=_encoded(plan, items, request.context.transfer_syntax),
+        pending_status=plan.pending_status,
+        on_end=query.ended,
     )
-    if settings.log_phi:
-        logger.debug("C-FIND identifier from %s: %s", calling, identifier_json)
-    record = QueryRecord(
-        calling_ae_title=calling,
-        called_ae_title=event.assoc.acceptor.ae_title,
-        peer_address=peer,
-        identifier_json=identifier_json,
-        matches=outcome.matches,
-        duration_ms=round(duration_ms, 3),
-        status=outcome.status,
-        error=outcome.error,
-    )
-    try:
-        with session_factory.begin() as session:
-            record_query(session, record)
-    except SQLAlchemyError as exc:
-        # The modality already has its answer; a lost log row must not fail the query.
-        logger.error("could not write the query log for %s (%s): %s", calling, peer, exc)
 
 
-def _pending_sender(
-    event: Event, status: int, builder: ResponseBuilder, settings: Settings
-) -> PendingSender | None:
-    """The fast way to send the Pending responses, or None for pynetdicom's own.
+def _encoded(plan: FindPlan, items: list[WorklistItem], transfer_syntax: str) -> Iterator[bytes]:
+    """Each item's response Identifier, encoded when the layer asks for the next one.
 
-    pynetdicom's way stays for what :meth:`ResponseBuilder.encode` does not write
-    (Deflated and Big Endian transfer syntaxes, an empty Identifier) and with
-    ``log_phi``, where pynetdicom logs each response Identifier at DEBUG.
+    Little endian Identifiers are written directly (the hot path); Deflated and Big
+    Endian ones are built as Datasets and encoded by pydicom.
     """
-    if settings.log_phi or builder.empty or not builder.writes(event.context.transfer_syntax):
-        return None
-    return PendingSender(event, status)
-
-
-def _failure(status: int, comment: str, offending_keyword: str = "") -> Dataset:
-    """A failure status Dataset with Error Comment and Offending Element (PS3.7 C.4.2.1.4)."""
-    ds = Dataset()
-    ds.Status = status
-    ds.ErrorComment = comment[:_ERROR_COMMENT_LENGTH]
-    tag = tag_for_keyword(offending_keyword) if offending_keyword else None
-    if tag is not None:
-        ds.OffendingElement = [tag]
-    return ds
-
-
+    builder = plan.builder
+    if builder.writes(transfer_syntax):
+        for item in items:
+            yield builder.encode(item, transfer_syntax)
+    else:
+        for item in items:
+            yield encode_data_set(builder.build(item), transfer_syntax)
 
 
 __all__ = [

@@ -19,12 +19,13 @@ from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import generate_uid
 from pynetdicom.dimse_primitives import N_CREATE, N_SET
-from pynetdicom.events import Event
 from pynetdicom.status import Status
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mwl.config import Settings
+from mwl.dicom.net.messages import DatasetTooLargeError
+from mwl.dicom.net.service import DimseRequest
 from mwl.domain import MppsStatus, PerformedStep, ScheduledStepReference
 from mwl.mpps import (
     DuplicateMppsError,
@@ -196,9 +197,7 @@ def performed_step_from_create(ds: Dataset, sop_instance_uid: str) -> PerformedS
         element = ds[keyword]
         empty = not element.value if element.VR == "SQ" else not _text(ds, keyword)
         if empty:
-            raise MppsAttributeError(
-                MISSING_ATTRIBUTE_VALUE, f"{keyword} has no value", [keyword]
-            )
+            raise MppsAttributeError(MISSING_ATTRIBUTE_VALUE, f"{keyword} has no value", [keyword])
     status = _status(ds)
     if status is not MppsStatus.IN_PROGRESS:
         raise MppsAttributeError(
@@ -261,14 +260,14 @@ def _destination(settings: Settings) -> str | None:
 
 
 def handle_n_create(
-    event: Event, session_factory: sessionmaker[Session], settings: Settings
+    request: DimseRequest, session_factory: sessionmaker[Session], settings: Settings
 ) -> tuple[int | Dataset, Dataset | None]:
     """Answer an MPPS N-CREATE (PS3.4 F.7.2.1, IHE RAD-6 Modality Procedure Step In Progress).
 
     Parameters
     ----------
-    event
-        The ``EVT_N_CREATE`` event.
+    request
+        The N-CREATE request.
     session_factory
         A writer session factory: one unit of work stores the step, starts the
         scheduled steps and queues the RIS events.
@@ -280,22 +279,27 @@ def handle_n_create(
     tuple
         ``(Success, attribute list)``, or a failure status Dataset and ``None``.
     """
-    assoc = event.assoc
-    calling = assoc.requestor.ae_title
-    uid = cast(N_CREATE, event.request).AffectedSOPInstanceUID
+    calling = request.requestor.ae_title
+    uid = cast(N_CREATE, request.message).AffectedSOPInstanceUID
     # PS3.7 10.1.5.1.3: when the SCU gives no SOP Instance UID, the SCP assigns one
-    # and returns it (pynetdicom moves it into the response).
+    # and returns it (the association layer moves it into the response).
     assigned = uid is None
     sop_instance_uid = str(uid) if uid is not None else generate_uid()
     try:
-        # pynetdicom decodes the attribute list on first access.
-        attributes = event.attribute_list
+        # pydicom decodes the attribute list's elements on first access.
+        attributes = request.dataset()
         step = performed_step_from_create(attributes, sop_instance_uid)
     except MppsAttributeError as exc:
         return _refuse("N-CREATE", calling, exc.status, exc.comment, exc.keywords)
+    except DatasetTooLargeError as exc:
+        return _refuse("N-CREATE", calling, PROCESSING_FAILURE, str(exc))
     except _DECODE_ERRORS as exc:
-        return _refuse("N-CREATE", calling, PROCESSING_FAILURE,
-                       f"the attribute list cannot be decoded: {type(exc).__name__}")
+        return _refuse(
+            "N-CREATE",
+            calling,
+            PROCESSING_FAILURE,
+            f"the attribute list cannot be decoded: {type(exc).__name__}",
+        )
     try:
         with session_factory.begin() as session:
             outcome = create_performed_step(
@@ -313,7 +317,10 @@ def handle_n_create(
         return _refuse("N-CREATE", calling, PROCESSING_FAILURE, "the database is unavailable")
     logger.info(
         "MPPS N-CREATE from %s: %s, %d scheduled step(s) linked, %d RIS event(s) queued",
-        calling, outcome.status.value, outcome.linked_steps, outcome.events_queued,
+        calling,
+        outcome.status.value,
+        outcome.linked_steps,
+        outcome.events_queued,
     )
     if settings.log_phi:
         logger.debug("MPPS N-CREATE %s from %s", sop_instance_uid, calling)
@@ -325,14 +332,14 @@ def handle_n_create(
 
 
 def handle_n_set(
-    event: Event, session_factory: sessionmaker[Session], settings: Settings
+    request: DimseRequest, session_factory: sessionmaker[Session], settings: Settings
 ) -> tuple[int | Dataset, Dataset | None]:
     """Answer an MPPS N-SET (PS3.4 F.7.2.2, IHE RAD-7 Modality Procedure Step Completed).
 
     Parameters
     ----------
-    event
-        The ``EVT_N_SET`` event.
+    request
+        The N-SET request.
     session_factory, settings
         As for :func:`handle_n_create`.
 
@@ -341,16 +348,22 @@ def handle_n_set(
     tuple
         ``(Success, modification list)``, or a failure status Dataset and ``None``.
     """
-    calling = event.assoc.requestor.ae_title
-    sop_instance_uid = str(cast(N_SET, event.request).RequestedSOPInstanceUID or "")
+    calling = request.requestor.ae_title
+    sop_instance_uid = str(cast(N_SET, request.message).RequestedSOPInstanceUID or "")
     try:
-        modifications = event.modification_list
+        modifications = request.dataset()
         change = performed_step_from_set(modifications, sop_instance_uid)
     except MppsAttributeError as exc:
         return _refuse("N-SET", calling, exc.status, exc.comment, exc.keywords)
+    except DatasetTooLargeError as exc:
+        return _refuse("N-SET", calling, PROCESSING_FAILURE, str(exc))
     except _DECODE_ERRORS as exc:
-        return _refuse("N-SET", calling, PROCESSING_FAILURE,
-                       f"the modification list cannot be decoded: {type(exc).__name__}")
+        return _refuse(
+            "N-SET",
+            calling,
+            PROCESSING_FAILURE,
+            f"the modification list cannot be decoded: {type(exc).__name__}",
+        )
     try:
         with session_factory.begin() as session:
             outcome = update_performed_step(
@@ -362,8 +375,13 @@ def handle_n_set(
     except UnknownMppsError as exc:
         return _refuse("N-SET", calling, NO_SUCH_SOP_INSTANCE, exc.reason)
     except MppsFinalError as exc:
-        return _refuse("N-SET", calling, PROCESSING_FAILURE, exc.reason,
-                       error_id=ERROR_ID_MAY_NO_LONGER_BE_UPDATED)
+        return _refuse(
+            "N-SET",
+            calling,
+            PROCESSING_FAILURE,
+            exc.reason,
+            error_id=ERROR_ID_MAY_NO_LONGER_BE_UPDATED,
+        )
     except MppsIncompleteError as exc:
         return _refuse("N-SET", calling, MISSING_ATTRIBUTE_VALUE, exc.reason, [exc.keyword])
     except InvalidMppsError as exc:
@@ -373,7 +391,10 @@ def handle_n_set(
         return _refuse("N-SET", calling, PROCESSING_FAILURE, "the database is unavailable")
     logger.info(
         "MPPS N-SET from %s: %s, %d scheduled step(s) changed, %d RIS event(s) queued",
-        calling, outcome.status.value, outcome.steps_changed, outcome.events_queued,
+        calling,
+        outcome.status.value,
+        outcome.steps_changed,
+        outcome.events_queued,
     )
     return int(Status.SUCCESS), modifications
 

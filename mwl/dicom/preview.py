@@ -1,10 +1,9 @@
 """Test as a scanner: run a calling AE's worklist query as the SCP would, and explain misses.
 
-The preview goes through the same pieces as :func:`mwl.dicom.handlers.handle_find`:
-the calling-AE profile (:mod:`mwl.dicom.profiles`), the translation of the
-Identifier (:mod:`mwl.dicom.query`), :func:`mwl.worklist.find_items` and the
-response builder (:mod:`mwl.dicom.response`), so what the admin page shows is
-what the modality gets. Explanations judge each condition of the effective query
+The preview runs the C-FIND pipeline of the SCP (:mod:`mwl.dicom.find`): the
+calling-AE check, the profile, the translation of the Identifier, the worklist
+query and the response builder, so what the admin page shows is what the modality
+gets. Explanations judge each condition of the effective query
 with the worklist's own SQL (:func:`mwl.worklist.build_statement`), one condition
 at a time and restricted to one step, so their semantics cannot drift from the
 real matching. Nothing here writes to the database or to the query log.
@@ -27,20 +26,21 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.tag import Tag
 from pynetdicom.status import Status
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mwl.config import Settings
 from mwl.dicom import keys as keytable
-from mwl.dicom.handlers import (
+from mwl.dicom.find import (
     FAILURE_IDENTIFIER_DOES_NOT_MATCH,
-    FAILURE_UNABLE_TO_PROCESS,
-    REFUSED_NOT_AUTHORIZED,
+    FindFailure,
+    FindPlan,
+    caller_refusal,
+    find_matches,
+    translate_query,
 )
 from mwl.dicom.keys import START, Level
-from mwl.dicom.profiles import AeProfile, find_profile, profile_for
-from mwl.dicom.query import ParsedIdentifier, parse_identifier
-from mwl.dicom.response import build_response
+from mwl.dicom.profiles import find_profile, profile_for
+from mwl.dicom.query import ParsedIdentifier
 from mwl.domain import (
     HIDDEN_BY_DEFAULT,
     KeyMatch,
@@ -49,10 +49,9 @@ from mwl.domain import (
     WorklistItem,
     WorklistQuery,
 )
-from mwl.errors import InvalidQueryError
 from mwl.models import ScheduledProcedureStep
 from mwl.overrides import LiveSettings, current_settings
-from mwl.worklist import START_TIME, STATUS, build_statement, find_items, worklist_item
+from mwl.worklist import START_TIME, STATUS, build_statement, worklist_item
 
 SUCCESS = int(Status.SUCCESS)
 
@@ -410,23 +409,12 @@ def _copy(ds: Dataset) -> Dataset:
 
 @dataclass(frozen=True)
 class _Translated:
-    profile: AeProfile
-    parsed: ParsedIdentifier
-    query: WorklistQuery
+    plan: FindPlan
     conditions: tuple[QueryCondition, ...]
 
-
-def _refusal(settings: Settings, calling: str, profile: AeProfile) -> tuple[bool, int | None]:
-    """Whether the AE is refused, and the status (``None``: association rejected)."""
-    if not settings.dicom_restrict_calling_ae:
-        return False, SUCCESS
-    if all(p.ae_title != calling for p in settings.dicom_ae_profiles):
-        # pynetdicom's require_calling_aet rejects the association (PS3.8 7.1.1.9).
-        return True, None
-    if not profile.known:
-        # As handle_find: a listed AE title from a host its profile does not name.
-        return True, REFUSED_NOT_AUTHORIZED
-    return False, SUCCESS
+    @property
+    def query(self) -> WorklistQuery:
+        return self.plan.query
 
 
 def _calling_condition(settings: Settings, calling: str, host: str) -> QueryCondition | None:
@@ -442,12 +430,12 @@ def _translate(
     host: str,
     ds: Dataset,
     today: Callable[[], dt.date],
-) -> _Translated:
-    profile = profile_for(settings, calling, host)
-    # The same two steps as handle_find, with the same limit and the same clock.
-    parsed = parse_identifier(ds, limit=profile.max_matches)
-    query = profile.apply(parsed.query, calling, today)
-    return _Translated(profile, parsed, query, _conditions(settings, calling, host, parsed, query))
+) -> _Translated | FindFailure:
+    # The SCP's translation, with the same limit and the same clock.
+    plan = translate_query(settings, calling, host, ds, today)
+    if isinstance(plan, FindFailure):
+        return plan
+    return _Translated(plan, _conditions(settings, calling, host, plan.parsed, plan.query))
 
 
 def _conditions(
@@ -559,35 +547,30 @@ def preview_query(
     base = QueryPreview(
         calling, peer_host, SUCCESS, charset=profile.charset, profile_known=profile.known
     )
-    refused, status = _refusal(settings, calling, profile)
-    if refused:
+    refusal = caller_refusal(settings, calling, peer_host)
+    if refusal is not None:
         # No comment when the association itself is rejected: there is no C-FIND.
-        reason = "" if status is None else "calling AE not allowed from this host"
-        return _failed(base, status, reason)
+        return _failed(base, refusal.status, refusal.comment if refusal.status else "")
     try:
         ds = _identifier(identifier)
-        translated = _translate(settings, calling, peer_host, ds, today)
     except UndecodableIdentifierError:
         return _failed(base, FAILURE_IDENTIFIER_DOES_NOT_MATCH, "the Identifier cannot be decoded")
-    except InvalidQueryError as exc:
-        return _failed(base, FAILURE_IDENTIFIER_DOES_NOT_MATCH, exc.reason, exc.offending_keyword)
+    translated = _translate(settings, calling, peer_host, ds, today)
+    if isinstance(translated, FindFailure):
+        return _failed(base, translated.status, translated.comment, translated.offending_keyword)
     query = translated.query
     # One more than the limit tells whether it cut the answer; the order is total
     # (start, SPS ID, key), so the first ``limit`` rows are those the SCP sends.
     probe = query if query.limit is None else replace(query, limit=query.limit + 1)
-    try:
-        with session_factory() as session:
-            found = find_items(session, probe)
-    except SQLAlchemyError:
-        failed = _failed(base, FAILURE_UNABLE_TO_PROCESS, "the worklist database is unavailable")
+    found = find_matches(session_factory, probe)
+    if isinstance(found, FindFailure):
+        failed = _failed(base, found.status, found.comment)
         return replace(failed, conditions=translated.conditions)
     truncated = query.limit is not None and len(found) > query.limit
     if query.limit is not None:
         found = found[: query.limit]
-    items = tuple(
-        PreviewItem(item, response_rows(build_response(item, ds, profile.charset)))
-        for item in found
-    )
+    builder = translated.plan.builder
+    items = tuple(PreviewItem(item, response_rows(builder.build(item))) for item in found)
     return replace(base, items=items, conditions=translated.conditions, truncated=truncated)
 
 
@@ -715,11 +698,10 @@ def explain_step(
 ) -> Explanation | None:
     """:func:`explain_exclusion` with the step itself (for a page that shows both)."""
     calling = calling_ae_title.strip()
-    profile = profile_for(settings, calling, peer_host)
     verdicts: list[KeyVerdict] = []
     allowed = _calling_condition(settings, calling, peer_host)
     if allowed is not None:
-        refused, _ = _refusal(settings, calling, profile)
+        refused = caller_refusal(settings, calling, peer_host) is not None
         allowed_aes = _TEXT_SEPARATOR.join(
             f"{p.ae_title} ({p.host})" if p.host else p.ae_title for p in settings.dicom_ae_profiles
         )
@@ -730,10 +712,12 @@ def explain_step(
             return None
         try:
             translated = _translate(settings, calling, peer_host, _identifier(identifier), today)
-        except (UndecodableIdentifierError, InvalidQueryError) as exc:
-            reason = exc.reason if isinstance(exc, InvalidQueryError) else str(exc)
-            keyword = exc.offending_keyword if isinstance(exc, InvalidQueryError) else ""
-            failed = QueryCondition(keyword or IDENTIFIER, INVALID, reason)
+        except UndecodableIdentifierError as exc:
+            translated = FindFailure(FAILURE_IDENTIFIER_DOES_NOT_MATCH, str(exc))
+        if isinstance(translated, FindFailure):
+            failed = QueryCondition(
+                translated.offending_keyword or IDENTIFIER, INVALID, translated.comment
+            )
             return Explanation(item, (*verdicts, KeyVerdict(failed, "", False)))
         verdicts.extend(_judge(session, translated, item))
     ordered = [v for v in verdicts if not v.passed] + [v for v in verdicts if v.passed]

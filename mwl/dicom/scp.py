@@ -1,85 +1,57 @@
-"""The worklist SCP: builds the pynetdicom AE, applies the calling-AE policy, starts, stops."""
+"""The worklist SCP: its services, its ports (plain and TLS), the calling-AE policy; start, stop."""
 
 from __future__ import annotations
 
 import logging
-import socket
-from typing import Any
+from functools import partial
+from pathlib import Path
 
-from pynetdicom import AE, _config, evt
-from pynetdicom.events import Event
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # names made at import time
     ModalityPerformedProcedureStep,
     ModalityWorklistInformationFind,
     Verification,
 )
-from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.orm import Session, sessionmaker
 
+import mwl
 from mwl.config import Settings
+from mwl.dicom.find import caller_refusal
 from mwl.dicom.handlers import handle_echo, handle_find
 from mwl.dicom.mpps import handle_n_create, handle_n_set
-from mwl.dicom.profiles import check_profiles
-from mwl.overrides import LiveSettings
+from mwl.dicom.net.association import Association, LayerSettings
+from mwl.dicom.net.negotiation import (
+    AssociateRequest,
+    Rejection,
+    calling_ae_not_recognized,
+    no_reason,
+)
+from mwl.dicom.net.server import AssociationLimits, AssociationServer
+from mwl.dicom.net.service import Services
+from mwl.dicom.net.tls import ReloadingContext, TlsFiles
+from mwl.dicom.profiles import check_profiles, find_profile
+from mwl.overrides import LiveSettings, current_settings
 
 logger = logging.getLogger(__name__)
 
-# Timeouts (seconds) so a silent peer never holds an association thread for ever.
-ACSE_TIMEOUT = 30.0
-DIMSE_TIMEOUT = 30.0
-NETWORK_TIMEOUT = 60.0
+#: Implementation Class UID of this broker's DICOM upper layer (PS3.7 D.3.3.2): a
+#: UUID-derived UID (PS3.5 B.2), fixed for every release.
+IMPLEMENTATION_CLASS_UID = "2.25.268637280548765428431555855203446307854"
+#: Implementation Version Name (16 characters at most).
+IMPLEMENTATION_VERSION_NAME = f"MWL_{mwl.__version__}"[:16]
 
 
-def apply_phi_policy(log_phi: bool) -> None:
-    """Let pynetdicom log C-FIND Identifiers (patient data) only when ``log_phi`` is on.
-
-    By default pynetdicom logs each C-FIND request Identifier at INFO and each
-    response Identifier at DEBUG. These are its documented ``_config`` switches;
-    they are process-wide. :meth:`WorklistScp.start` applies the setting.
-    """
-    _config.LOG_REQUEST_IDENTIFIERS = log_phi
-    _config.LOG_RESPONSE_IDENTIFIERS = log_phi
-
-
-def set_nodelay(event: Event) -> None:
-    """``EVT_CONN_OPEN`` handler: turn Nagle's algorithm off on the accepted socket.
-
-    pynetdicom offers no option for it. With Nagle on, each small PDU waits for the
-    peer's delayed ACK (about 40 ms per request/response on Linux).
-    """
-    sock = event.assoc.dul.socket.socket if event.assoc.dul.socket else None
-    if sock is not None:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-def allowed_calling_aets(settings: Settings) -> list[str]:
-    """The calling AE titles that may associate: the profiles' when restricted, else all."""
-    if not settings.dicom_restrict_calling_ae:
-        return []
-    return sorted({p.ae_title.strip() for p in settings.dicom_ae_profiles})
-
-
-class LivePolicyAe(AE):
-    """An AE whose calling-AE restriction follows settings changed on the admin page.
-
-    pynetdicom reads ``require_calling_aet`` while it negotiates each association and
-    rejects a caller not listed with A-ASSOCIATE-RJ "calling AE title not recognised"
-    (PS3.8 7.1.1.9), so answering from the live settings applies a change to the next
-    association, with pynetdicom's own rejection.
-    """
-
-    def __init__(self, ae_title: str, live_settings: LiveSettings) -> None:
-        super().__init__(ae_title=ae_title)
-        self._live_settings = live_settings
-
-    @property
-    def require_calling_aet(self) -> list[str]:
-        """The AE titles of the profiles while the restriction is on; else empty (any)."""
-        return allowed_calling_aets(self._live_settings.current())
-
-    @require_calling_aet.setter
-    def require_calling_aet(self, ae_titles: list[str]) -> None:
-        raise AttributeError("the calling AE titles come from the settings (dicom_ae_profiles)")
+def layer_settings(settings: Settings) -> LayerSettings:
+    """The association layer's settings, from the broker's."""
+    return LayerSettings(
+        ae_title=settings.dicom_ae_title,
+        acse_timeout=settings.dicom_acse_timeout_seconds,
+        dimse_timeout=settings.dicom_dimse_timeout_seconds,
+        network_timeout=settings.dicom_network_timeout_seconds,
+        max_pdu_length=settings.dicom_max_pdu_bytes,
+        max_data_bytes=settings.dicom_max_identifier_bytes,
+        implementation_class_uid=IMPLEMENTATION_CLASS_UID,
+        implementation_version_name=IMPLEMENTATION_VERSION_NAME,
+    )
 
 
 class WorklistScp:
@@ -88,8 +60,9 @@ class WorklistScp:
     Parameters
     ----------
     settings
-        ``dicom_ae_title``, ``bind_address``, ``dicom_port`` (0: an ephemeral port)
-        and the worklist policy settings (``dicom_*``).
+        ``dicom_ae_title``, ``bind_address``, ``dicom_port`` (0: an ephemeral port),
+        the TLS port and files, the limits and timeouts, and the worklist policy
+        settings (``dicom_*``).
     session_factory
         Makes one unit of work per C-FIND (reading) and one per query log row.
         A plain (non-writer) factory is best: on SQLite a reader then never
@@ -102,7 +75,7 @@ class WorklistScp:
         When given, the worklist policy (profiles, calling-AE restriction, match
         limit, response character set) is read from it per association and C-FIND,
         so changes made on the admin page apply without a restart; ``settings``
-        still gives the AE title, address and port.
+        still gives the AE title, addresses, ports, limits and TLS files.
 
     Raises
     ------
@@ -123,80 +96,124 @@ class WorklistScp:
         self._live_settings = live_settings
         self._session_factory = session_factory
         self._writer_factory = writer_factory or session_factory
-        self._server: ThreadedAssociationServer | None = None
-        self.ae = self._make_ae()
-
-    def _make_ae(self) -> AE:
-        settings = self._settings
-        ae = (
-            AE(ae_title=settings.dicom_ae_title)
-            if self._live_settings is None
-            else LivePolicyAe(settings.dicom_ae_title, self._live_settings)
-        )
-        # pynetdicom's default transfer syntaxes: Explicit VR LE, Implicit VR LE,
-        # Deflated Explicit VR LE and Explicit VR BE.
-        ae.add_supported_context(ModalityWorklistInformationFind)
-        ae.add_supported_context(Verification)
-        # MPPS SCP (PS3.4 F.7.2, IHE RAD-6/RAD-7): modalities report what they performed.
-        ae.add_supported_context(ModalityPerformedProcedureStep)
-        ae.acse_timeout = ACSE_TIMEOUT
-        ae.dimse_timeout = DIMSE_TIMEOUT
-        ae.network_timeout = NETWORK_TIMEOUT
-        ae.maximum_associations = settings.dicom_max_associations
-        if settings.dicom_restrict_calling_ae and self._live_settings is None:
-            # Unknown callers are rejected at association (A-ASSOCIATE-RJ, PS3.8 7.1.1.9).
-            ae.require_calling_aet = allowed_calling_aets(settings)
-        return ae
+        self._server: AssociationServer | None = None
 
     @property
     def _policy_settings(self) -> Settings | LiveSettings:
-        # What the C-FIND handler reads the worklist policy from, per C-FIND.
+        # What the handlers read the worklist policy from, per association and C-FIND.
         return self._settings if self._live_settings is None else self._live_settings
 
-    def _handlers(self) -> list[Any]:
-        return [
-            (evt.EVT_CONN_OPEN, set_nodelay),
-            (evt.EVT_C_ECHO, handle_echo),
-            (evt.EVT_C_FIND, handle_find, [self._session_factory, self._policy_settings]),
-            (evt.EVT_N_CREATE, handle_n_create, [self._writer_factory, self._settings]),
-            (evt.EVT_N_SET, handle_n_set, [self._writer_factory, self._settings]),
-        ]
+    def _services(self) -> Services:
+        find = partial(
+            handle_find, session_factory=self._session_factory, settings=self._policy_settings
+        )
+        # MPPS SCP (PS3.4 F.7.2, IHE RAD-6/RAD-7): modalities report what they performed.
+        n_create = partial(
+            handle_n_create, session_factory=self._writer_factory, settings=self._settings
+        )
+        n_set = partial(handle_n_set, session_factory=self._writer_factory, settings=self._settings)
+        return Services(
+            echo={str(Verification): handle_echo},
+            find={str(ModalityWorklistInformationFind): find},
+            n_create={str(ModalityPerformedProcedureStep): n_create},
+            n_set={str(ModalityPerformedProcedureStep): n_set},
+        )
+
+    def admit(self, association: Association, request: AssociateRequest) -> Rejection | None:
+        """The calling-AE policy, per A-ASSOCIATE-RQ, from the settings in force.
+
+        With ``dicom_restrict_calling_ae`` only the AE titles of the profiles may
+        associate (A-ASSOCIATE-RJ "calling AE title not recognised", PS3.8 7.1.1.9);
+        a profile with ``require_tls`` is refused on the plain port.
+        """
+        settings = current_settings(self._policy_settings)
+        host = association.address[0]
+        refusal = caller_refusal(settings, request.calling_ae_title, host)
+        if refusal is not None and refusal.status is None:
+            return calling_ae_not_recognized(refusal.comment)
+        profile = find_profile(settings, request.calling_ae_title, host)
+        if profile is not None and profile.require_tls and not association.channel.tls:
+            return no_reason(f"the profile of {request.calling_ae_title} requires DICOM TLS")
+        return None
 
     def start(self) -> None:
-        """Bind and listen; returns once the socket accepts associations.
+        """Bind and listen; returns once the sockets accept associations.
 
         Raises
         ------
         OSError
-            The address cannot be bound (port in use, no such interface).
+            An address cannot be bound (port in use, no such interface), or the TLS
+            files cannot be read.
+        ssl.SSLError
+            The TLS certificate and key do not load.
         RuntimeError
             The SCP is already running.
         """
         if self._server is not None:
             raise RuntimeError("the worklist SCP is already running")
-        # pynetdicom logs every request Identifier at INFO unless told otherwise.
-        apply_phi_policy(self._settings.log_phi)
-        # pynetdicom's standard handlers describe every PDU and DIMSE message for its
-        # logger; when that logger drops them (the default, WARNING) they only cost time.
-        _config.LOG_HANDLER_LEVEL = (
-            "standard" if logging.getLogger("pynetdicom").isEnabledFor(logging.INFO) else "none"
+        settings = self._settings
+        server = AssociationServer(
+            layer_settings(settings),
+            self._services(),
+            AssociationLimits(
+                max_associations=settings.dicom_max_associations,
+                max_per_address=settings.dicom_max_associations_per_address,
+                max_per_ae=settings.dicom_max_associations_per_ae,
+            ),
+            caller_policy=self.admit,
         )
-        address = (self._settings.bind_address, self._settings.dicom_port)
-        # start_server binds and listens before it returns; the serving thread
-        # accepts from then on.
-        self._server = self.ae.start_server(address, block=False, evt_handlers=self._handlers())
-        host, port = self.address
-        logger.info(
-            "worklist SCP %s listening on %s:%d", self._settings.dicom_ae_title, host, port
-        )
+        try:
+            if not (settings.dicom_tls_only and settings.dicom_tls_cert):
+                server.listen(settings.bind_address, settings.dicom_port)
+            if settings.dicom_tls_cert:
+                files = TlsFiles(
+                    Path(settings.dicom_tls_cert),
+                    Path(settings.dicom_tls_key),
+                    Path(settings.dicom_tls_ca) if settings.dicom_tls_ca else None,
+                )
+                server.listen(
+                    settings.bind_address, settings.dicom_tls_port, ReloadingContext(files)
+                )
+        except BaseException:
+            server.shutdown()
+            raise
+        server.start()
+        self._server = server
+        for host, port, tls in server.addresses:
+            logger.info(
+                "worklist SCP %s listening on %s:%d%s",
+                settings.dicom_ae_title,
+                host,
+                port,
+                " (DICOM TLS)" if tls else "",
+            )
+
+    def _bound(self, tls: bool) -> tuple[str, int] | None:
+        if self._server is None:
+            raise RuntimeError("the worklist SCP is not running")
+        for host, port, is_tls in self._server.addresses:
+            if is_tls == tls:
+                return host, port
+        return None
 
     @property
     def address(self) -> tuple[str, int]:
-        """The (host, port) actually bound; the real port when ``dicom_port`` was 0."""
+        """The (host, port) of the plain port (the TLS port when it is the only one)."""
+        bound = self._bound(tls=False) or self._bound(tls=True)
+        assert bound is not None
+        return bound
+
+    @property
+    def tls_address(self) -> tuple[str, int] | None:
+        """The (host, port) of the TLS port, or None when TLS is off."""
+        return self._bound(tls=True)
+
+    @property
+    def server(self) -> AssociationServer:
+        """The association server (counts of open and established associations)."""
         if self._server is None:
             raise RuntimeError("the worklist SCP is not running")
-        host, port = self._server.server_address[:2]
-        return str(host), int(port)
+        return self._server
 
     @property
     def running(self) -> bool:
@@ -204,7 +221,7 @@ class WorklistScp:
         return self._server is not None
 
     def shutdown(self) -> None:
-        """Stop listening, end the open associations and close the socket. Idempotent."""
+        """Stop listening, end the open associations and close the sockets. Idempotent."""
         server, self._server = self._server, None
         if server is not None:
             server.shutdown()

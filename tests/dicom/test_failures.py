@@ -163,7 +163,10 @@ def test_many_modalities_at_once_are_all_accepted_up_to_the_limit(engine, settin
         for index in range(limit):
             ae = AE(ae_title=f"MOD{index:02d}")
             ae.add_requested_context(ModalityWorklistInformationFind)
-            assoc = ae.associate("127.0.0.1", scp.address[1], ae_title="MWLTEST")
+            assoc = ae.associate(
+                "127.0.0.1", scp.address[1], ae_title="MWLTEST",
+                bind_address=(f"127.0.0.{index + 2}", 0),
+            )
             open_associations.append(assoc)
             assert assoc.is_established, f"association {index + 1} refused"
         extra = AE(ae_title="ONEMORE")
@@ -180,8 +183,9 @@ def test_many_modalities_at_once_are_all_accepted_up_to_the_limit(engine, settin
 
 def test_by_default_fifty_modalities_and_their_reconnects_are_all_accepted(tmp_path: Path):
     # A modality that reconnects at once may hold a second slot while its released
-    # acceptor thread still counts: 50 modalities need a margin above 50. No query is
-    # sent, so one database backend is enough.
+    # association still counts: 50 modalities need a margin above 50. Each modality
+    # is a host of its own (127.0.0.2, .3, ...), as in a department, so the limit per
+    # address does not apply. No query is sent, so one database backend is enough.
     url = f"sqlite:///{tmp_path / 'mwl.db'}"
     engine = make_engine(url)
     upgrade(engine)
@@ -197,7 +201,10 @@ def test_by_default_fifty_modalities_and_their_reconnects_are_all_accepted(tmp_p
         for index in range(55):
             ae = AE(ae_title=f"MOD{index:02d}")
             ae.add_requested_context(ModalityWorklistInformationFind)
-            assoc = ae.associate("127.0.0.1", scp.address[1], ae_title="MWLTEST")
+            assoc = ae.associate(
+                "127.0.0.1", scp.address[1], ae_title="MWLTEST",
+                bind_address=(f"127.0.0.{index + 2}", 0),
+            )
             open_associations.append(assoc)
             assert assoc.is_established, f"association {index + 1} refused"
     finally:

@@ -135,25 +135,31 @@ def test_every_query_is_logged(scp, module_engine, find, identifier):
     assert rows[1].error and rows[0].duration_ms > 0
 
 
-def test_identifiers_stay_out_of_the_logs_unless_log_phi(scp, find, identifier, caplog):
-    from pynetdicom import _config
-
-    from mwl.dicom.scp import apply_phi_policy
+def test_identifiers_stay_out_of_the_logs_unless_log_phi(
+    scp, module_engine, module_settings, find, identifier, caplog
+):
+    from mwl.db import make_session_factory
+    from mwl.dicom.scp import WorklistScp
 
     def phi(records) -> list[str]:
-        return [r.getMessage() for r in records if "[P1]" in r.getMessage() or "Müller" in
-                r.getMessage()]
+        # The broker's own lines (the pynetdicom client in this process logs its own).
+        return [
+            r.getMessage() for r in records
+            if r.name.startswith("mwl") and ("P1" in r.getMessage() or "Müller" in r.getMessage())
+        ]
 
-    before = (_config.LOG_REQUEST_IDENTIFIERS, _config.LOG_RESPONSE_IDENTIFIERS)
-    try:
-        # As WorklistScp.start left it (log_phi off): neither the query nor the answers.
+    # log_phi off (the module's SCP): neither the query nor the answers, even at DEBUG.
+    with caplog.at_level(logging.DEBUG):
+        assert find(scp.address, identifier(PatientID="P1")).identifiers
+    assert phi(caplog.records) == []
+    caplog.clear()
+    with WorklistScp(
+        module_settings.replace(log_phi=True), make_session_factory(module_engine)
+    ) as logging_scp:
         with caplog.at_level(logging.DEBUG):
-            assert find(scp.address, identifier(PatientID="P1")).identifiers
-        assert phi(caplog.records) == []
-        caplog.clear()
-        apply_phi_policy(True)
-        with caplog.at_level(logging.DEBUG):
-            find(scp.address, identifier(PatientID="P1"))
-        assert phi(caplog.records)
-    finally:
-        _config.LOG_REQUEST_IDENTIFIERS, _config.LOG_RESPONSE_IDENTIFIERS = before
+            find(logging_scp.address, identifier(PatientID="P1"))
+    # log_phi on: the Identifier, at DEBUG only.
+    assert phi(caplog.records)
+    assert {r.levelno for r in caplog.records if r.getMessage() in phi(caplog.records)} == {
+        logging.DEBUG
+    }

@@ -1,4 +1,4 @@
-"""Pending responses sent as encoded bytes: fragments, PDU sizes, same answers as pynetdicom's."""
+"""P-DATA-TF framing of responses: fragments, PDU sizes, the bytes pynetdicom reads back."""
 
 from __future__ import annotations
 
@@ -10,17 +10,32 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 from pynetdicom import AE
+from pynetdicom.pdu import P_DATA_TF
+from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.sop_class import ModalityWorklistInformationFind
 
-from mwl.dicom.pending import _pdus
+from mwl.dicom.net.framing import PduReader, pdata_pdus
 from tests.dicom.conftest import CLIENT_TIMEOUT, mwl_identifier
 
 COMMAND = bytes(range(80))
 IDENTIFIER = bytes(range(256)) * 3
 
 
-def reassemble(pdus: list) -> tuple[bytes, bytes, list[int]]:
-    """Command and data set bytes from P-DATA primitives, and each PDV's control header."""
+def split_pdus(stream: bytes) -> list[P_DATA]:
+    """The PDUs of a byte stream, decoded by pynetdicom (so its reading is the judge)."""
+    reader = PduReader(max_pdata_length=1 << 30)
+    reader.feed(stream)
+    pdus = []
+    while (pdu := reader.next_pdu()) is not None:
+        decoded = P_DATA_TF()
+        decoded.decode(pdu.data)
+        pdus.append(decoded.to_primitive())
+    assert reader.buffered == 0
+    return pdus
+
+
+def reassemble(pdus: list[P_DATA]) -> tuple[bytes, bytes, list[int]]:
+    """Command and data set bytes from P-DATA-TF PDUs, and each PDV's control header."""
     command, data, headers = b"", b"", []
     for pdu in pdus:
         for context_id, pdv in pdu.presentation_data_value_list:
@@ -36,7 +51,7 @@ def reassemble(pdus: list) -> tuple[bytes, bytes, list[int]]:
 # 860: command and identifier PDVs exactly fill one PDU; 859: one byte short.
 @pytest.mark.parametrize("max_length", [0, 16384, 900, 860, 859, 200, 50])
 def test_pdus_respect_the_peers_maximum_length_and_keep_the_bytes(max_length):
-    pdus = list(_pdus(3, COMMAND, IDENTIFIER, max_length))
+    pdus = split_pdus(pdata_pdus(3, COMMAND, IDENTIFIER, max_length))
     command, data, headers = reassemble(pdus)
     assert (command, data) == (COMMAND, IDENTIFIER)
     # Command fragments first, each fragment kind ending with its "last" bit (PS3.8 E.2).
@@ -52,6 +67,13 @@ def test_pdus_respect_the_peers_maximum_length_and_keep_the_bytes(max_length):
         assert len(pdus) == 1  # command and identifier in one PDU
     else:
         assert len(pdus) > 1
+
+
+def test_an_empty_data_set_still_gets_its_last_fragment():
+    for max_length in (0, 50):
+        command, data, headers = reassemble(split_pdus(pdata_pdus(3, COMMAND, b"", max_length)))
+        assert (command, data) == (COMMAND, b"")
+        assert headers[-1] == 0x02
 
 
 def find_all(address: tuple[str, int], syntax: str, max_pdu: int) -> list[Dataset]:
@@ -78,7 +100,7 @@ def find_all(address: tuple[str, int], syntax: str, max_pdu: int) -> list[Datase
 
 
 def test_every_transfer_syntax_and_pdu_size_gets_the_same_answers(scp):
-    # Deflated goes through pynetdicom's own response path: the reference.
+    # Deflated responses are built as Datasets and encoded by pydicom: the reference.
     reference = find_all(scp.address, DeflatedExplicitVRLittleEndian, 16382)
     assert len(reference) == 6
     assert {str(r.PatientName) for r in reference} >= {"Müller^Hans", "Øster^Émile"}

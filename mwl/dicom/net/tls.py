@@ -1,0 +1,177 @@
+"""DICOM TLS (PS3.15 B.12, the BCP 195 RFC 8996/9325 profile): the server's TLS context.
+
+- TLS 1.2 at least, 1.3 preferred (OpenSSL negotiates the highest both sides
+  have); 1.0 and 1.1 never (RFC 8996).
+- On TLS 1.2 only forward-secret AEAD suites: ECDHE with AES-GCM or
+  ChaCha20-Poly1305 (RFC 9325 4.2); TLS 1.3's suites are all AEAD already.
+- No compression, no renegotiation, no session tickets across restarts.
+- With a CA file, client certificates are required and verified against it.
+
+The certificate, key and CA files are watched: when one of them changes on disk,
+the next connection gets a context built from the new files, without a restart. A
+change that does not load (a key that does not fit the certificate, a half-written
+file) keeps the previous context and is logged.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import ssl
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+
+logger = logging.getLogger(__name__)
+
+# RFC 9325 4.2: the recommended TLS 1.2 suites, in OpenSSL's names.
+TLS12_CIPHERS = ":".join(
+    (
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "ECDHE-RSA-AES128-GCM-SHA256",
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "ECDHE-RSA-AES256-GCM-SHA384",
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+        "ECDHE-RSA-CHACHA20-POLY1305",
+    )
+)
+# Certificates this close to their end are logged at WARNING on every load.
+EXPIRY_WARNING = dt.timedelta(days=30)
+# How often the files' modification times are looked at (at a connection, never idle).
+_CHECK_INTERVAL = 1.0
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """The PEM files of the TLS port: certificate chain, private key, optional client CA."""
+
+    cert: Path
+    key: Path
+    ca: Path | None = None
+
+
+@dataclass(frozen=True)
+class CertificateInfo:
+    """What the loaded server certificate says about itself."""
+
+    subject: str
+    not_after: dt.datetime
+
+    @property
+    def days_left(self) -> float:
+        """Days until it expires (negative once expired)."""
+        return (self.not_after - dt.datetime.now(dt.UTC)).total_seconds() / 86400
+
+
+def server_context(files: TlsFiles) -> ssl.SSLContext:
+    """A server-side context with the BCP 195 profile, loaded from ``files``.
+
+    Raises
+    ------
+    ssl.SSLError, OSError
+        A file cannot be read, or the key does not fit the certificate.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(TLS12_CIPHERS)
+    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_NO_TICKET
+    context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+    context.load_cert_chain(files.cert, files.key)
+    if files.ca is not None:
+        context.load_verify_locations(cafile=files.ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+    else:
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def certificate_info(path: Path) -> CertificateInfo:
+    """Subject and expiry of the first certificate in a PEM file."""
+    certificate = x509.load_pem_x509_certificate(path.read_bytes())
+    return CertificateInfo(certificate.subject.rfc4514_string(), certificate.not_valid_after_utc)
+
+
+def peer_subject(sock: ssl.SSLSocket) -> str:
+    """The verified client certificate's subject, or "" when the client sent none."""
+    der = sock.getpeercert(binary_form=True)
+    if not der:
+        return ""
+    return x509.load_der_x509_certificate(der).subject.rfc4514_string()
+
+
+class ReloadingContext:
+    """The current TLS context, rebuilt when its files change.
+
+    Parameters
+    ----------
+    files
+        The PEM files.
+
+    Raises
+    ------
+    ssl.SSLError, OSError
+        The files do not load at start (then the broker does not start).
+    """
+
+    def __init__(self, files: TlsFiles) -> None:
+        self.files = files
+        self._lock = threading.Lock()
+        self._stamp = self._stamps()
+        self._context = server_context(files)
+        self.certificate = self._log_loaded("loaded")
+        self._checked = time.monotonic()
+
+    def _stamps(self) -> tuple[tuple[int, int], ...]:
+        paths = [self.files.cert, self.files.key] + ([self.files.ca] if self.files.ca else [])
+        out = []
+        for path in paths:
+            try:
+                st = os.stat(path)
+                out.append((st.st_mtime_ns, st.st_size))
+            except OSError:
+                out.append((0, 0))
+        return tuple(out)
+
+    def _log_loaded(self, verb: str) -> CertificateInfo:
+        info = certificate_info(self.files.cert)
+        level = logging.WARNING if info.days_left < EXPIRY_WARNING.days else logging.INFO
+        if info.days_left < 0:
+            level = logging.ERROR
+        logger.log(
+            level,
+            "DICOM TLS certificate %s: %s, valid until %s (%.0f days left)%s",
+            verb,
+            info.subject,
+            info.not_after.strftime("%Y-%m-%d %H:%M UTC"),
+            info.days_left,
+            "; client certificates required" if self.files.ca else "",
+        )
+        return info
+
+    def current(self) -> ssl.SSLContext:
+        """The context for a new connection: reloaded first when a file changed."""
+        now = time.monotonic()
+        with self._lock:
+            if now - self._checked < _CHECK_INTERVAL:
+                return self._context
+            self._checked = now
+            stamp = self._stamps()
+            if stamp == self._stamp:
+                return self._context
+            self._stamp = stamp
+            try:
+                context = server_context(self.files)
+                certificate = self._log_loaded("reloaded")
+            except (ssl.SSLError, OSError, ValueError, KeyError) as exc:
+                logger.error(
+                    "DICOM TLS files changed but do not load (%s); the previous certificate "
+                    "stays in use",
+                    exc,
+                )
+                return self._context
+            self._context, self.certificate = context, certificate
+            return context
