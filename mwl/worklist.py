@@ -151,6 +151,36 @@ def find_items(session: Session, query: WorklistQuery) -> list[WorklistItem]:
     return [_item_from_row(row) for row in rows]
 
 
+class StoredItem:
+    """One matched step as the database returned it, its WorklistItem made on demand.
+
+    ``content`` is the row (every column the item is made from), so two StoredItems
+    with equal content make equal items: a response cache can key on it and skip
+    making the item at all (:mod:`mwl.dicom.response`).
+    """
+
+    __slots__ = ("content", "_item")
+
+    def __init__(self, content: Sequence[Any]) -> None:
+        self.content = content
+        self._item: WorklistItem | None = None
+
+    @property
+    def item(self) -> WorklistItem:
+        """The detached WorklistItem of this row."""
+        if self._item is None:
+            self._item = _item_from_row(self.content)
+        return self._item
+
+
+def find_stored_items(session: Session, query: WorklistQuery) -> list[StoredItem]:
+    """As :func:`find_items`, with each item left as its row until it is asked for."""
+    statement = build_statement(query, dialect=session.get_bind().dialect.name)
+    rows = session.connection().execute(statement.with_only_columns(*_ITEM_COLUMNS)).all()
+    # Plain tuples: a cache key then holds the values only, not the result's metadata.
+    return [StoredItem(tuple(row)) for row in rows]
+
+
 def build_statement(
     query: WorklistQuery, dialect: str = "postgresql"
 ) -> Select[ScheduledProcedureStep, RequestedProcedure, Patient]:

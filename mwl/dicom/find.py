@@ -31,9 +31,9 @@ from mwl.config import Settings
 from mwl.dicom.profiles import AeProfile, profile_for
 from mwl.dicom.query import ParsedIdentifier, parse_identifier
 from mwl.dicom.response import ResponseBuilder
-from mwl.domain import WorklistItem, WorklistQuery
+from mwl.domain import WorklistQuery
 from mwl.errors import InvalidQueryError
-from mwl.worklist import find_items
+from mwl.worklist import StoredItem, find_stored_items
 
 SUCCESS = int(Status.SUCCESS)
 PENDING = int(Status.PENDING)
@@ -162,13 +162,15 @@ def translate_query(
 
 def find_matches(
     session_factory: sessionmaker[Session], query: WorklistQuery
-) -> list[WorklistItem] | FindFailure:
+) -> list[StoredItem] | FindFailure:
     """The items of ``query``, read in one unit of work closed before returning.
 
-    A database failure is the failure Unable to Process, never an exception.
+    Each is its stored row until its WorklistItem is asked for (``.item``): the
+    response cache knows most of them by their row alone. A database failure is the
+    failure Unable to Process, never an exception.
     """
     try:
         with session_factory() as session:
-            return find_items(session, query)
+            return find_stored_items(session, query)
     except SQLAlchemyError:
         return FindFailure(FAILURE_UNABLE_TO_PROCESS, "the worklist database is unavailable")

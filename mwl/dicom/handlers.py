@@ -32,9 +32,9 @@ from mwl.dicom.find import (
 )
 from mwl.dicom.net.messages import DatasetTooLargeError, encode_data_set
 from mwl.dicom.net.service import AnswerEnd, DimseRequest, FindAnswer
-from mwl.domain import WorklistItem
 from mwl.overrides import LiveSettings, current_settings
 from mwl.querylog import QueryRecord, record_query
+from mwl.worklist import StoredItem
 
 logger = logging.getLogger(__name__)
 
@@ -180,7 +180,7 @@ def handle_find(
     )
 
 
-def _encoded(plan: FindPlan, items: list[WorklistItem], transfer_syntax: str) -> Iterator[bytes]:
+def _encoded(plan: FindPlan, items: list[StoredItem], transfer_syntax: str) -> Iterator[bytes]:
     """Each item's response Identifier, encoded when the layer asks for the next one.
 
     Little endian Identifiers are written directly (the hot path); Deflated and Big
@@ -192,7 +192,7 @@ def _encoded(plan: FindPlan, items: list[WorklistItem], transfer_syntax: str) ->
             yield builder.encode(item, transfer_syntax)
     else:
         for item in items:
-            yield encode_data_set(builder.build(item), transfer_syntax)
+            yield encode_data_set(builder.build(item.item), transfer_syntax)
 
 
 __all__ = [

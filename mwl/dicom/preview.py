@@ -570,7 +570,9 @@ def preview_query(
     if query.limit is not None:
         found = found[: query.limit]
     builder = translated.plan.builder
-    items = tuple(PreviewItem(item, response_rows(builder.build(item))) for item in found)
+    items = tuple(
+        PreviewItem(stored.item, response_rows(builder.build(stored.item))) for stored in found
+    )
     return replace(base, items=items, conditions=translated.conditions, truncated=truncated)
 
 

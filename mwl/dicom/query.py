@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
+from pydicom.valuerep import MAX_VALUE_LEN
 
 from mwl.dicom import keys as keytable
 from mwl.dicom.keys import START, KeySpec, Level
@@ -28,6 +29,13 @@ WILDCARD_VRS = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", 
 _IGNORED = frozenset({"SpecificCharacterSet", "QueryRetrieveLevel", "TimezoneOffsetFromUTC"})
 # Statuses a modality may ask for: the DICOM defined terms (HELD is the broker's own).
 _ASKABLE_STATUSES = {s.value: s for s in SpsStatus if s is not SpsStatus.HELD}
+
+# Longest value per VR (PS3.5 Table 6.2-1), in characters: pydicom's table, plus the
+# VRs it leaves out, with the lengths a query with range matching allows (DA 18,
+# DT 54, TM 28: two values and the hyphen). PN is 64 per component group. UC, UR, UT
+# have no limit of their own (the Identifier's size limit bounds them).
+_MAX_QUERY_LENGTH = {**MAX_VALUE_LEN, "AS": 4, "DA": 18, "DT": 54, "TM": 28}
+_PN_GROUP_LENGTH = 64
 
 _DATE = re.compile(r"^(\d{4})\.?(\d{2})\.?(\d{2})$")  # YYYYMMDD; YYYY.MM.DD (ACR-NEMA) too
 _TIME = re.compile(r"^(\d{2})(?::?(\d{2})(?::?(\d{2})(?:\.(\d{1,6}))?)?)?$")
@@ -100,6 +108,7 @@ class _Builder:
             return
         spec = keytable.spec(keyword, level)
         values = _values(elem)
+        _check_lengths(keyword, elem.VR, values)
         if not values or values == ["*"]:
             return  # universal matching, C.2.2.2.3 (and a lone '*', C.2.2.2.4)
         if spec is None or not spec.matching or spec.attribute is None:
@@ -178,6 +187,22 @@ def _values(elem: DataElement) -> list[str]:
         # Leading and trailing spaces are padding for the text VRs we match (PS3.5 6.2).
         out.append(text.strip(" \x00"))
     return [v for v in out if v] or []
+
+
+def _check_lengths(keyword: str, vr: str, values: list[str]) -> None:
+    """Refuse a value longer than its VR allows (PS3.5 6.2), naming the key."""
+    longest = _MAX_QUERY_LENGTH.get(vr, 0)
+    for value in values:
+        if vr == "PN":
+            parts, longest = value.split("="), _PN_GROUP_LENGTH
+        else:
+            parts = [value]
+        for part in parts:
+            if longest and len(part) > longest:
+                raise InvalidQueryError(
+                    f"{keyword} has a value of {len(part)} characters; VR {vr} allows {longest}",
+                    keyword,
+                )
 
 
 def _has_value(elem: DataElement) -> bool:

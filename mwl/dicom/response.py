@@ -13,11 +13,22 @@ request once and then, per item, either builds a pydicom Dataset or writes the
 encoded Identifier directly (the little endian transfer syntaxes): building and
 encoding a Dataset costs about 1 ms per item, writing the bytes a few percent of
 that. Both give the same bytes (tests/dicom/test_response.py compares them).
+
+Modalities ask the same question again and again (their list every minute or
+so), so the written Identifiers are kept: :data:`ENCODED` maps (request shape,
+transfer syntax, item) to bytes, the item being a WorklistItem or the row it is
+made from (:class:`~mwl.worklist.StoredItem`, which then need not be made at all).
+The key holds the item's whole content, so a changed item is a new key and can
+never get old bytes; the oldest entries go once
+the cache holds :data:`ENCODED_BUDGET` bytes (first in, first out: a hit then costs
+one dictionary lookup, and an evicted item that is still asked for comes back on
+its next query).
 """
 
 from __future__ import annotations
 
 import struct
+import threading
 import unicodedata
 from collections.abc import Callable
 from collections.abc import Sequence as SequenceOf
@@ -37,6 +48,7 @@ from pydicom.valuerep import PersonName
 from mwl.dicom import keys as keytable
 from mwl.dicom.keys import START, KeySpec, Level
 from mwl.domain import Code, WorklistItem
+from mwl.worklist import StoredItem
 
 # Unicode in UTF-8 unless a profile asks for another character set.
 DEFAULT_CHARSET = "ISO_IR 192"
@@ -62,6 +74,74 @@ _U16 = struct.Struct("<H").pack
 _U32 = struct.Struct("<I").pack
 # Transfer syntax -> whether its VR is implicit: the ones ResponseBuilder.encode writes.
 _WRITTEN_SYNTAXES = {str(ImplicitVRLittleEndian): True, str(ExplicitVRLittleEndian): False}
+
+
+# Memory for encoded Identifiers kept across queries: tens of thousands of items.
+ENCODED_BUDGET = 48 * 1024 * 1024
+# What one entry costs beyond its bytes: its key (the item's row, ~45 values), the
+# dictionary slot; an estimate, so that the budget bounds the whole.
+_ENTRY_OVERHEAD = 2048
+# Request shapes remembered before the cache starts over (each C-FIND's key structure
+# and character set is one; a modality has one or two).
+_MAX_SHAPES = 4096
+
+
+class EncodedResponses:
+    """Encoded response Identifiers by (shape, VR mode, item), oldest out first."""
+
+    def __init__(self, budget: int = ENCODED_BUDGET) -> None:
+        self.budget = budget
+        self._lock = threading.Lock()
+        # Insertion-ordered: the first key is the oldest.
+        self._entries: dict[tuple[int, bool, object], bytes] = {}
+        self._size = 0
+        self._shapes: dict[tuple[str, tuple[_Key, ...]], int] = {}
+
+    def shape(self, charset: str, keys: tuple[_Key, ...]) -> int:
+        """A small number naming one request shape (its keys and character set)."""
+        with self._lock:
+            known = self._shapes.get((charset, keys))
+            if known is not None:
+                return known
+            if len(self._shapes) >= _MAX_SHAPES:
+                self._shapes.clear()
+                self._entries.clear()
+                self._size = 0
+            # Numbers are never reused while entries that carry them exist: they grow.
+            number = self._next_shape()
+            self._shapes[(charset, keys)] = number
+            return number
+
+    _counter = 0
+
+    def _next_shape(self) -> int:
+        EncodedResponses._counter += 1
+        return EncodedResponses._counter
+
+    def get(self, key: tuple[int, bool, object]) -> bytes | None:
+        """The bytes kept for ``key``, or None (a dictionary read: atomic, no lock)."""
+        return self._entries.get(key)
+
+    def put(self, key: tuple[int, bool, object], data: bytes) -> None:
+        """Keep ``data`` for ``key``, dropping the oldest entries over budget."""
+        with self._lock:
+            if self._entries.setdefault(key, data) is not data:
+                return  # another thread put the same bytes first
+            self._size += len(data) + _ENTRY_OVERHEAD
+            entries = self._entries
+            while self._size > self.budget and entries:
+                self._size -= len(entries.pop(next(iter(entries)))) + _ENTRY_OVERHEAD
+
+    def clear(self) -> None:
+        """Forget everything (tests)."""
+        with self._lock:
+            self._entries.clear()
+            self._shapes.clear()
+            self._size = 0
+
+
+#: The process's cache of encoded Identifiers.
+ENCODED = EncodedResponses()
 
 
 def build_response(
@@ -145,6 +225,7 @@ class ResponseBuilder:
         self._writers_by_syntax = {
             implicit: self._writers(self._keys, implicit) for implicit in (True, False)
         }
+        self._shape = ENCODED.shape(charset, self._keys)
         self._charset_key = (
             None
             if charset in DEFAULT_REPERTOIRE
@@ -191,16 +272,16 @@ class ResponseBuilder:
         """Whether :meth:`encode` can write Identifiers in ``transfer_syntax``."""
         return transfer_syntax in _WRITTEN_SYNTAXES
 
-    def encode(self, item: WorklistItem, transfer_syntax: str) -> bytes:
+    def encode(self, item: WorklistItem | StoredItem, transfer_syntax: str) -> bytes:
         """The pending response Identifier for ``item``, encoded.
 
         The same bytes as :meth:`build` written by pydicom, without making the
-        Dataset.
+        Dataset; kept in :data:`ENCODED` for the next query of the same shape.
 
         Parameters
         ----------
         item
-            The matching worklist item.
+            The matching worklist item, or its stored row.
         transfer_syntax
             Implicit or Explicit VR Little Endian (see :meth:`writes`).
 
@@ -213,7 +294,15 @@ class ResponseBuilder:
             implicit = _WRITTEN_SYNTAXES[transfer_syntax]
         except KeyError:
             raise ValueError(f"cannot write transfer syntax {transfer_syntax}") from None
-        return self._charset_element[implicit] + _write(item, self._writers_by_syntax[implicit])
+        content = item.content if isinstance(item, StoredItem) else item
+        key = (self._shape, implicit, content)
+        data = ENCODED.get(key)
+        if data is None:
+            whole = item.item if isinstance(item, StoredItem) else item
+            writers = self._writers_by_syntax[implicit]
+            data = self._charset_element[implicit] + _write(whole, writers)
+            ENCODED.put(key, data)
+        return data
 
     # ------------------------------------------------------------------ Dataset
 
