@@ -48,6 +48,12 @@ from mwl.dicom.net.tls import ReloadingContext, peer_subject
 logger = logging.getLogger(__name__)
 _rate_log = RateLimitedLog(logger)
 
+# Kernel send buffer of each association: enough for a long answer at LAN and WAN
+# speeds (a bandwidth-delay product of 100 Mbit/s over 40 ms), and a bound on what a
+# modality that stops reading leaves queued (set explicitly, the kernel does not
+# grow it by autotuning). It also bounds what is already in flight when a C-CANCEL
+# is read.
+SEND_BUFFER_BYTES = 512 * 1024
 # Back-off when accept fails for want of file descriptors: the accept thread then
 # sleeps instead of spinning on a socket that stays readable.
 _EMFILE_BACKOFF = 0.1
@@ -268,6 +274,7 @@ class AssociationServer:
             sock.close()
             return
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
         subject = None
         if listener.tls is not None:
             try:
