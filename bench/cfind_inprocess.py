@@ -34,11 +34,11 @@ from pynetdicom.sop_class import ModalityWorklistInformationFind  # type: ignore
 from sqlalchemy import text
 
 from mwl.config import Settings
-from mwl.db import make_engine, make_session_factory
 from mwl.dicom.scp import WorklistScp
 from mwl.domain import Code, Order, PatientDemographics, RequestedProcedure, ScheduledStep
-from mwl.migrate import upgrade
-from mwl.orders import apply_order
+from mwl.orders.apply import apply_order
+from mwl.store.engine import make_engine, make_session_factory
+from mwl.store.migrate import upgrade
 
 # shared/ lies beside the repository (as in CI and on the development machines).
 PEERS = Path(__file__).resolve().parents[2] / "shared" / "peers"

@@ -15,15 +15,15 @@ from pynetdicom.status import Status
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from mwl.admin.overrides import LiveSettings, current_settings
 from mwl.config import Settings
 from mwl.dicom.pending import PendingSender
 from mwl.dicom.profiles import profile_for
 from mwl.dicom.query import parse_identifier
 from mwl.dicom.response import ResponseBuilder
 from mwl.errors import InvalidQueryError
-from mwl.overrides import LiveSettings, current_settings
-from mwl.querylog import QueryRecord, record_query
-from mwl.worklist import find_items
+from mwl.operations.querylog import QueryRecord, record_query
+from mwl.worklist.matching import find_items
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def handle_find(
 
     The query runs and its session closes before the first response is yielded,
     so a slow modality never holds a database transaction. Every C-FIND is
-    written to the query log (:mod:`mwl.querylog`) once it ends.
+    written to the query log (:mod:`mwl.operations.querylog`) once it ends.
 
     Parameters
     ----------
@@ -83,7 +83,7 @@ def handle_find(
     session_factory
         Makes the units of work: one to read the worklist, one to log the query.
     settings
-        The broker's settings, or :class:`~mwl.overrides.LiveSettings` to follow
+        The broker's settings, or :class:`~mwl.admin.overrides.LiveSettings` to follow
         changes made on the admin page (calling-AE profiles: response character set,
         station coercion, date window, statuses, match limit).
 

@@ -2,10 +2,10 @@
 
 The preview goes through the same pieces as :func:`mwl.dicom.handlers.handle_find`:
 the calling-AE profile (:mod:`mwl.dicom.profiles`), the translation of the
-Identifier (:mod:`mwl.dicom.query`), :func:`mwl.worklist.find_items` and the
+Identifier (:mod:`mwl.dicom.query`), :func:`mwl.worklist.matching.find_items` and the
 response builder (:mod:`mwl.dicom.response`), so what the admin page shows is
 what the modality gets. Explanations judge each condition of the effective query
-with the worklist's own SQL (:func:`mwl.worklist.build_statement`), one condition
+with the worklist's own SQL (:func:`mwl.worklist.matching.build_statement`), one condition
 at a time and restricted to one step, so their semantics cannot drift from the
 real matching. Nothing here writes to the database or to the query log.
 """
@@ -30,6 +30,7 @@ from pynetdicom.status import Status
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from mwl.admin.overrides import LiveSettings, current_settings
 from mwl.config import Settings
 from mwl.dicom import keys as keytable
 from mwl.dicom.handlers import (
@@ -50,9 +51,8 @@ from mwl.domain import (
     WorklistQuery,
 )
 from mwl.errors import InvalidQueryError
-from mwl.models import ScheduledProcedureStep
-from mwl.overrides import LiveSettings, current_settings
-from mwl.worklist import START_TIME, STATUS, build_statement, find_items, worklist_item
+from mwl.store.models import ScheduledProcedureStep
+from mwl.worklist.matching import START_TIME, STATUS, build_statement, find_items, worklist_item
 
 SUCCESS = int(Status.SUCCESS)
 
@@ -543,7 +543,7 @@ def preview_query(
         The AE title the modality calls with.
     identifier
         The request Identifier: a ``Dataset``, or DICOM JSON as the query log
-        stores it (:attr:`mwl.models.QueryLogEntry.identifier_json`).
+        stores it (:attr:`mwl.store.models.QueryLogEntry.identifier_json`).
     peer_host
         The modality's IP address, for profiles bound to a host.
     today
@@ -666,7 +666,7 @@ def explain_exclusion(
 
     Each key of the effective query, the SPS start window, the status filter and
     the match limit are checked by running the worklist's own ``SELECT``
-    (:func:`mwl.worklist.build_statement`) with that condition alone, restricted
+    (:func:`mwl.worklist.matching.build_statement`) with that condition alone, restricted
     to the step, so a verdict is what the real query decides for that condition.
     When ``dicom_restrict_calling_ae`` is on, whether the AE may query at all is
     the first condition.
@@ -819,7 +819,7 @@ class WorklistPreviewer:
     Parameters
     ----------
     settings
-        The broker's settings as the SCP got them: a :class:`~mwl.overrides.LiveSettings`
+        The broker's settings as the SCP got them: a :class:`~mwl.admin.overrides.LiveSettings`
         when the SCP follows changes made on the admin page, so the preview does too.
     session_factory
         Read sessions on the worklist database.

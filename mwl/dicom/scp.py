@@ -16,11 +16,11 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # names made a
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.orm import Session, sessionmaker
 
+from mwl.admin.overrides import LiveSettings
 from mwl.config import Settings
 from mwl.dicom.handlers import handle_echo, handle_find
 from mwl.dicom.mpps import handle_n_create, handle_n_set
 from mwl.dicom.profiles import check_profiles
-from mwl.overrides import LiveSettings
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ class WorklistScp:
         waits for the HL7 writer.
     writer_factory
         Makes one unit of work per MPPS N-CREATE/N-SET (writing); a writer factory
-        (:func:`mwl.db.make_session_factory` with ``writer=True``). Defaults to
+        (:func:`mwl.store.engine.make_session_factory` with ``writer=True``). Defaults to
         ``session_factory``.
     live_settings
         When given, the worklist policy (profiles, calling-AE restriction, match

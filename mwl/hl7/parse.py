@@ -22,7 +22,7 @@ from hl7apy.utils import get_datetime_info
 from mwl.config import Hl7StationRule, Settings
 from mwl.domain import Code, Order, PatientDemographics, RequestedProcedure, ScheduledStep
 from mwl.errors import MwlError
-from mwl.patients import PatientChange, PatientMessage
+from mwl.orders.patients import PatientChange, PatientMessage
 
 logger = logging.getLogger(__name__)
 

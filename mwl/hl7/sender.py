@@ -3,7 +3,7 @@
 Delivery is at least once and in order per order: a message counts as delivered
 only when the RIS answers AA for its MSH-10 (HL7 v2.5.1 2.9, original mode), and
 the next message of that order is not sent before. Everything it knows is in the
-outbox table (:mod:`mwl.outbox`); a restarted broker continues where it stopped.
+outbox table (:mod:`mwl.operations.outbox`); a restarted broker continues where it stopped.
 MSH-10 stays the same on every retry, so a RIS can recognise a repeat after a lost
 ACK.
 """
@@ -23,8 +23,8 @@ from mwl.config import Settings
 from mwl.hl7.client import ack_summary
 from mwl.hl7.mllp import FramingError, MllpFramer, frame
 from mwl.hl7.outbound import OutboundOptions, render
-from mwl.lease import SingletonLease
-from mwl.outbox import NO_ACK, OutboxItem, RetryPolicy, due_messages, record_attempt
+from mwl.operations.outbox import NO_ACK, OutboxItem, RetryPolicy, due_messages, record_attempt
+from mwl.store.leases import SingletonLease
 
 logger = logging.getLogger(__name__)
 

@@ -21,11 +21,11 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from mwl.config import Settings
-from mwl.db import make_engine, make_session_factory
 from mwl.dicom.scp import WorklistScp
 from mwl.domain import Code, Order, PatientDemographics, RequestedProcedure, ScheduledStep
-from mwl.migrate import upgrade
-from mwl.orders import apply_order
+from mwl.orders.apply import apply_order
+from mwl.store.engine import make_engine, make_session_factory
+from mwl.store.migrate import upgrade
 from tests.databases import fresh_database_url
 
 CLIENT_TIMEOUT = 20.0

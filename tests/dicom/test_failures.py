@@ -13,14 +13,14 @@ from pynetdicom.status import Status
 from sqlalchemy import func, select
 
 from mwl.config import Settings
-from mwl.db import make_engine, make_session_factory
 from mwl.dicom.handlers import FAILURE_UNABLE_TO_PROCESS
 from mwl.dicom.scp import WorklistScp
 from mwl.domain import Order, PatientDemographics, RequestedProcedure, ScheduledStep
 from mwl.errors import SettingsError
-from mwl.migrate import upgrade
-from mwl.models import QueryLogEntry
-from mwl.orders import apply_order
+from mwl.orders.apply import apply_order
+from mwl.store.engine import make_engine, make_session_factory
+from mwl.store.migrate import upgrade
+from mwl.store.models import QueryLogEntry
 
 pytestmark = pytest.mark.e2e
 

@@ -15,8 +15,8 @@ from mwl.domain import (
     SpsStatus,
     WorklistQuery,
 )
-from mwl.orders import apply_order
-from mwl.worklist import build_statement, find_items, worklist_item
+from mwl.orders.apply import apply_order
+from mwl.worklist.matching import build_statement, find_items, worklist_item
 from tests.dicom.conftest import SAMPLE_ORDERS
 
 # Every optional value set, two protocol codes, a requested procedure code.

@@ -17,7 +17,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.engine import Engine
 
-from mwl.db import make_engine, make_session_factory
 from mwl.domain import (
     HIDDEN_BY_DEFAULT,
     KeyMatch,
@@ -26,10 +25,11 @@ from mwl.domain import (
     WorklistItem,
     WorklistQuery,
 )
-from mwl.migrate import upgrade
-from mwl.models import Patient, RequestedProcedure, ScheduledProcedureStep
-from mwl.names import name_search_key
-from mwl.worklist import PATIENT_NAME, START_TIME, STATUS, find_items
+from mwl.store.engine import make_engine, make_session_factory
+from mwl.store.migrate import upgrade
+from mwl.store.models import Patient, RequestedProcedure, ScheduledProcedureStep
+from mwl.worklist.matching import PATIENT_NAME, START_TIME, STATUS, find_items
+from mwl.worklist.names import name_search_key
 
 NAMES = [
     "Müller^Hans", "MULLER^HANS", "muller", "Doe^Jane", "Doe^John^J", "DOE", "Øster^Émile",

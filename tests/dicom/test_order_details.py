@@ -23,13 +23,13 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from mwl.config import Settings
-from mwl.db import make_engine, make_session_factory
 from mwl.dicom.scp import WorklistScp
 from mwl.domain import Order, PatientDemographics, RequestedProcedure, ScheduledStep
 from mwl.hl7.client import ack_summary, send_messages
 from mwl.hl7.server import Hl7Server
-from mwl.migrate import upgrade
-from mwl.orders import apply_order
+from mwl.orders.apply import apply_order
+from mwl.store.engine import make_engine, make_session_factory
+from mwl.store.migrate import upgrade
 
 from .conftest import c_find
 

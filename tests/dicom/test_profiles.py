@@ -16,13 +16,13 @@ from pynetdicom.status import Status
 from sqlalchemy.engine import Engine
 
 from mwl.config import DicomAeProfile, Settings, load_settings
-from mwl.db import make_session_factory
 from mwl.dicom.handlers import REFUSED_NOT_AUTHORIZED
 from mwl.dicom.profiles import AeProfile, profile_for
 from mwl.dicom.scp import WorklistScp
 from mwl.domain import KeyMatch, MatchKind, SpsStatus, WorklistQuery
 from mwl.errors import SettingsError
-from mwl.worklist import START_TIME
+from mwl.store.engine import make_session_factory
+from mwl.worklist.matching import START_TIME
 
 PROFILES = (
     DicomAeProfile("CT01", response_charset="ISO_IR 100", calling_ae_as_station=True),

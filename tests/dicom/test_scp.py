@@ -13,7 +13,7 @@ from mwl.dicom.handlers import (
     FAILURE_IDENTIFIER_DOES_NOT_MATCH,
     PENDING_OPTIONAL_KEYS_NOT_SUPPORTED,
 )
-from mwl.models import QueryLogEntry
+from mwl.store.models import QueryLogEntry
 
 pytestmark = pytest.mark.e2e
 
@@ -115,7 +115,7 @@ def test_unsupported_matching_key_is_ignored_with_warning_status(scp, find, iden
 
 
 def test_every_query_is_logged(scp, module_engine, find, identifier):
-    from mwl.db import make_session_factory
+    from mwl.store.engine import make_session_factory
 
     find(scp.address, identifier(PatientID="P2"), calling_ae="LOGGEDSCU")
     find(scp.address, identifier(PatientBirthDate="abc"), calling_ae="LOGGEDSCU")

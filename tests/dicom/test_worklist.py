@@ -9,9 +9,9 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from mwl.db import make_session_factory
 from mwl.domain import Code, KeyMatch, MatchKind, SpsStatus, WorklistItem, WorklistQuery
-from mwl.worklist import START_TIME, find_items
+from mwl.store.engine import make_session_factory
+from mwl.worklist.matching import START_TIME, find_items
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from mwl.config import Settings
 from mwl.hl7.client import ack_summary
 from mwl.hl7.server import Hl7Server
-from mwl.models import Hl7Message, Patient, RequestedProcedure, ScheduledProcedureStep
+from mwl.store.models import Hl7Message, Patient, RequestedProcedure, ScheduledProcedureStep
 
 from .conftest import sample
 

@@ -24,13 +24,13 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from mwl.config import Settings
-from mwl.db import make_session_factory
 from mwl.dicom.scp import WorklistScp
 from mwl.domain import Code, Order, PatientDemographics, RequestedProcedure, ScheduledStep
 from mwl.hl7.mllp import MllpFramer, frame
 from mwl.hl7.sender import OutboxSender
-from mwl.models import OutboxMessage, ScheduledProcedureStep
-from mwl.orders import apply_order
+from mwl.orders.apply import apply_order
+from mwl.store.engine import make_session_factory
+from mwl.store.models import OutboxMessage, ScheduledProcedureStep
 
 CLIENT_TIMEOUT = 20.0
 WAIT_TIMEOUT = 30.0

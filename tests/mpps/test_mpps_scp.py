@@ -16,8 +16,8 @@ from mwl.dicom.mpps import (
     NO_SUCH_SOP_INSTANCE,
     PROCESSING_FAILURE,
 )
-from mwl.models import OutboxAttempt, PerformedProcedureStep
-from mwl.outbox import DELIVERED, FAILED
+from mwl.operations.outbox import DELIVERED, FAILED
+from mwl.store.models import OutboxAttempt, PerformedProcedureStep
 
 from .conftest import (
     STUDY_1,

@@ -11,7 +11,6 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
 from mwl.config import load_settings
-from mwl.db import make_session_factory
 from mwl.dicom.mpps import (
     INVALID_ATTRIBUTE_VALUE,
     MISSING_ATTRIBUTE,
@@ -22,7 +21,7 @@ from mwl.dicom.mpps import (
 from mwl.domain import Code, MppsStatus, SpsStatus, StatusEvent
 from mwl.errors import SettingsError
 from mwl.hl7.outbound import OMI_O23, OutboundOptions, render
-from mwl.outbox import (
+from mwl.operations.outbox import (
     DELIVERED,
     FAILED,
     NO_ACK,
@@ -33,6 +32,7 @@ from mwl.outbox import (
     event_to_json,
     record_attempt,
 )
+from mwl.store.engine import make_session_factory
 
 from .conftest import STUDY_1, STUDY_2, hl7_field, n_create_dataset, n_set_dataset, reference
 

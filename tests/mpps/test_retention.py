@@ -14,7 +14,8 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from mwl.domain import MppsStatus, PerformedStep, ScheduledStepReference
-from mwl.models import (
+from mwl.operations.retention import Housekeeper, RetentionPolicy, purge
+from mwl.store.models import (
     OutboxMessage,
     PerformedProcedureStep,
     RequestedProcedure,
@@ -22,8 +23,7 @@ from mwl.models import (
     mpps_sps,
     utcnow,
 )
-from mwl.mpps import create_performed_step, update_performed_step
-from mwl.retention import Housekeeper, RetentionPolicy, purge
+from mwl.worklist.mpps import create_performed_step, update_performed_step
 
 from .conftest import STUDY_1, STUDY_2, step_statuses, wait_until
 

@@ -17,7 +17,6 @@ from typing import Any
 from sqlalchemy import bindparam, insert, select
 from sqlalchemy.orm import Session
 
-from mwl.db import Base
 from mwl.domain import (
     Code,
     Order,
@@ -27,9 +26,10 @@ from mwl.domain import (
     SpsStatus,
 )
 from mwl.errors import InvalidOrderError
-from mwl.models import Patient, ScheduledProcedureStep
-from mwl.models import RequestedProcedure as RequestedProcedureRow
-from mwl.patients import copy_demographics
+from mwl.orders.patients import copy_demographics
+from mwl.store.engine import Base
+from mwl.store.models import Patient, ScheduledProcedureStep
+from mwl.store.models import RequestedProcedure as RequestedProcedureRow
 
 logger = logging.getLogger(__name__)
 

@@ -29,8 +29,13 @@ from mwl.domain import (
     StatusEvent,
 )
 from mwl.errors import MwlError
-from mwl.models import PerformedProcedureStep, RequestedProcedure, ScheduledProcedureStep, utcnow
-from mwl.outbox import enqueue
+from mwl.operations.outbox import enqueue
+from mwl.store.models import (
+    PerformedProcedureStep,
+    RequestedProcedure,
+    ScheduledProcedureStep,
+    utcnow,
+)
 
 logger = logging.getLogger(__name__)
 

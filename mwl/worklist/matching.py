@@ -20,7 +20,7 @@ requires a non-empty column.
 
 **Patient's Name policy.** PS3.4 C.2.2.2.1 lets the SCP match PN case- and
 accent-insensitively; this broker does so for Patient's Name, through the folded
-``patient_name_key`` (:func:`mwl.names.name_search_key`): ``MÜLLER``, ``Müller``
+``patient_name_key`` (:func:`mwl.worklist.names.name_search_key`): ``MÜLLER``, ``Müller``
 and ``muller`` all find ``Müller^Hans``, and so do ``mül*`` and ``M?LLER``. It is
 component-aware: a query that names fewer components than the stored name matches
 on the components it names (``MULLER`` and ``MULLER^HANS`` both find
@@ -48,9 +48,9 @@ from mwl.domain import (
     WorklistItem,
     WorklistQuery,
 )
-from mwl.models import Patient, RequestedProcedure, ScheduledProcedureStep
-from mwl.names import name_search_key
-from mwl.orders import parse_codes
+from mwl.orders.apply import parse_codes
+from mwl.store.models import Patient, RequestedProcedure, ScheduledProcedureStep
+from mwl.worklist.names import name_search_key
 
 # Pseudo-attribute for an SPS Start Time asked without a date: the HHMMSS column.
 START_TIME = "start_time"

@@ -29,14 +29,14 @@ from sqlalchemy.orm import InstrumentedAttribute, Session, sessionmaker
 
 from mwl.config import Settings
 from mwl.domain import SpsStatus
-from mwl.models import (
+from mwl.operations.outbox import DELIVERED
+from mwl.store.models import (
     OutboxMessage,
     PerformedProcedureStep,
     RequestedProcedure,
     ScheduledProcedureStep,
     utcnow,
 )
-from mwl.outbox import DELIVERED
 
 logger = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from mwl.db import Base
 from mwl.domain import Code
+from mwl.store.engine import Base
 
 PN_LENGTH = 324  # three component groups of 64 plus separators
 
@@ -60,7 +60,7 @@ class Patient(Base):
     patient_id: Mapped[str] = mapped_column(String(64))
     issuer_of_patient_id: Mapped[str] = mapped_column(String(64), default="")
     patient_name: Mapped[str] = mapped_column(String(PN_LENGTH), default="")
-    # Case- and accent-folded name (mwl.names.name_search_key) for PN matching on an index.
+    # Case- and accent-folded name (mwl.worklist.names.name_search_key) for PN matching on an index.
     patient_name_key: Mapped[str] = mapped_column(String(PN_LENGTH), default="")
     patient_birth_date: Mapped[str] = mapped_column(String(8), default="")
     patient_sex: Mapped[str] = mapped_column(String(16), default="")
@@ -298,7 +298,7 @@ class OutboxMessage(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     # The requested procedure's Study Instance UID: one order (ORC-2/ORC-3) each.
     order_key: Mapped[str] = mapped_column(String(64))
-    # StatusEvent as JSON (mwl.outbox): what to render, kept if the order is purged.
+    # StatusEvent as JSON (mwl.operations.outbox): what to render, kept if the order is purged.
     payload: Mapped[str] = mapped_column(Text)
     destination: Mapped[str] = mapped_column(String(128), default="")
     # PENDING until acknowledged with AA (DELIVERED), or set aside (FAILED) by policy.

@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, aliased
 
 from mwl.domain import Code, MppsStatus, SpsStatus, StatusEvent
-from mwl.models import OutboxAttempt, OutboxMessage, utcnow
+from mwl.store.models import OutboxAttempt, OutboxMessage, utcnow
 
 PENDING = "PENDING"
 DELIVERED = "DELIVERED"
