@@ -56,10 +56,10 @@ from mwl.domain import (
     ScheduledStep,
     SpsStatus,
 )
-from mwl.orders.apply import apply_order, format_codes
+from mwl.orders.apply import apply_order
 from mwl.store.engine import make_engine, make_session_factory
 from mwl.store.migrate import upgrade
-from mwl.store.models import Patient, ScheduledProcedureStep, utcnow
+from mwl.store.models import Patient, ScheduledProcedureStep, format_codes, utcnow
 from mwl.store.models import RequestedProcedure as RequestedProcedureRow
 from mwl.worklist.names import name_search_key
 

@@ -18,7 +18,6 @@ from sqlalchemy import bindparam, insert, select
 from sqlalchemy.orm import Session
 
 from mwl.domain import (
-    Code,
     Order,
     PatientDemographics,
     RequestedProcedure,
@@ -28,7 +27,7 @@ from mwl.domain import (
 from mwl.errors import InvalidOrderError
 from mwl.orders.patients import copy_demographics
 from mwl.store.engine import Base
-from mwl.store.models import Patient, ScheduledProcedureStep
+from mwl.store.models import Patient, ScheduledProcedureStep, format_codes
 from mwl.store.models import RequestedProcedure as RequestedProcedureRow
 
 logger = logging.getLogger(__name__)
@@ -206,20 +205,6 @@ def complete_identifiers(order: Order, procedure: RequestedProcedure) -> Request
     return replace(
         procedure, study_instance_uid=uid, requested_procedure_id=rp_id, steps=tuple(steps)
     )
-
-
-def format_codes(codes: tuple[Code, ...]) -> str:
-    """Store a code list as lines of ``value^scheme^meaning``."""
-    return "\n".join(f"{c.value}^{c.scheme}^{c.meaning}" for c in codes)
-
-
-def parse_codes(text: str) -> tuple[Code, ...]:
-    """Inverse of :func:`format_codes`."""
-    codes = []
-    for line in text.splitlines():
-        value, scheme, meaning = (line.split("^", 2) + ["", ""])[:3]
-        codes.append(Code(value, scheme, meaning))
-    return tuple(codes)
 
 
 # Built once: every order runs them, and building a statement costs more than running

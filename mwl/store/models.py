@@ -45,6 +45,20 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
+def format_codes(codes: tuple[Code, ...]) -> str:
+    """A code list as ``scheduled_protocol_codes`` stores it: ``value^scheme^meaning`` lines."""
+    return "\n".join(f"{c.value}^{c.scheme}^{c.meaning}" for c in codes)
+
+
+def parse_codes(text: str) -> tuple[Code, ...]:
+    """Inverse of :func:`format_codes`."""
+    codes = []
+    for line in text.splitlines():
+        value, scheme, meaning = (line.split("^", 2) + ["", ""])[:3]
+        codes.append(Code(value, scheme, meaning))
+    return tuple(codes)
+
+
 class Patient(Base):
     """A patient as identified by the RIS: Patient ID within its issuer."""
 

@@ -48,8 +48,7 @@ from mwl.domain import (
     WorklistItem,
     WorklistQuery,
 )
-from mwl.orders.apply import parse_codes
-from mwl.store.models import Patient, RequestedProcedure, ScheduledProcedureStep
+from mwl.store.models import Patient, RequestedProcedure, ScheduledProcedureStep, parse_codes
 from mwl.worklist.names import name_search_key
 
 # Pseudo-attribute for an SPS Start Time asked without a date: the HHMMSS column.
