@@ -48,9 +48,9 @@ from mwl.hl7.parse import (
     parse_message,
     safe_header,
 )
-from mwl.operations.message_links import link_order, link_patient
 from mwl.operations.messages import original_ack, record_message
 from mwl.orders.apply import OrderOutcome, apply_order, status_table
+from mwl.orders.message_links import link_order, link_patient
 from mwl.orders.patients import PatientAction, PatientMessage, apply_patient_message
 
 logger = logging.getLogger(__name__)
