@@ -118,7 +118,9 @@ def handle_find(
             identifier_json = identifier.to_json()
         except _DECODE_ERRORS as exc:
             logger.warning(
-                "C-FIND from %s (%s): undecodable identifier (%s)", calling, peer,
+                "C-FIND from %s (%s): undecodable identifier (%s)",
+                calling,
+                peer,
                 type(exc).__name__,
             )
             outcome.status = FAILURE_IDENTIFIER_DOES_NOT_MATCH
@@ -142,9 +144,7 @@ def handle_find(
             outcome.error = f"database error: {type(exc).__name__}"
             yield _failure(outcome.status, "the worklist database is unavailable"), None
             return
-        pending = (
-            PENDING_OPTIONAL_KEYS_NOT_SUPPORTED if parsed.unsupported_keys else Status.PENDING
-        )
+        pending = PENDING_OPTIONAL_KEYS_NOT_SUPPORTED if parsed.unsupported_keys else Status.PENDING
         builder = ResponseBuilder(identifier, profile.charset)
         sender = _pending_sender(event, int(pending), builder, settings)
         for item in items:
@@ -230,8 +230,6 @@ def _failure(status: int, comment: str, offending_keyword: str = "") -> Dataset:
     if tag is not None:
         ds.OffendingElement = [tag]
     return ds
-
-
 
 
 __all__ = [

@@ -196,9 +196,7 @@ def performed_step_from_create(ds: Dataset, sop_instance_uid: str) -> PerformedS
         element = ds[keyword]
         empty = not element.value if element.VR == "SQ" else not _text(ds, keyword)
         if empty:
-            raise MppsAttributeError(
-                MISSING_ATTRIBUTE_VALUE, f"{keyword} has no value", [keyword]
-            )
+            raise MppsAttributeError(MISSING_ATTRIBUTE_VALUE, f"{keyword} has no value", [keyword])
     status = _status(ds)
     if status is not MppsStatus.IN_PROGRESS:
         raise MppsAttributeError(
@@ -294,8 +292,12 @@ def handle_n_create(
     except MppsAttributeError as exc:
         return _refuse("N-CREATE", calling, exc.status, exc.comment, exc.keywords)
     except _DECODE_ERRORS as exc:
-        return _refuse("N-CREATE", calling, PROCESSING_FAILURE,
-                       f"the attribute list cannot be decoded: {type(exc).__name__}")
+        return _refuse(
+            "N-CREATE",
+            calling,
+            PROCESSING_FAILURE,
+            f"the attribute list cannot be decoded: {type(exc).__name__}",
+        )
     try:
         with session_factory.begin() as session:
             outcome = create_performed_step(
@@ -313,7 +315,10 @@ def handle_n_create(
         return _refuse("N-CREATE", calling, PROCESSING_FAILURE, "the database is unavailable")
     logger.info(
         "MPPS N-CREATE from %s: %s, %d scheduled step(s) linked, %d RIS event(s) queued",
-        calling, outcome.status.value, outcome.linked_steps, outcome.events_queued,
+        calling,
+        outcome.status.value,
+        outcome.linked_steps,
+        outcome.events_queued,
     )
     if settings.log_phi:
         logger.debug("MPPS N-CREATE %s from %s", sop_instance_uid, calling)
@@ -349,8 +354,12 @@ def handle_n_set(
     except MppsAttributeError as exc:
         return _refuse("N-SET", calling, exc.status, exc.comment, exc.keywords)
     except _DECODE_ERRORS as exc:
-        return _refuse("N-SET", calling, PROCESSING_FAILURE,
-                       f"the modification list cannot be decoded: {type(exc).__name__}")
+        return _refuse(
+            "N-SET",
+            calling,
+            PROCESSING_FAILURE,
+            f"the modification list cannot be decoded: {type(exc).__name__}",
+        )
     try:
         with session_factory.begin() as session:
             outcome = update_performed_step(
@@ -362,8 +371,13 @@ def handle_n_set(
     except UnknownMppsError as exc:
         return _refuse("N-SET", calling, NO_SUCH_SOP_INSTANCE, exc.reason)
     except MppsFinalError as exc:
-        return _refuse("N-SET", calling, PROCESSING_FAILURE, exc.reason,
-                       error_id=ERROR_ID_MAY_NO_LONGER_BE_UPDATED)
+        return _refuse(
+            "N-SET",
+            calling,
+            PROCESSING_FAILURE,
+            exc.reason,
+            error_id=ERROR_ID_MAY_NO_LONGER_BE_UPDATED,
+        )
     except MppsIncompleteError as exc:
         return _refuse("N-SET", calling, MISSING_ATTRIBUTE_VALUE, exc.reason, [exc.keyword])
     except InvalidMppsError as exc:
@@ -373,7 +387,10 @@ def handle_n_set(
         return _refuse("N-SET", calling, PROCESSING_FAILURE, "the database is unavailable")
     logger.info(
         "MPPS N-SET from %s: %s, %d scheduled step(s) changed, %d RIS event(s) queued",
-        calling, outcome.status.value, outcome.steps_changed, outcome.events_queued,
+        calling,
+        outcome.status.value,
+        outcome.steps_changed,
+        outcome.events_queued,
     )
     return int(Status.SUCCESS), modifications
 

@@ -186,9 +186,7 @@ class WorklistScp:
         # accepts from then on.
         self._server = self.ae.start_server(address, block=False, evt_handlers=self._handlers())
         host, port = self.address
-        logger.info(
-            "worklist SCP %s listening on %s:%d", self._settings.dicom_ae_title, host, port
-        )
+        logger.info("worklist SCP %s listening on %s:%d", self._settings.dicom_ae_title, host, port)
 
     @property
     def address(self) -> tuple[str, int]:

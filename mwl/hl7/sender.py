@@ -154,7 +154,10 @@ class OutboxSender:
             else:
                 logger.warning(
                     "RIS delivery of %s: %s%s; now %s",
-                    item.control_id, outcome, f" ({error})" if error else "", state,
+                    item.control_id,
+                    outcome,
+                    f" ({error})" if error else "",
+                    state,
                 )
             if outcome == NO_ACK:
                 # The RIS is unreachable or silent: stop this round and wait.
@@ -175,8 +178,9 @@ class OutboxSender:
                 if acked_id == item.control_id:
                     break
                 # An ACK for an earlier message whose answer came too late: skip it.
-                logger.info("RIS sent an ACK for %s while %s was expected", acked_id or "-",
-                            item.control_id)
+                logger.info(
+                    "RIS sent an ACK for %s while %s was expected", acked_id or "-", item.control_id
+                )
         except (OSError, FramingError) as exc:
             self._close()
             return NO_ACK, None, f"{type(exc).__name__}: {exc}"[:500]

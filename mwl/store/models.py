@@ -81,9 +81,7 @@ class Patient(Base):
     # Visit and patient medical values that patient messages carry (PV1, AL1); the
     # server defaults let rows older than these columns migrate (revision 0003).
     admission_id: Mapped[str] = mapped_column(String(64), default="", server_default="")
-    current_patient_location: Mapped[str] = mapped_column(
-        String(64), default="", server_default=""
-    )
+    current_patient_location: Mapped[str] = mapped_column(String(64), default="", server_default="")
     # Pregnancy Status (US) as text: "3" (pregnant) or "" (unknown).
     pregnancy_status: Mapped[str] = mapped_column(String(5), default="", server_default="")
     # Allergies (LO, VM 1-n): values separated by a backslash, as DICOM writes them.
@@ -128,9 +126,7 @@ class RequestedProcedure(Base):
         String(64), default="", server_default=""
     )
     # LT (up to 10240 characters): NTE-3 lines.
-    requested_procedure_comments: Mapped[str] = mapped_column(
-        Text, default="", server_default=""
-    )
+    requested_procedure_comments: Mapped[str] = mapped_column(Text, default="", server_default="")
     confidentiality_code: Mapped[str] = mapped_column(String(64), default="", server_default="")
     patient_transport_arrangements: Mapped[str] = mapped_column(
         String(64), default="", server_default=""
@@ -147,7 +143,6 @@ class RequestedProcedure(Base):
         back_populates="procedure", cascade="all, delete-orphan"
     )
 
-
     @property
     def requested_procedure_code(self) -> Code | None:
         """The Requested Procedure Code Sequence item, or None when the order had no code."""
@@ -158,6 +153,7 @@ class RequestedProcedure(Base):
             self.requested_procedure_code_scheme,
             self.requested_procedure_code_meaning,
         )
+
 
 class ScheduledProcedureStep(Base):
     """One scheduled procedure step: one worklist item, identified by (study, SPS ID)."""
@@ -183,9 +179,7 @@ class ScheduledProcedureStep(Base):
     start_datetime: Mapped[dt.datetime] = mapped_column(DateTime, index=True)
     # HHMMSS, for queries that give a start time without a date.
     start_time: Mapped[str] = mapped_column(String(6), default="")
-    scheduled_performing_physician_name: Mapped[str] = mapped_column(
-        String(PN_LENGTH), default=""
-    )
+    scheduled_performing_physician_name: Mapped[str] = mapped_column(String(PN_LENGTH), default="")
     scheduled_procedure_step_description: Mapped[str] = mapped_column(String(64), default="")
     # Scheduled Protocol Code Sequence as "value^scheme^meaning" lines (one code per line):
     # only returned, never matched, so a column of its own per code would buy nothing.

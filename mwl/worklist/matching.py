@@ -162,9 +162,7 @@ def build_statement(
     dialect
         SQLAlchemy dialect name; ``sqlite`` matches wildcards with ``GLOB``.
     """
-    conditions: list[ColumnElement[bool]] = [
-        _condition(key, dialect) for key in query.keys
-    ]
+    conditions: list[ColumnElement[bool]] = [_condition(key, dialect) for key in query.keys]
     if query.statuses:
         conditions.append(ScheduledProcedureStep.status.in_(sorted(query.statuses)))
     elif not any(key.attribute == STATUS for key in query.keys):
@@ -416,4 +414,3 @@ def worklist_item(
         patient_weight=procedure.patient_weight,
         patient_size=procedure.patient_size,
     )
-

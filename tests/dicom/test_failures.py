@@ -30,12 +30,18 @@ MANY = 1500
 def many_steps_order() -> Order:
     start = dt.datetime(2026, 11, 21, 0, 0)
     steps = tuple(
-        ScheduledStep(f"M{i:05d}", modality="CT", scheduled_station_ae_title="CT01",
-                      start=start + dt.timedelta(minutes=i))
+        ScheduledStep(
+            f"M{i:05d}",
+            modality="CT",
+            scheduled_station_ae_title="CT01",
+            start=start + dt.timedelta(minutes=i),
+        )
         for i in range(MANY)
     )
     return Order(
-        "NW", "SC", PatientDemographics("PMANY", "HOSP", "Many^Steps"),
+        "NW",
+        "SC",
+        PatientDemographics("PMANY", "HOSP", "Many^Steps"),
         (RequestedProcedure("", "RPMANY", "ACCMANY", placer_order_number="PLMANY", steps=steps),),
         sending_facility="HOSP",
     )
@@ -113,7 +119,6 @@ def test_query_log_counts_one_row_per_c_find(engine, settings, find, identifier)
         assert session.scalar(select(func.count()).select_from(QueryLogEntry)) == 3
 
 
-
 def test_concurrent_queries_while_orders_are_written(engine, settings, find, identifier):
     """Readers (C-FIND) and a writer (the order service) at once: no query fails or waits out."""
     from concurrent.futures import ThreadPoolExecutor
@@ -128,8 +133,11 @@ def test_concurrent_queries_while_orders_are_written(engine, settings, find, ide
                 "", f"RPC{i}", f"ACCC{i}", placer_order_number=f"PLC{i}", steps=(step,)
             )
             order = Order(
-                "NW", "SC", PatientDemographics(f"PC{i}", "HOSP", f"Concurrent^{i}"),
-                (procedure,), sending_facility="HOSP",
+                "NW",
+                "SC",
+                PatientDemographics(f"PC{i}", "HOSP", f"Concurrent^{i}"),
+                (procedure,),
+                sending_facility="HOSP",
             )
             with writers.begin() as session:
                 apply_order(session, order)

@@ -230,9 +230,10 @@ def test_hl7_order_over_mllp_then_c_find_returns_the_mapped_values(
 ) -> None:
     """End to end: the richer sample ORM over MLLP, then a pynetdicom C-FIND for its details."""
     raw = (samples_dir / "hl7" / SAMPLE).read_bytes()
-    with Hl7Server(settings, session_factory) as hl7, WorklistScp(
-        settings, session_factory
-    ) as dicom:
+    with (
+        Hl7Server(settings, session_factory) as hl7,
+        WorklistScp(settings, session_factory) as dicom,
+    ):
         (ack,) = send_messages(*hl7.address, [raw], timeout=10)
         assert ack_summary(ack)[:2] == ("AA", "MSG00020")
         ds = _query(

@@ -80,7 +80,10 @@ def test_only_requested_keys_are_returned(scp, find, identifier):
     result = find(scp.address, ds)
     (found,) = result.identifiers
     assert {e.keyword for e in found} == {
-        "SpecificCharacterSet", "PatientID", "PatientName", "ScheduledProcedureStepSequence",
+        "SpecificCharacterSet",
+        "PatientID",
+        "PatientName",
+        "ScheduledProcedureStepSequence",
     }
     item = found.ScheduledProcedureStepSequence[0]
     assert {e.keyword for e in item} == {"Modality", "ScheduledProtocolCodeSequence"}
@@ -141,8 +144,11 @@ def test_identifiers_stay_out_of_the_logs_unless_log_phi(scp, find, identifier, 
     from mwl.dicom.scp import apply_phi_policy
 
     def phi(records) -> list[str]:
-        return [r.getMessage() for r in records if "[P1]" in r.getMessage() or "Müller" in
-                r.getMessage()]
+        return [
+            r.getMessage()
+            for r in records
+            if "[P1]" in r.getMessage() or "Müller" in r.getMessage()
+        ]
 
     before = (_config.LOG_REQUEST_IDENTIFIERS, _config.LOG_RESPONSE_IDENTIFIERS)
     try:

@@ -61,7 +61,11 @@ def test_single_value_is_case_sensitive(run):
 
 def test_wildcards_are_case_sensitive_outside_names(run):
     assert ids(run(q(key("accession_number", MatchKind.WILDCARD, "ACC?")))) == [
-        "S6", "S1", "S2", "S3", "S4",
+        "S6",
+        "S1",
+        "S2",
+        "S3",
+        "S4",
     ]
     assert run(q(key("accession_number", MatchKind.WILDCARD, "acc*"))) == []
 

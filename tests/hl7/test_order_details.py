@@ -224,15 +224,14 @@ def test_settings_validate_the_new_policies() -> None:
     assert settings.hl7_missing_start == "reject"
     with pytest.raises(SettingsError, match="hl7_missing_start"):
         Settings(hl7_missing_start="later")
-    loaded = load_settings(
-        environ={"MWL_HL7_ACCEPTED_SENDERS": '["RIS|HOSPITAL", "PACS*|*"]'}
-    )
+    loaded = load_settings(environ={"MWL_HL7_ACCEPTED_SENDERS": '["RIS|HOSPITAL", "PACS*|*"]'})
     assert loaded.hl7_accepted_senders == ("RIS|HOSPITAL", "PACS*|*")
     with pytest.raises(SettingsError, match="HL7_ACCEPTED_SENDERS"):
         load_settings(environ={"MWL_HL7_ACCEPTED_SENDERS": '["A|B|C"]'})
 
 
 # --------------------------------------------------------------------------- sockets
+
 
 @pytest.mark.e2e
 def test_unknown_sender_gets_ar_naming_msh_3_and_is_kept_in_the_log(
