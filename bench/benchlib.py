@@ -487,7 +487,7 @@ def drop_database(url: str) -> None:
 
 def database_durability(url: str) -> str:
     """How a commit reaches the disk, for the report (SQLite pragmas / PostgreSQL settings)."""
-    from mwl.db import make_engine
+    from mwl.store.engine import make_engine
 
     engine = make_engine(url)
     try:

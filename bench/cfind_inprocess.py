@@ -34,11 +34,11 @@ from pynetdicom.sop_class import ModalityWorklistInformationFind  # type: ignore
 from sqlalchemy import text
 
 from mwl.config import Settings
-from mwl.db import make_engine, make_session_factory
 from mwl.dicom.scp import WorklistScp
 from mwl.domain import Code, Order, PatientDemographics, RequestedProcedure, ScheduledStep
-from mwl.migrate import upgrade
-from mwl.orders import apply_order
+from mwl.orders.apply import apply_order
+from mwl.store.engine import make_engine, make_session_factory
+from mwl.store.migrate import upgrade
 
 # shared/ lies beside the repository (as in CI and on the development machines).
 PEERS = Path(__file__).resolve().parents[2] / "shared" / "peers"
@@ -55,24 +55,40 @@ def typical_keys(modality: str, station: str, date: str) -> list[str]:
         f"{SPS}.ScheduledProcedureStepDescription",
         f"{SPS}.ScheduledProcedureStepID",
         f"{SPS}.ScheduledPerformingPhysicianName",
-        "PatientName", "PatientID", "PatientBirthDate", "PatientSex",
-        "AccessionNumber", "StudyInstanceUID",
-        "RequestedProcedureID", "RequestedProcedureDescription",
+        "PatientName",
+        "PatientID",
+        "PatientBirthDate",
+        "PatientSex",
+        "AccessionNumber",
+        "StudyInstanceUID",
+        "RequestedProcedureID",
+        "RequestedProcedureDescription",
     ]
 
 
 def identifier(modality: str, station: str, date: str) -> Dataset:
     ds = Dataset()
-    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex",
-                    "AccessionNumber", "StudyInstanceUID", "RequestedProcedureID",
-                    "RequestedProcedureDescription"):
+    for keyword in (
+        "PatientName",
+        "PatientID",
+        "PatientBirthDate",
+        "PatientSex",
+        "AccessionNumber",
+        "StudyInstanceUID",
+        "RequestedProcedureID",
+        "RequestedProcedureDescription",
+    ):
         setattr(ds, keyword, "")
     sps = Dataset()
     sps.Modality = modality
     sps.ScheduledStationAETitle = station
     sps.ScheduledProcedureStepStartDate = date
-    for keyword in ("ScheduledProcedureStepStartTime", "ScheduledProcedureStepDescription",
-                    "ScheduledProcedureStepID", "ScheduledPerformingPhysicianName"):
+    for keyword in (
+        "ScheduledProcedureStepStartTime",
+        "ScheduledProcedureStepDescription",
+        "ScheduledProcedureStepID",
+        "ScheduledPerformingPhysicianName",
+    ):
         setattr(sps, keyword, "")
     ds.ScheduledProcedureStepSequence = [sps]
     return ds
@@ -97,14 +113,19 @@ def order_from_wl(path: Path) -> Order:
         scheduled_protocol_codes=codes,
     )
     return Order(
-        "NW", "SC",
+        "NW",
+        "SC",
         PatientDemographics(
-            ds.PatientID, "", str(ds.PatientName), ds.get("PatientBirthDate", ""),
+            ds.PatientID,
+            "",
+            str(ds.PatientName),
+            ds.get("PatientBirthDate", ""),
             ds.get("PatientSex", ""),
         ),
         (
             RequestedProcedure(
-                ds.StudyInstanceUID, ds.RequestedProcedureID,
+                ds.StudyInstanceUID,
+                ds.RequestedProcedureID,
                 accession_number=ds.get("AccessionNumber", ""),
                 requested_procedure_description=ds.get("RequestedProcedureDescription", ""),
                 steps=(step,),
@@ -117,7 +138,9 @@ def load(url: str, n: int, workdir: Path) -> None:
     out = workdir / f"wl{n}"
     subprocess.run(
         [sys.executable, str(PEERS / "gen_worklist.py"), "--n", str(n), "--out", str(out)],
-        check=True, capture_output=True, timeout=600,
+        check=True,
+        capture_output=True,
+        timeout=600,
     )
     engine = make_engine(url)
     upgrade(engine)
@@ -130,8 +153,9 @@ def load(url: str, n: int, workdir: Path) -> None:
 
 def bench(url: str, n: int, queries: int, modality: str, station: str, date: str) -> dict:
     engine = make_engine(url)
-    settings = Settings(database_url=url, bind_address="127.0.0.1", dicom_port=0,
-                        dicom_ae_title="MWLBENCH")
+    settings = Settings(
+        database_url=url, bind_address="127.0.0.1", dicom_port=0, dicom_ae_title="MWLBENCH"
+    )
     scp = WorklistScp(settings, make_session_factory(engine))
     scp.start()
     try:
@@ -144,7 +168,8 @@ def bench(url: str, n: int, queries: int, modality: str, station: str, date: str
             started = time.perf_counter()
             assoc = ae.associate(host, port, ae_title="MWLBENCH")
             matches = sum(
-                1 for status, _ in assoc.send_c_find(query, ModalityWorklistInformationFind)
+                1
+                for status, _ in assoc.send_c_find(query, ModalityWorklistInformationFind)
                 if status and status.Status in (0xFF00, 0xFF01)
             )
             assoc.release()
@@ -164,7 +189,8 @@ def bench(url: str, n: int, queries: int, modality: str, station: str, date: str
         scp.shutdown()
         engine.dispose()
     return {
-        "n": n, "matches": matches,
+        "n": n,
+        "matches": matches,
         "inproc_median_ms": round(statistics.median(inproc), 1),
         "findscu_median_ms": round(statistics.median(whole), 1),
     }

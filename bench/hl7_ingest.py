@@ -321,10 +321,10 @@ def _breakdown(stats: pstats.Stats, messages: int) -> list[tuple[str, float]]:
 def profile_in_process(url: str, backend: str, count: int, workdir: Path) -> None:
     """Run Hl7Server in-process on ``url``; print cProfile and unprofiled breakdowns."""
     from mwl.config import load_settings
-    from mwl.db import make_engine, make_session_factory
     from mwl.hl7.parse import MappingOptions, parse_order
     from mwl.hl7.server import Hl7Server
-    from mwl.migrate import upgrade
+    from mwl.store.engine import make_engine, make_session_factory
+    from mwl.store.migrate import upgrade
 
     benchlib.recreate_database(url)
     engine = make_engine(url)

@@ -13,10 +13,10 @@ items. Each generated Dataset becomes a domain :class:`mwl.domain.Order`
     key, start time, code columns). 100,000 items take a few minutes, most of it
     in the generator.
 ``--method apply-order``
-    each Order through :func:`mwl.orders.apply_order`, committed every
+    each Order through :func:`mwl.orders.apply.apply_order`, committed every
     ``--batch`` orders: the service path, slower, the reference for ``--self-check``.
 
-The database is migrated first (``mwl.migrate.upgrade``) and must hold no steps
+The database is migrated first (``mwl.store.migrate.upgrade``) and must hold no steps
 unless ``--recreate`` (delete the SQLite file, or DROP/CREATE the PostgreSQL
 database named in the URL; ``test`` and ``postgres`` are refused).
 
@@ -48,7 +48,6 @@ from sqlalchemy import func, insert, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
-from mwl.db import make_engine, make_session_factory
 from mwl.domain import (
     Code,
     Order,
@@ -57,11 +56,12 @@ from mwl.domain import (
     ScheduledStep,
     SpsStatus,
 )
-from mwl.migrate import upgrade
-from mwl.models import Patient, ScheduledProcedureStep, utcnow
-from mwl.models import RequestedProcedure as RequestedProcedureRow
-from mwl.names import name_search_key
-from mwl.orders import apply_order, format_codes
+from mwl.orders.apply import apply_order
+from mwl.store.engine import make_engine, make_session_factory
+from mwl.store.migrate import upgrade
+from mwl.store.models import Patient, ScheduledProcedureStep, format_codes, utcnow
+from mwl.store.models import RequestedProcedure as RequestedProcedureRow
+from mwl.worklist.names import name_search_key
 
 DEFAULT_SEED = 20261121
 DEFAULT_BASE_DATE = "20261121"
@@ -223,7 +223,7 @@ class _BulkRows:
         self.steps: list[dict[str, Any]] = []
 
     def add(self, order: Order, now: dt.datetime) -> None:
-        # The same columns mwl.orders.apply_order writes for a new order (NW/SC).
+        # The same columns mwl.orders.apply.apply_order writes for a new order (NW/SC).
         demo = order.patient
         key = (demo.patient_id, demo.issuer_of_patient_id)
         patient_key = self.patient_keys.get(key)

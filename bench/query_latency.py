@@ -69,8 +69,8 @@ import benchlib
 import load_items
 from sqlalchemy import select
 
-from mwl.db import make_engine
-from mwl.models import QueryLogEntry
+from mwl.store.engine import make_engine
+from mwl.store.models import QueryLogEntry
 
 PG_NAME = "mwl_bench_query"  # + _<pid>_<hex> per run unless --pg-url
 PEER_SERVERS = ("wlmscpfs", "orthanc", "pynetdicom-null")

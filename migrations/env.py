@@ -1,12 +1,12 @@
-"""Alembic environment: the target schema is mwl.models' metadata."""
+"""Alembic environment: the target schema is mwl.store.models' metadata."""
 
 from __future__ import annotations
 
 from alembic import context
 from sqlalchemy.engine import Connection
 
-import mwl.models  # noqa: F401  (registers every table on Base.metadata)
-from mwl.db import Base, make_engine
+import mwl.store.models  # noqa: F401  (registers every table on Base.metadata)
+from mwl.store.engine import Base, make_engine
 
 config = context.config
 target_metadata = Base.metadata

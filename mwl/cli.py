@@ -21,17 +21,17 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mwl import __version__
 from mwl.config import Settings, load_settings
-from mwl.db import make_engine, make_session_factory
 from mwl.errors import MwlError, SettingsError, UserError
+from mwl.store.engine import make_engine, make_session_factory
 
 if TYPE_CHECKING:
     # The adapters load only with the command that needs them (start-up of `mwl user`
     # and friends stays quick).
     from flask import Flask
 
+    from mwl.admin.overrides import LiveSettings
     from mwl.domain import WorklistItem
-    from mwl.item_history import AttributeRow
-    from mwl.overrides import LiveSettings
+    from mwl.orders.history import AttributeRow
 
 logger = logging.getLogger("mwl.cli")
 
@@ -170,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def db_upgrade(settings: Settings) -> int:
     """``mwl db upgrade``: migrate the configured database to the newest schema."""
-    from mwl.migrate import upgrade
+    from mwl.store.migrate import upgrade
 
     engine = make_engine(settings.database_url)
     try:
@@ -183,8 +183,8 @@ def db_upgrade(settings: Settings) -> int:
 
 def purge_now(settings: Settings, *, dry_run: bool) -> int:
     """``mwl purge [--dry-run]``: apply the retention settings once, with a progress bar."""
-    from mwl.migrate import upgrade
-    from mwl.retention import RetentionPolicy, purge
+    from mwl.operations.retention import RetentionPolicy, purge
+    from mwl.store.migrate import upgrade
 
     bar = sys.stderr.isatty()
 
@@ -228,8 +228,8 @@ def _read_password(name: str) -> str:
 
 def user_add(settings: Settings, name: str, role: str) -> int:
     """``mwl user add NAME --role ROLE``: create a web user with a hashed password."""
-    from mwl.migrate import upgrade
-    from mwl.users import add_user
+    from mwl.admin.users import add_user
+    from mwl.store.migrate import upgrade
 
     password = _read_password(name)
     engine = make_engine(settings.database_url)
@@ -246,7 +246,7 @@ def user_add(settings: Settings, name: str, role: str) -> int:
 @contextlib.contextmanager
 def _writer(settings: Settings) -> Iterator[Session]:
     """One unit of work on the migrated database, for the user and token commands."""
-    from mwl.migrate import upgrade
+    from mwl.store.migrate import upgrade
 
     engine = make_engine(settings.database_url)
     try:
@@ -272,7 +272,7 @@ def _print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
 
 def user_command(settings: Settings, args: argparse.Namespace) -> int:
     """``mwl user add|passwd|list|remove|role``: manage the web users."""
-    from mwl import users
+    from mwl.admin import users
 
     action = args.user_command
     if action == "add":
@@ -309,7 +309,7 @@ def user_command(settings: Settings, args: argparse.Namespace) -> int:
 
 def token_command(settings: Settings, args: argparse.Namespace) -> int:
     """``mwl token add|list|revoke``: the bearer tokens of the JSON API."""
-    from mwl import tokens
+    from mwl.admin import tokens
 
     action = args.token_command
     if action == "add":
@@ -374,12 +374,12 @@ def web_app(
 
 def serve(settings: Settings) -> int:
     """``mwl serve``: migrate, start HL7, DICOM and web, run until SIGTERM or SIGINT."""
+    from mwl.admin.overrides import LiveSettings
     from mwl.dicom.scp import WorklistScp
     from mwl.hl7.sender import OutboxSender
     from mwl.hl7.server import Hl7Server
-    from mwl.migrate import upgrade
-    from mwl.overrides import LiveSettings
-    from mwl.retention import Housekeeper
+    from mwl.operations.retention import Housekeeper
+    from mwl.store.migrate import upgrade
     from web.server import WebServer
 
     for key, value in settings.redacted().items():

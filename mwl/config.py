@@ -218,7 +218,8 @@ class Settings:
     )
     # Scheduled Protocol Code from OBR-4.4/.5/.6 (4, dcm4chee's default) or OBR-4.1/.2/.3 (1).
     hl7_protocol_code_component: int = 4
-    # ORC-1_ORC-5 -> step status, over mwl.orders' defaults: {XO_ = "SCHEDULED"}; "" drops a pair.
+    # ORC-1_ORC-5 -> step status, over the defaults of mwl.orders.apply:
+    # {XO_ = "SCHEDULED"}; "" drops a pair.
     hl7_order_status: tuple[tuple[str, str, str], ...] = field(
         default=(), metadata={"convert": _hl7_order_status}
     )
@@ -318,7 +319,7 @@ class Settings:
     retention_outbox_days: float = 30.0
     retention_interval_seconds: float = 3600.0
     retention_batch_size: int = 500
-    # New orders entered on the admin page (mwl.order_entry; docs/admin-guide.md):
+    # New orders entered on the admin page (mwl.orders.entry; docs/admin-guide.md):
     # accession number = prefix + YYMMDD + 4-digit counter (SH, 16 characters at most);
     # an unidentified patient gets the ID prefix + YYYYMMDD + counter and a name from
     # the template ({sex}: M, F, O or X; {date}: YYYYMMDD; {time}: HHMMSS; {id}).

@@ -119,7 +119,7 @@ class Order:
     """An order message in domain terms: what the RIS wants the worklist to hold.
 
     ``order_control`` and ``order_status`` are the HL7 code values (ORC-1, ORC-5);
-    :func:`mwl.orders.apply_order` turns them into a step status through the
+    :func:`mwl.orders.apply.apply_order` turns them into a step status through the
     configured table.
     """
 

@@ -18,8 +18,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from mwl.config import Settings
-from mwl.db import make_engine, make_session_factory
-from mwl.migrate import upgrade
+from mwl.store.engine import make_engine, make_session_factory
+from mwl.store.migrate import upgrade
 from tests.databases import fresh_database_url
 
 # scrypt at the production cost (N=2**15) takes 0.1-0.6 s per hash on the shared
@@ -33,8 +33,8 @@ CHEAP_SCRYPT_N = 2**10
 def cheap_password_hashing(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     """Hash passwords cheaply unless the test is marked ``production_password_cost``."""
     if request.node.get_closest_marker("production_password_cost") is None:
-        monkeypatch.setattr("mwl.users._SCRYPT_N", CHEAP_SCRYPT_N)
-        monkeypatch.setattr("mwl.users._dummy_hash", None)
+        monkeypatch.setattr("mwl.admin.users._SCRYPT_N", CHEAP_SCRYPT_N)
+        monkeypatch.setattr("mwl.admin.users._dummy_hash", None)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

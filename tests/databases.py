@@ -12,9 +12,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-POSTGRES_URL = os.environ.get(
-    "MWL_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
-)
+POSTGRES_URL = os.environ.get("MWL_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 # One schema per test process, so that two test runs on one machine never collide.
 POSTGRES_SCHEMA = f"mwl_test_{os.getpid()}"
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from sqlalchemy.orm import Session, sessionmaker
 
 from mwl.domain import Order, PatientDemographics, RequestedProcedure, ScheduledStep
-from mwl.orders import apply_order
+from mwl.orders.apply import apply_order
 
 DAY = dt.datetime(2026, 12, 7, 7, 0)
 

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from werkzeug.datastructures import MultiDict
 from werkzeug.test import TestResponse
 
-from mwl.users import add_user
+from mwl.admin.users import add_user
 
 PASSWORD = "correct horse battery staple"
 _CSRF_INPUT = re.compile(r'name="csrf_token"[^>]*value="([^"]+)"')

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from werkzeug.exceptions import HTTPException
 
 from mwl.config import Settings
-from mwl.db import make_engine, make_session_factory
+from mwl.store.engine import make_engine, make_session_factory
 from web import admin, api, auth, display, i18n, items, messages, scanners, status, worklist
 from web import tokens as token_page
 from web.ratelimit import LoginRateLimiter

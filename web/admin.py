@@ -30,11 +30,7 @@ from wtforms import (
 from wtforms.validators import Length, NumberRange, Optional
 from wtforms.widgets import CheckboxInput, ListWidget
 
-from mwl.config import Settings
-from mwl.domain import SpsStatus
-from mwl.errors import SettingsError
-from mwl.orders import DEFAULT_STATUS_TABLE
-from mwl.overrides import (
+from mwl.admin.overrides import (
     EDITABLE,
     RESPONSE_CHARSETS,
     apply_overrides,
@@ -45,7 +41,11 @@ from mwl.overrides import (
     set_overrides,
     stored_overrides,
 )
-from mwl.users import Role
+from mwl.admin.users import Role
+from mwl.config import Settings
+from mwl.domain import SpsStatus
+from mwl.errors import SettingsError
+from mwl.orders.apply import DEFAULT_STATUS_TABLE
 from web.roles import role_required
 from web.store import db_session, state, writer
 

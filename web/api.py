@@ -1,11 +1,11 @@
 """The JSON API under /api/v1, with bearer-token authentication and an OpenAPI document.
 
 Every request but the OpenAPI document needs ``Authorization: Bearer <token>``
-(:mod:`mwl.tokens`); the session cookie of the pages is never looked at, which is
+(:mod:`mwl.admin.tokens`); the session cookie of the pages is never looked at, which is
 also why the blueprint is exempt from CSRF protection. The token acts with its
 user's role: viewers read, editors create, change, cancel and restore items. The
 API changes the worklist through the same core services as the pages
-(:mod:`mwl.order_entry`, :mod:`mwl.edits`), so checks and audit events are the
+(:mod:`mwl.orders.entry`, :mod:`mwl.orders.edits`), so checks and audit events are the
 same. Messages are English: they are read by the people who write scripts, and a
 stable text is easier to search for than a translated one.
 """
@@ -24,11 +24,12 @@ from flask import Blueprint, Response, g, jsonify, request, url_for
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
-from mwl.activity import MessageFilter, MessageSummary, message_detail, recent_messages
-from mwl.activity import scanner_activity as scanner_activity_of
-from mwl.daylist import items_for_day
+from mwl.admin.tokens import find_token, record_use, use_is_due
+from mwl.admin.users import Role
 from mwl.domain import Code, SpsStatus, WorklistItem
-from mwl.edits import (
+from mwl.operations.activity import MessageFilter, MessageSummary, message_detail, recent_messages
+from mwl.operations.activity import scanner_activity as scanner_activity_of
+from mwl.orders.edits import (
     STATUS,
     EditError,
     StepChanges,
@@ -38,9 +39,8 @@ from mwl.edits import (
     get_item,
     restore_step,
 )
-from mwl.order_entry import NewOrder, create_order
-from mwl.tokens import find_token, record_use, use_is_due
-from mwl.users import Role
+from mwl.orders.entry import NewOrder, create_order
+from mwl.worklist.daylist import items_for_day
 from web import openapi
 from web.display import dicom_date
 from web.openapi import Spec

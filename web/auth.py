@@ -24,8 +24,8 @@ from flask_wtf import FlaskForm
 from wtforms import PasswordField, StringField
 from wtforms.validators import DataRequired, Length
 
-from mwl.models import User
-from mwl.users import USERNAME_MAX_LENGTH, authenticate, get_user, normalize_username
+from mwl.admin.users import USERNAME_MAX_LENGTH, authenticate, get_user, normalize_username
+from mwl.store.models import User
 from web.store import db_session, state
 
 logger = logging.getLogger(__name__)

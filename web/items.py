@@ -14,8 +14,9 @@ from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
 from flask_login import current_user
 
+from mwl.admin.users import Role
 from mwl.domain import HIDDEN_BY_DEFAULT, SpsStatus, WorklistItem
-from mwl.edits import (
+from mwl.orders.edits import (
     PERFORMED,
     EditError,
     StepChanges,
@@ -26,10 +27,9 @@ from mwl.edits import (
     is_temporary_patient_id,
     restore_step,
 )
-from mwl.item_history import audit_trail, messages_for_item, performed_steps_for_item
-from mwl.order_entry import NewOrder, create_order, known_stations
-from mwl.users import Role
-from mwl.values import PRIORITIES, SEXES
+from mwl.orders.entry import NewOrder, create_order, known_stations
+from mwl.orders.history import audit_trail, messages_for_item, performed_steps_for_item
+from mwl.orders.values import PRIORITIES, SEXES
 from web.roles import has_role, role_required
 from web.store import db_session, state, writer
 

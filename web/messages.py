@@ -13,21 +13,21 @@ from flask_babel import gettext as _
 from flask_login import current_user
 from werkzeug.routing import BuildError
 
-from mwl.activity import (
+from mwl.admin.users import Role
+from mwl.operations.activity import (
     MessageFilter,
     message_changes,
     message_detail,
     recent_messages,
 )
-from mwl.audit import events_for_subject
-from mwl.message_view import (
+from mwl.operations.audit import events_for_subject
+from mwl.operations.message_view import (
     REPROCESSABLE_OUTCOMES,
     MessageView,
     ReprocessOutcome,
     ReprocessRefusal,
     reprocess_subject,
 )
-from mwl.users import Role
 from web.roles import has_role, role_required
 from web.store import db_session, state
 
@@ -35,7 +35,7 @@ bp = Blueprint("messages", __name__)
 
 PAGE_SIZE = 100
 OUTCOMES = ("AA", "AE", "AR", "RECEIVED")
-# MSH-9 as the log stores it (mwl.models.Hl7Message.message_type: 32 characters).
+# MSH-9 as the log stores it (mwl.store.models.Hl7Message.message_type: 32 characters).
 TYPE_LENGTH = 32
 _TYPE = re.compile(r"[A-Z0-9_^]*")
 # Endpoint of one worklist item's page (web/items.py), linked when it exists.

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mwl.domain import SpsStatus, WorklistItem
-from mwl.values import PRIORITIES, SEXES
+from mwl.orders.values import PRIORITIES, SEXES
 
 API_VERSION = "1.0.0"
 # Database keys are INTEGER columns; a larger number cannot name a row, and SQLite
@@ -17,7 +17,7 @@ API_VERSION = "1.0.0"
 KEY_MAX = 2**31 - 1
 
 # Values a modality receives: no control characters and no backslash, the DICOM
-# value separator (PS3.5 6.2). The same rule as mwl.values, written as a pattern.
+# value separator (PS3.5 6.2). The same rule as mwl.orders.values, written as a pattern.
 _CONTROL = r"\x00-\x1f\x7f-\x9f"
 TEXT = rf"^[^\\{_CONTROL}]*$"
 # Free text that is never sent to a modality (a reason, a search).
@@ -157,7 +157,7 @@ REASON = Spec(
     "Why (kept in the audit trail).", max_length=255, pattern=PLAIN, example="Patient asked"
 )
 
-# The fields of POST /items (mwl.order_entry.NewOrder).
+# The fields of POST /items (mwl.orders.entry.NewOrder).
 ORDER_FIELDS: Mapping[str, Spec] = {
     "modality": _MODALITY,
     "scheduled_station_ae_title": dataclasses.replace(
@@ -194,7 +194,7 @@ ORDER_FIELDS: Mapping[str, Spec] = {
 }
 REQUIRED_ORDER_FIELDS = ("modality",)
 
-# The fields of PATCH /items/{key} (mwl.edits.StepChanges) and the reason.
+# The fields of PATCH /items/{key} (mwl.orders.edits.StepChanges) and the reason.
 CHANGE_FIELDS: Mapping[str, Spec] = {
     "patient_name": _pn("Patient's Name (Family^Given).", "Doe^Jane"),
     "patient_birth_date": _BIRTH_DATE,

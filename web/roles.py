@@ -10,7 +10,7 @@ from flask import abort
 from flask_babel import gettext
 from flask_login import current_user, login_required
 
-from mwl.users import Role
+from mwl.admin.users import Role
 
 P = ParamSpec("P")
 R = TypeVar("R")

@@ -24,10 +24,9 @@ from wtforms.validators import (
     ValidationError,
 )
 
-from mwl.activity import scanner_activity
-from mwl.daylist import items_for_day
 from mwl.domain import KeyMatch, MatchKind, SpsStatus, WorklistItem, WorklistQuery
-from mwl.querylog import (
+from mwl.operations.activity import scanner_activity
+from mwl.operations.querylog import (
     AskedKey,
     LoggedQuery,
     ae_history,
@@ -36,7 +35,8 @@ from mwl.querylog import (
     typical_key_sets,
     typical_keys_by_ae,
 )
-from mwl.worklist import find_items
+from mwl.worklist.daylist import items_for_day
+from mwl.worklist.matching import find_items
 from web.store import QueryPreviewer, db_session, state
 
 bp = Blueprint("scanners", __name__)

@@ -12,8 +12,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mwl.config import Settings
 from mwl.domain import WorklistItem
-from mwl.item_history import AttributeRow
-from mwl.message_view import MessageView, ReprocessOutcome
+from mwl.operations.message_view import MessageView, ReprocessOutcome
+from mwl.orders.history import AttributeRow
 from web.ratelimit import LoginRateLimiter
 
 # What the composition root lends the web page from the other adapters, so that the

@@ -13,8 +13,8 @@ from flask_wtf import FlaskForm
 from wtforms import StringField
 from wtforms.validators import Length
 
-from mwl.tokens import NAME_MAX_LENGTH, TokenError, create_token, list_tokens, revoke_token
-from mwl.users import Role
+from mwl.admin.tokens import NAME_MAX_LENGTH, TokenError, create_token, list_tokens, revoke_token
+from mwl.admin.users import Role
 from web.api import PREFIX
 from web.roles import has_role
 from web.store import db_session, rollback_session, writer

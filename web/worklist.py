@@ -16,8 +16,8 @@ from flask_babel import ngettext
 from flask_babel.speaklater import LazyString
 from flask_login import login_required
 
-from mwl.daylist import ModalityCount, items_for_day, modality_counts
 from mwl.domain import SpsStatus
+from mwl.worklist.daylist import ModalityCount, items_for_day, modality_counts
 from web.store import db_session
 
 bp = Blueprint("worklist", __name__)

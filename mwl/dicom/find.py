@@ -33,7 +33,7 @@ from mwl.dicom.query import ParsedIdentifier, parse_identifier
 from mwl.dicom.response import ResponseBuilder
 from mwl.domain import WorklistQuery
 from mwl.errors import InvalidQueryError
-from mwl.worklist import StoredItem, find_stored_items
+from mwl.worklist.matching import StoredItem, find_stored_items
 
 SUCCESS = int(Status.SUCCESS)
 PENDING = int(Status.PENDING)

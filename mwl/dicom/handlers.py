@@ -19,6 +19,7 @@ from pynetdicom.status import Status
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from mwl.admin.overrides import LiveSettings, current_settings
 from mwl.config import Settings
 from mwl.dicom.find import (
     FAILURE_IDENTIFIER_DOES_NOT_MATCH,
@@ -32,9 +33,8 @@ from mwl.dicom.find import (
 )
 from mwl.dicom.net.messages import DatasetTooLargeError, encode_data_set
 from mwl.dicom.net.service import AnswerEnd, DimseRequest, FindAnswer
-from mwl.overrides import LiveSettings, current_settings
-from mwl.querylog import QueryRecord, record_query
-from mwl.worklist import StoredItem
+from mwl.operations.querylog import QueryRecord, record_query
+from mwl.worklist.matching import StoredItem
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ def handle_find(
     session_factory
         Makes the units of work: one to read the worklist, one to log the query.
     settings
-        The broker's settings, or :class:`~mwl.overrides.LiveSettings` to follow
+        The broker's settings, or :class:`~mwl.admin.overrides.LiveSettings` to follow
         changes made on the admin page (calling-AE profiles: response character set,
         station coercion, date window, statuses, match limit).
 

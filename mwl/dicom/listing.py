@@ -18,7 +18,7 @@ from mwl.dicom import keys as keytable
 from mwl.dicom.keys import Level
 from mwl.dicom.response import build_response
 from mwl.domain import WorklistItem
-from mwl.item_history import AttributeRow
+from mwl.orders.history import AttributeRow
 
 ITEM_TAG = "(FFFE,E000)"
 

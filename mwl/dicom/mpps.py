@@ -2,7 +2,7 @@
 
 Thin, as the C-FIND handler: validate and translate the attribute list into a
 :class:`~mwl.domain.PerformedStep` (pure functions, tested without sockets), call
-:mod:`mwl.mpps` in one unit of work, and map its errors to named DIMSE statuses
+:mod:`mwl.worklist.mpps` in one unit of work, and map its errors to named DIMSE statuses
 with an Error Comment that says what to fix.
 """
 
@@ -27,7 +27,7 @@ from mwl.config import Settings
 from mwl.dicom.net.messages import DatasetTooLargeError
 from mwl.dicom.net.service import DimseRequest
 from mwl.domain import MppsStatus, PerformedStep, ScheduledStepReference
-from mwl.mpps import (
+from mwl.worklist.mpps import (
     DuplicateMppsError,
     InvalidMppsError,
     MppsFinalError,

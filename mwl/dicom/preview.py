@@ -4,7 +4,7 @@ The preview runs the C-FIND pipeline of the SCP (:mod:`mwl.dicom.find`): the
 calling-AE check, the profile, the translation of the Identifier, the worklist
 query and the response builder, so what the admin page shows is what the modality
 gets. Explanations judge each condition of the effective query
-with the worklist's own SQL (:func:`mwl.worklist.build_statement`), one condition
+with the worklist's own SQL (:func:`mwl.worklist.matching.build_statement`), one condition
 at a time and restricted to one step, so their semantics cannot drift from the
 real matching. Nothing here writes to the database or to the query log.
 """
@@ -28,6 +28,7 @@ from pydicom.tag import Tag
 from pynetdicom.status import Status
 from sqlalchemy.orm import Session, sessionmaker
 
+from mwl.admin.overrides import LiveSettings, current_settings
 from mwl.config import Settings
 from mwl.dicom import keys as keytable
 from mwl.dicom.find import (
@@ -49,9 +50,8 @@ from mwl.domain import (
     WorklistItem,
     WorklistQuery,
 )
-from mwl.models import ScheduledProcedureStep
-from mwl.overrides import LiveSettings, current_settings
-from mwl.worklist import START_TIME, STATUS, build_statement, worklist_item
+from mwl.store.models import ScheduledProcedureStep
+from mwl.worklist.matching import START_TIME, STATUS, build_statement, worklist_item
 
 SUCCESS = int(Status.SUCCESS)
 
@@ -531,7 +531,7 @@ def preview_query(
         The AE title the modality calls with.
     identifier
         The request Identifier: a ``Dataset``, or DICOM JSON as the query log
-        stores it (:attr:`mwl.models.QueryLogEntry.identifier_json`).
+        stores it (:attr:`mwl.store.models.QueryLogEntry.identifier_json`).
     peer_host
         The modality's IP address, for profiles bound to a host.
     today
@@ -651,7 +651,7 @@ def explain_exclusion(
 
     Each key of the effective query, the SPS start window, the status filter and
     the match limit are checked by running the worklist's own ``SELECT``
-    (:func:`mwl.worklist.build_statement`) with that condition alone, restricted
+    (:func:`mwl.worklist.matching.build_statement`) with that condition alone, restricted
     to the step, so a verdict is what the real query decides for that condition.
     When ``dicom_restrict_calling_ae`` is on, whether the AE may query at all is
     the first condition.
@@ -805,7 +805,7 @@ class WorklistPreviewer:
     Parameters
     ----------
     settings
-        The broker's settings as the SCP got them: a :class:`~mwl.overrides.LiveSettings`
+        The broker's settings as the SCP got them: a :class:`~mwl.admin.overrides.LiveSettings`
         when the SCP follows changes made on the admin page, so the preview does too.
     session_factory
         Read sessions on the worklist database.

@@ -11,7 +11,7 @@ from pydicom.charset import python_encoding
 from mwl.config import DicomAeProfile, Settings
 from mwl.domain import KeyMatch, MatchKind, SpsStatus, WorklistQuery
 from mwl.errors import SettingsError
-from mwl.worklist import START_TIME, STATUS
+from mwl.worklist.matching import START_TIME, STATUS
 
 _STATION = "scheduled_station_ae_title"
 

@@ -21,7 +21,7 @@ from mwl.dicom import keys as keytable
 from mwl.dicom.keys import START, KeySpec, Level
 from mwl.domain import KeyMatch, MatchKind, SpsStatus, WorklistQuery
 from mwl.errors import InvalidQueryError
-from mwl.worklist import START_TIME, STATUS
+from mwl.worklist.matching import START_TIME, STATUS
 
 # VRs whose values may hold wildcards (PS3.4 C.2.2.2.4).
 WILDCARD_VRS = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"})

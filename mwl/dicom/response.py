@@ -17,7 +17,7 @@ that. Both give the same bytes (tests/dicom/test_response.py compares them).
 Modalities ask the same question again and again (their list every minute or
 so), so the written Identifiers are kept: :data:`ENCODED` maps (request shape,
 transfer syntax, item) to bytes, the item being a WorklistItem or the row it is
-made from (:class:`~mwl.worklist.StoredItem`, which then need not be made at all).
+made from (:class:`~mwl.worklist.matching.StoredItem`, which then need not be made at all).
 The key holds the item's whole content, so a changed item is a new key and can
 never get old bytes; the oldest entries go once
 the cache holds :data:`ENCODED_BUDGET` bytes (first in, first out: a hit then costs
@@ -48,7 +48,7 @@ from pydicom.valuerep import PersonName
 from mwl.dicom import keys as keytable
 from mwl.dicom.keys import START, KeySpec, Level
 from mwl.domain import Code, WorklistItem
-from mwl.worklist import StoredItem
+from mwl.worklist.matching import StoredItem
 
 # Unicode in UTF-8 unless a profile asks for another character set.
 DEFAULT_CHARSET = "ISO_IR 192"

@@ -14,6 +14,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # names made a
 from sqlalchemy.orm import Session, sessionmaker
 
 import mwl
+from mwl.admin.overrides import LiveSettings, current_settings
 from mwl.config import Settings
 from mwl.dicom.find import caller_refusal
 from mwl.dicom.handlers import handle_echo, handle_find
@@ -29,7 +30,6 @@ from mwl.dicom.net.server import AssociationLimits, AssociationServer
 from mwl.dicom.net.service import Services
 from mwl.dicom.net.tls import ReloadingContext, TlsFiles
 from mwl.dicom.profiles import check_profiles, find_profile
-from mwl.overrides import LiveSettings, current_settings
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class WorklistScp:
         waits for the HL7 writer.
     writer_factory
         Makes one unit of work per MPPS N-CREATE/N-SET (writing); a writer factory
-        (:func:`mwl.db.make_session_factory` with ``writer=True``). Defaults to
+        (:func:`mwl.store.engine.make_session_factory` with ``writer=True``). Defaults to
         ``session_factory``.
     live_settings
         When given, the worklist policy (profiles, calling-AE restriction, match

@@ -18,7 +18,7 @@ from hl7apy import SUPPORTED_LIBRARIES, load_reference
 from hl7apy.exceptions import HL7apyException
 
 from mwl.hl7.parse import Hl7MessageError, MessageHeader, Segment, safe_header, split_segments
-from mwl.message_view import ComponentView, FieldView, MessageView, SegmentView
+from mwl.operations.message_view import ComponentView, FieldView, MessageView, SegmentView
 
 FALLBACK_VERSION = "2.5"
 

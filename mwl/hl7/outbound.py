@@ -117,7 +117,11 @@ def render(
             escape(control_id),
             "P",
             VERSION,
-            "", "", "", "", "",
+            "",
+            "",
+            "",
+            "",
+            "",
             CHARSET,
         ]
     )

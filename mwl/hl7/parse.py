@@ -22,7 +22,7 @@ from hl7apy.utils import get_datetime_info
 from mwl.config import Hl7StationRule, Settings
 from mwl.domain import Code, Order, PatientDemographics, RequestedProcedure, ScheduledStep
 from mwl.errors import MwlError
-from mwl.patients import PatientChange, PatientMessage
+from mwl.orders.patients import PatientChange, PatientMessage
 
 logger = logging.getLogger(__name__)
 
@@ -910,18 +910,14 @@ def _first(candidates: Sequence[tuple[str, str]], target: str) -> str:
     for index, (value, location) in enumerate(candidates):
         if value:
             if index:
-                logger.debug(
-                    "fallback: %s from %s (%s empty)", target, location, candidates[0][1]
-                )
+                logger.debug("fallback: %s from %s (%s empty)", target, location, candidates[0][1])
             return value
     return ""
 
 
 def _comments(notes: Sequence[Segment]) -> str:
     """Requested Procedure Comments (LT): NTE-3 of the order's NTE segments, line by line."""
-    lines = [
-        note.get(3, repetition=r) for note in notes for r in range(len(note.repetitions(3)))
-    ]
+    lines = [note.get(3, repetition=r) for note in notes for r in range(len(note.repetitions(3)))]
     # LT allows CR LF and 10240 characters (PS3.5 6.2).
     return "\r\n".join(line for line in lines if line)[:10240]
 

@@ -14,19 +14,19 @@ from collections.abc import Callable
 from sqlalchemy.exc import DataError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from mwl.audit import record_event
 from mwl.config import Settings
 from mwl.hl7.parse import safe_header
 from mwl.hl7.server import MessageProcessor, rejection
-from mwl.message_view import (
+from mwl.operations.audit import record_event
+from mwl.operations.message_view import (
     REPROCESS_ACTION,
     REPROCESSABLE_OUTCOMES,
     ReprocessOutcome,
     ReprocessRefusal,
     reprocess_subject,
 )
-from mwl.messages import RECEIVED, original_ack, record_outcome
-from mwl.models import Hl7Message
+from mwl.operations.messages import RECEIVED, original_ack, record_outcome
+from mwl.store.models import Hl7Message
 
 logger = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 Delivery is at least once and in order per order: a message counts as delivered
 only when the RIS answers AA for its MSH-10 (HL7 v2.5.1 2.9, original mode), and
 the next message of that order is not sent before. Everything it knows is in the
-outbox table (:mod:`mwl.outbox`); a restarted broker continues where it stopped.
+outbox table (:mod:`mwl.operations.outbox`); a restarted broker continues where it stopped.
 MSH-10 stays the same on every retry, so a RIS can recognise a repeat after a lost
 ACK.
 """
@@ -23,8 +23,8 @@ from mwl.config import Settings
 from mwl.hl7.client import ack_summary
 from mwl.hl7.mllp import FramingError, MllpFramer, frame
 from mwl.hl7.outbound import OutboundOptions, render
-from mwl.lease import SingletonLease
-from mwl.outbox import NO_ACK, OutboxItem, RetryPolicy, due_messages, record_attempt
+from mwl.operations.outbox import NO_ACK, OutboxItem, RetryPolicy, due_messages, record_attempt
+from mwl.store.leases import SingletonLease
 
 logger = logging.getLogger(__name__)
 
@@ -154,7 +154,10 @@ class OutboxSender:
             else:
                 logger.warning(
                     "RIS delivery of %s: %s%s; now %s",
-                    item.control_id, outcome, f" ({error})" if error else "", state,
+                    item.control_id,
+                    outcome,
+                    f" ({error})" if error else "",
+                    state,
                 )
             if outcome == NO_ACK:
                 # The RIS is unreachable or silent: stop this round and wait.
@@ -175,8 +178,9 @@ class OutboxSender:
                 if acked_id == item.control_id:
                     break
                 # An ACK for an earlier message whose answer came too late: skip it.
-                logger.info("RIS sent an ACK for %s while %s was expected", acked_id or "-",
-                            item.control_id)
+                logger.info(
+                    "RIS sent an ACK for %s while %s was expected", acked_id or "-", item.control_id
+                )
         except (OSError, FramingError) as exc:
             self._close()
             return NO_ACK, None, f"{type(exc).__name__}: {exc}"[:500]

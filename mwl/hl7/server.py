@@ -29,6 +29,7 @@ from typing import Any
 from sqlalchemy.exc import DataError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from mwl.admin.overrides import LiveSettings
 from mwl.config import Settings
 from mwl.domain import Order, PatientDemographics, SpsStatus
 from mwl.errors import InvalidOrderError, SettingsError
@@ -47,11 +48,10 @@ from mwl.hl7.parse import (
     parse_message,
     safe_header,
 )
-from mwl.message_links import link_order, link_patient
-from mwl.messages import original_ack, record_message
-from mwl.orders import OrderOutcome, apply_order, status_table
-from mwl.overrides import LiveSettings
-from mwl.patients import PatientAction, PatientMessage, apply_patient_message
+from mwl.operations.messages import original_ack, record_message
+from mwl.orders.apply import OrderOutcome, apply_order, status_table
+from mwl.orders.message_links import link_order, link_patient
+from mwl.orders.patients import PatientAction, PatientMessage, apply_patient_message
 
 logger = logging.getLogger(__name__)
 
@@ -272,7 +272,7 @@ class Hl7Server:
         ``bind_address``, ``hl7_port`` (0: any free port), ``hl7_idle_timeout_seconds``,
         ``hl7_max_frame_bytes``, the mapping settings and ``log_phi`` are used.
     session_factory
-        A writer session factory (:func:`mwl.db.make_session_factory` with
+        A writer session factory (:func:`mwl.store.engine.make_session_factory` with
         ``writer=True``); each message is one or two units of work.
     live_settings
         When given, the mapping and routing settings and the accepted senders are

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mwl.db import make_engine, make_session_factory
-from mwl.migrate import upgrade
-from mwl.tokens import authenticate_token, list_tokens
-from mwl.users import add_user, authenticate, list_users
+from mwl.admin.tokens import authenticate_token, list_tokens
+from mwl.admin.users import add_user, authenticate, list_users
+from mwl.store.engine import make_engine, make_session_factory
+from mwl.store.migrate import upgrade
 from tests.serve import broker_env, run_mwl
 
 

@@ -10,7 +10,6 @@ from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from mwl.daylist import ModalityCount, day_statement, items_for_day, modality_counts, text_terms
 from mwl.domain import (
     Code,
     Order,
@@ -19,8 +18,15 @@ from mwl.domain import (
     ScheduledStep,
     SpsStatus,
 )
-from mwl.models import ScheduledProcedureStep
-from mwl.orders import apply_order
+from mwl.orders.apply import apply_order
+from mwl.store.models import ScheduledProcedureStep
+from mwl.worklist.daylist import (
+    ModalityCount,
+    day_statement,
+    items_for_day,
+    modality_counts,
+    text_terms,
+)
 
 DAY = dt.date(2026, 11, 21)
 

@@ -7,7 +7,6 @@ import datetime as dt
 import pytest
 from sqlalchemy import func, select
 
-from mwl.audit import events_for_step
 from mwl.config import Settings
 from mwl.domain import (
     Order,
@@ -17,7 +16,9 @@ from mwl.domain import (
     SpsStatus,
     WorklistQuery,
 )
-from mwl.edits import (
+from mwl.operations.audit import events_for_step
+from mwl.orders.apply import apply_order
+from mwl.orders.edits import (
     EditError,
     StepChanges,
     UnknownStepError,
@@ -26,8 +27,8 @@ from mwl.edits import (
     get_item,
     restore_step,
 )
-from mwl.item_history import audit_trail, messages_for_item, performed_steps_for_item
-from mwl.models import (
+from mwl.orders.history import audit_trail, messages_for_item, performed_steps_for_item
+from mwl.store.models import (
     AuditEvent,
     Hl7Message,
     Hl7MessageLink,
@@ -36,9 +37,8 @@ from mwl.models import (
     ScheduledProcedureStep,
     mpps_sps,
 )
-from mwl.models import RequestedProcedure as ProcedureRow
-from mwl.orders import apply_order
-from mwl.worklist import find_items
+from mwl.store.models import RequestedProcedure as ProcedureRow
+from mwl.worklist.matching import find_items
 
 START = dt.datetime(2026, 11, 21, 9, 30)
 TODAY = dt.date(2026, 11, 21)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from alembic import command
 from sqlalchemy import inspect
 
-from mwl.db import make_engine
-from mwl.migrate import alembic_config, downgrade, upgrade
+from mwl.store.engine import make_engine
+from mwl.store.migrate import alembic_config, downgrade, upgrade
 
 
 def test_upgrade_check_downgrade_upgrade(database_url: str):

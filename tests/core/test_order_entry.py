@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from mwl.audit import events_for_step
 from mwl.config import Hl7StationRule, Settings, load_settings
 from mwl.domain import (
     Order,
@@ -19,13 +18,14 @@ from mwl.domain import (
     SpsStatus,
     WorklistQuery,
 )
-from mwl.edits import EditError
 from mwl.errors import SettingsError
-from mwl.models import AuditEvent, Patient
-from mwl.models import RequestedProcedure as ProcedureRow
-from mwl.order_entry import SENDING_APPLICATION, NewOrder, create_order
-from mwl.orders import apply_order
-from mwl.worklist import find_items
+from mwl.operations.audit import events_for_step
+from mwl.orders.apply import apply_order
+from mwl.orders.edits import EditError
+from mwl.orders.entry import SENDING_APPLICATION, NewOrder, create_order
+from mwl.store.models import AuditEvent, Patient
+from mwl.store.models import RequestedProcedure as ProcedureRow
+from mwl.worklist.matching import find_items
 
 NOW = dt.datetime(2026, 11, 21, 10, 15, 42)
 

@@ -10,9 +10,9 @@ from sqlalchemy import func, select, update
 
 from mwl.domain import Order, PatientDemographics, RequestedProcedure, ScheduledStep, SpsStatus
 from mwl.errors import InvalidOrderError
-from mwl.models import Patient, ScheduledProcedureStep
-from mwl.models import RequestedProcedure as ProcedureRow
-from mwl.orders import OrderAction, apply_order
+from mwl.orders.apply import OrderAction, apply_order
+from mwl.store.models import Patient, ScheduledProcedureStep
+from mwl.store.models import RequestedProcedure as ProcedureRow
 
 
 def make_order(control: str = "NW", status: str = "SC", steps: tuple[str, ...] = ("S1",)) -> Order:

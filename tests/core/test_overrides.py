@@ -13,12 +13,7 @@ from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from mwl.audit import events_for_subject
-from mwl.config import DicomAeProfile, Hl7StationRule, Settings, convert_setting
-from mwl.db import make_session_factory
-from mwl.errors import SettingsError
-from mwl.models import AuditEvent, SettingOverride
-from mwl.overrides import (
+from mwl.admin.overrides import (
     EDITABLE,
     SOURCE_DEFAULT,
     SOURCE_FILE,
@@ -34,6 +29,11 @@ from mwl.overrides import (
     set_overrides,
     stored_overrides,
 )
+from mwl.config import DicomAeProfile, Hl7StationRule, Settings, convert_setting
+from mwl.errors import SettingsError
+from mwl.operations.audit import events_for_subject
+from mwl.store.engine import make_session_factory
+from mwl.store.models import AuditEvent, SettingOverride
 from tests.databases import fresh_database_url
 
 RICH = Settings(
@@ -353,7 +353,7 @@ def test_live_settings_keep_the_last_good_ones_when_a_stored_value_is_bad(
             .where(SettingOverride.name == "dicom_max_matches")
             .values(value_json="-9")
         )
-    with caplog.at_level(logging.WARNING, logger="mwl.overrides"):
+    with caplog.at_level(logging.WARNING, logger="mwl.admin.overrides"):
         for _ in range(3):
             assert live.current().dicom_max_matches == 3
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
@@ -374,7 +374,7 @@ def test_live_settings_keep_the_last_good_ones_when_the_database_fails(
     with engine.begin() as conn:
         conn.execute(text("ALTER TABLE setting_override RENAME TO setting_override_away"))
     try:
-        with caplog.at_level(logging.WARNING, logger="mwl.overrides"):
+        with caplog.at_level(logging.WARNING, logger="mwl.admin.overrides"):
             assert live.current().hl7_missing_start == "reject"
             assert live.current().hl7_missing_start == "reject"
     finally:
@@ -385,7 +385,7 @@ def test_live_settings_keep_the_last_good_ones_when_the_database_fails(
 
 
 def test_live_settings_before_any_good_read_are_the_base(tmp_path, settings: Settings) -> None:
-    from mwl.db import make_engine
+    from mwl.store.engine import make_engine
 
     broken = make_engine(f"sqlite:///{tmp_path / 'missing' / 'dir' / 'mwl.db'}")
     try:

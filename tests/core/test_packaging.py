@@ -19,14 +19,27 @@ def wheel_names(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
     # which would hide files the package data no longer names.
     source = tmp_path_factory.mktemp("source") / "mwl"
     shutil.copytree(
-        ROOT, source,
-        ignore=shutil.ignore_patterns("build", "*.egg-info", ".git", ".venv", "__pycache__",
-                                      ".pytest_cache", ".hypothesis", "tests", "bench", "*.db*"),
+        ROOT,
+        source,
+        ignore=shutil.ignore_patterns(
+            "build",
+            "*.egg-info",
+            ".git",
+            ".venv",
+            "__pycache__",
+            ".pytest_cache",
+            ".hypothesis",
+            "tests",
+            "bench",
+            "*.db*",
+        ),
     )
     out = tmp_path_factory.mktemp("wheel")
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(source)],
-        check=True, capture_output=True, timeout=300,
+        check=True,
+        capture_output=True,
+        timeout=300,
     )
     (wheel,) = out.glob("mwl-*.whl")
     with zipfile.ZipFile(wheel) as archive:

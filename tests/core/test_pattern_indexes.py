@@ -9,8 +9,8 @@ from __future__ import annotations
 from sqlalchemy import inspect
 from sqlalchemy.engine import Engine
 
-from mwl.db import make_engine
-from mwl.migrate import downgrade, upgrade
+from mwl.store.engine import make_engine
+from mwl.store.migrate import downgrade, upgrade
 
 PATTERN_INDEXES = {
     "ix_patient_patient_id": ("patient", "patient_id"),

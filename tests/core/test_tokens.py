@@ -1,4 +1,4 @@
-"""API tokens (mwl.tokens) against the migrated database."""
+"""API tokens (mwl.admin.tokens) against the migrated database."""
 
 from __future__ import annotations
 
@@ -8,9 +8,7 @@ import hashlib
 import pytest
 from sqlalchemy import select
 
-from mwl.errors import UserError
-from mwl.models import ApiToken
-from mwl.tokens import (
+from mwl.admin.tokens import (
     TokenError,
     authenticate_token,
     create_token,
@@ -18,7 +16,9 @@ from mwl.tokens import (
     list_tokens,
     revoke_token,
 )
-from mwl.users import add_user, remove_user, set_role
+from mwl.admin.users import add_user, remove_user, set_role
+from mwl.errors import UserError
+from mwl.store.models import ApiToken
 
 T0 = dt.datetime(2030, 5, 6, 7, 8, 9)
 

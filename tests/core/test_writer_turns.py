@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import event, text
 
-from mwl.db import make_engine, make_session_factory
-from mwl.migrate import upgrade
-from mwl.models import AuditEvent
+from mwl.store.engine import make_engine, make_session_factory
+from mwl.store.migrate import upgrade
+from mwl.store.models import AuditEvent
 
 
 @pytest.fixture

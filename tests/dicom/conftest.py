@@ -21,11 +21,11 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from mwl.config import Settings
-from mwl.db import make_engine, make_session_factory
 from mwl.dicom.scp import WorklistScp
 from mwl.domain import Code, Order, PatientDemographics, RequestedProcedure, ScheduledStep
-from mwl.migrate import upgrade
-from mwl.orders import apply_order
+from mwl.orders.apply import apply_order
+from mwl.store.engine import make_engine, make_session_factory
+from mwl.store.migrate import upgrade
 from tests.databases import fresh_database_url
 
 CLIENT_TIMEOUT = 20.0
@@ -90,40 +90,70 @@ D = dt.datetime
 # The sample worklist: 6 visible steps and one canceled.
 SAMPLE_ORDERS: tuple[Order, ...] = (
     order(
-        "P1", "Müller^Hans", "ACC1",
-        (step("S1", "CT", "CT01", D(2026, 11, 21, 9, 0), "CT head",
-              (Code("P-HEAD", "99LOCAL", "Head protocol"), Code("P-CON", "99LOCAL", "Contrast"))),),
-        birth_date="19700101", sex="M",
-        rp_code=Code("RPC1", "99LOCAL", "CT Head"), description="CT of the head",
+        "P1",
+        "Müller^Hans",
+        "ACC1",
+        (
+            step(
+                "S1",
+                "CT",
+                "CT01",
+                D(2026, 11, 21, 9, 0),
+                "CT head",
+                (Code("P-HEAD", "99LOCAL", "Head protocol"), Code("P-CON", "99LOCAL", "Contrast")),
+            ),
+        ),
+        birth_date="19700101",
+        sex="M",
+        rp_code=Code("RPC1", "99LOCAL", "CT Head"),
+        description="CT of the head",
     ),
     order(
-        "P2", "Doe^Jane", "ACC2",
-        (step("S2", "MR", "MR01", D(2026, 11, 21, 14, 30), "MR knee_left 100%"),
-         step("S3", "MR", "MR01", D(2026, 11, 22, 8, 0), "MR kneeXleft 100X")),
-        birth_date="19800202", sex="F",
+        "P2",
+        "Doe^Jane",
+        "ACC2",
+        (
+            step("S2", "MR", "MR01", D(2026, 11, 21, 14, 30), "MR knee_left 100%"),
+            step("S3", "MR", "MR01", D(2026, 11, 22, 8, 0), "MR kneeXleft 100X"),
+        ),
+        birth_date="19800202",
+        sex="F",
     ),
     order(
-        "P3", "Øster^Émile", "ACC3",
+        "P3",
+        "Øster^Émile",
+        "ACC3",
         (step("S4", "US", "US01", D(2026, 11, 23, 10, 0), "US abdomen"),),
-        birth_date="19900303", sex="M",
+        birth_date="19900303",
+        sex="M",
     ),
     order(
-        "P4", "Smith^John", "",  # no accession number: Type 2, stored empty
+        "P4",
+        "Smith^John",
+        "",  # no accession number: Type 2, stored empty
         (step("S5", "CT", "CT02", D(2026, 11, 21, 23, 30), "CT chest"),),
     ),
     order(
-        "P6", "Doe^John", "ACC6",
+        "P6",
+        "Doe^John",
+        "ACC6",
         (step("S6", "CR", "CR01", D(2026, 11, 20, 7, 15), "CR thorax"),),
-        birth_date="19500505", sex="M",
+        birth_date="19500505",
+        sex="M",
     ),
     order(
-        "P5", "Cancel^Me", "ACC5",
+        "P5",
+        "Cancel^Me",
+        "ACC5",
         (step("S7", "CT", "CT01", D(2026, 11, 21, 10, 0), "CT canceled"),),
     ),
     order(
-        "P5", "Cancel^Me", "ACC5",
+        "P5",
+        "Cancel^Me",
+        "ACC5",
         (step("S7", "CT", "CT01", D(2026, 11, 21, 10, 0), "CT canceled"),),
-        control="CA", status="CA",
+        control="CA",
+        status="CA",
     ),
 )
 
@@ -209,7 +239,9 @@ def c_find(
     ae.add_requested_context(ModalityWorklistInformationFind)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = CLIENT_TIMEOUT
     assoc = ae.associate(
-        address[0], address[1], ae_title=called_ae,
+        address[0],
+        address[1],
+        ae_title=called_ae,
         evt_handlers=[(evt.EVT_CONN_OPEN, _client_nodelay)],
     )
     assert assoc.is_established, "association rejected or failed"

@@ -13,14 +13,14 @@ from pynetdicom.status import Status
 from sqlalchemy import func, select
 
 from mwl.config import Settings
-from mwl.db import make_engine, make_session_factory
 from mwl.dicom.handlers import FAILURE_UNABLE_TO_PROCESS
 from mwl.dicom.scp import WorklistScp
 from mwl.domain import Order, PatientDemographics, RequestedProcedure, ScheduledStep
 from mwl.errors import SettingsError
-from mwl.migrate import upgrade
-from mwl.models import QueryLogEntry
-from mwl.orders import apply_order
+from mwl.orders.apply import apply_order
+from mwl.store.engine import make_engine, make_session_factory
+from mwl.store.migrate import upgrade
+from mwl.store.models import QueryLogEntry
 
 pytestmark = pytest.mark.e2e
 
@@ -30,12 +30,18 @@ MANY = 1500
 def many_steps_order() -> Order:
     start = dt.datetime(2026, 11, 21, 0, 0)
     steps = tuple(
-        ScheduledStep(f"M{i:05d}", modality="CT", scheduled_station_ae_title="CT01",
-                      start=start + dt.timedelta(minutes=i))
+        ScheduledStep(
+            f"M{i:05d}",
+            modality="CT",
+            scheduled_station_ae_title="CT01",
+            start=start + dt.timedelta(minutes=i),
+        )
         for i in range(MANY)
     )
     return Order(
-        "NW", "SC", PatientDemographics("PMANY", "HOSP", "Many^Steps"),
+        "NW",
+        "SC",
+        PatientDemographics("PMANY", "HOSP", "Many^Steps"),
         (RequestedProcedure("", "RPMANY", "ACCMANY", placer_order_number="PLMANY", steps=steps),),
         sending_facility="HOSP",
     )
@@ -113,7 +119,6 @@ def test_query_log_counts_one_row_per_c_find(engine, settings, find, identifier)
         assert session.scalar(select(func.count()).select_from(QueryLogEntry)) == 3
 
 
-
 def test_concurrent_queries_while_orders_are_written(engine, settings, find, identifier):
     """Readers (C-FIND) and a writer (the order service) at once: no query fails or waits out."""
     from concurrent.futures import ThreadPoolExecutor
@@ -128,8 +133,11 @@ def test_concurrent_queries_while_orders_are_written(engine, settings, find, ide
                 "", f"RPC{i}", f"ACCC{i}", placer_order_number=f"PLC{i}", steps=(step,)
             )
             order = Order(
-                "NW", "SC", PatientDemographics(f"PC{i}", "HOSP", f"Concurrent^{i}"),
-                (procedure,), sending_facility="HOSP",
+                "NW",
+                "SC",
+                PatientDemographics(f"PC{i}", "HOSP", f"Concurrent^{i}"),
+                (procedure,),
+                sending_facility="HOSP",
             )
             with writers.begin() as session:
                 apply_order(session, order)
@@ -164,7 +172,9 @@ def test_many_modalities_at_once_are_all_accepted_up_to_the_limit(engine, settin
             ae = AE(ae_title=f"MOD{index:02d}")
             ae.add_requested_context(ModalityWorklistInformationFind)
             assoc = ae.associate(
-                "127.0.0.1", scp.address[1], ae_title="MWLTEST",
+                "127.0.0.1",
+                scp.address[1],
+                ae_title="MWLTEST",
                 bind_address=(f"127.0.0.{index + 2}", 0),
             )
             open_associations.append(assoc)
@@ -202,7 +212,9 @@ def test_by_default_fifty_modalities_and_their_reconnects_are_all_accepted(tmp_p
             ae = AE(ae_title=f"MOD{index:02d}")
             ae.add_requested_context(ModalityWorklistInformationFind)
             assoc = ae.associate(
-                "127.0.0.1", scp.address[1], ae_title="MWLTEST",
+                "127.0.0.1",
+                scp.address[1],
+                ae_title="MWLTEST",
                 bind_address=(f"127.0.0.{index + 2}", 0),
             )
             open_associations.append(assoc)

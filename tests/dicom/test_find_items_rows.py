@@ -15,8 +15,8 @@ from mwl.domain import (
     SpsStatus,
     WorklistQuery,
 )
-from mwl.orders import apply_order
-from mwl.worklist import build_statement, find_items, worklist_item
+from mwl.orders.apply import apply_order
+from mwl.worklist.matching import build_statement, find_items, worklist_item
 from tests.dicom.conftest import SAMPLE_ORDERS
 
 # Every optional value set, two protocol codes, a requested procedure code.
@@ -24,9 +24,15 @@ DETAILED = Order(
     "NW",
     "SC",
     PatientDemographics(
-        "PDET", "HOSP", "Détail^Anna", "19910412", "F",
-        admission_id="ADM100", current_patient_location="WARD3",
-        pregnancy_status="3", allergies="Penicillin\\Iodine",
+        "PDET",
+        "HOSP",
+        "Détail^Anna",
+        "19910412",
+        "F",
+        admission_id="ADM100",
+        current_patient_location="WARD3",
+        pregnancy_status="3",
+        allergies="Penicillin\\Iodine",
     ),
     (
         RequestedProcedure(
@@ -37,14 +43,21 @@ DETAILED = Order(
             requested_procedure_priority="STAT",
             placer_order_number="PLDET",
             filler_order_number="FIDET",
-            institution_name="St. Mary", institutional_department_name="Radiology",
-            reason_for_the_requested_procedure="Pain", requested_procedure_comments="Note",
-            confidentiality_code="R", patient_transport_arrangements="WHLC",
-            patient_state="MRSA", medical_alerts="Pacemaker",
-            patient_weight="72.5", patient_size="1.68",
+            institution_name="St. Mary",
+            institutional_department_name="Radiology",
+            reason_for_the_requested_procedure="Pain",
+            requested_procedure_comments="Note",
+            confidentiality_code="R",
+            patient_transport_arrangements="WHLC",
+            patient_state="MRSA",
+            medical_alerts="Pacemaker",
+            patient_weight="72.5",
+            patient_size="1.68",
             steps=(
                 ScheduledStep(
-                    "SDET", modality="MR", scheduled_station_ae_title="MR01",
+                    "SDET",
+                    modality="MR",
+                    scheduled_station_ae_title="MR01",
                     start=dt.datetime(2026, 11, 24, 10, 15, 30),
                     scheduled_protocol_codes=(Code("P1", "99LOCAL", "A"), Code("P2", "L", "B")),
                 ),

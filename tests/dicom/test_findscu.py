@@ -68,13 +68,20 @@ def test_findscu_matching(scp, tmp_path, case, expected):
 
 def test_findscu_gets_only_requested_keys_in_utf8(scp, tmp_path):
     status, responses = findscu(
-        scp.address, tmp_path, "SpecificCharacterSet=ISO_IR 192", "PatientName", "PatientID=P3",
+        scp.address,
+        tmp_path,
+        "SpecificCharacterSet=ISO_IR 192",
+        "PatientName",
+        "PatientID=P3",
         f"{SPS}.Modality",
     )
     assert status == "Success"
     (response,) = responses
     assert {e.keyword for e in response} == {
-        "SpecificCharacterSet", "PatientName", "PatientID", "ScheduledProcedureStepSequence",
+        "SpecificCharacterSet",
+        "PatientName",
+        "PatientID",
+        "ScheduledProcedureStepSequence",
     }
     assert [e.keyword for e in response.ScheduledProcedureStepSequence[0]] == ["Modality"]
     assert str(response.PatientName) == "Øster^Émile"
@@ -82,7 +89,9 @@ def test_findscu_gets_only_requested_keys_in_utf8(scp, tmp_path):
 
 def test_findscu_malformed_date_fails_and_server_goes_on(scp, tmp_path):
     status, responses = findscu(
-        scp.address, tmp_path / "bad", *RETURN_KEYS,
+        scp.address,
+        tmp_path / "bad",
+        *RETURN_KEYS,
         f"{SPS}.ScheduledProcedureStepStartDate=2026-13-45",
     )
     assert "DoesNotMatchSOPClass" in status  # 0xA900

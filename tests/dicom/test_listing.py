@@ -8,12 +8,12 @@ import datetime as dt
 from pydicom.charset import python_encoding
 
 from mwl.config import Settings
-from mwl.db import make_session_factory
 from mwl.dicom.listing import ITEM_TAG, dataset_rows, item_attributes, universal_identifier
 from mwl.dicom.response import _codec
 from mwl.domain import Code, KeyMatch, MatchKind, SpsStatus, WorklistItem, WorklistQuery
-from mwl.values import CHARSET_CODECS
-from mwl.worklist import find_items
+from mwl.orders.values import CHARSET_CODECS
+from mwl.store.engine import make_session_factory
+from mwl.worklist.matching import find_items
 
 ITEM = WorklistItem(
     patient_name="Łukasz^Żółw",

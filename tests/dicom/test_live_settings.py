@@ -1,6 +1,6 @@
 """Trusted AEs and profiles changed on the admin page apply to the next association, no restart.
 
-A running SCP (real sockets, ephemeral port) with :class:`mwl.overrides.LiveSettings`;
+A running SCP (real sockets, ephemeral port) with :class:`mwl.admin.overrides.LiveSettings`;
 the changes are made through the settings page (Flask test client, CSRF on) as an
 admin would make them.
 """
@@ -18,12 +18,12 @@ from pynetdicom.sop_class import ModalityWorklistInformationFind
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from mwl.admin.overrides import LiveSettings
 from mwl.config import Settings
-from mwl.db import make_session_factory
 from mwl.dicom.scp import WorklistScp
 from mwl.domain import Order, PatientDemographics, RequestedProcedure, ScheduledStep
-from mwl.orders import apply_order
-from mwl.overrides import LiveSettings
+from mwl.orders.apply import apply_order
+from mwl.store.engine import make_session_factory
 from tests.settings_page import form_values, log_in_as, submit
 from web import create_app
 
@@ -150,8 +150,8 @@ def test_profile_changes_on_the_page_change_the_next_c_find(
 
 
 def test_response_charsets_offered_on_the_page_are_ones_the_scp_can_write() -> None:
+    from mwl.admin.overrides import RESPONSE_CHARSETS
     from mwl.dicom.profiles import check_charset
-    from mwl.overrides import RESPONSE_CHARSETS
 
     for term in RESPONSE_CHARSETS:
         check_charset(term, "dicom_response_charset")

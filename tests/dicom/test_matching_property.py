@@ -17,7 +17,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.engine import Engine
 
-from mwl.db import make_engine, make_session_factory
 from mwl.domain import (
     HIDDEN_BY_DEFAULT,
     KeyMatch,
@@ -26,14 +25,26 @@ from mwl.domain import (
     WorklistItem,
     WorklistQuery,
 )
-from mwl.migrate import upgrade
-from mwl.models import Patient, RequestedProcedure, ScheduledProcedureStep
-from mwl.names import name_search_key
-from mwl.worklist import PATIENT_NAME, START_TIME, STATUS, find_items
+from mwl.store.engine import make_engine, make_session_factory
+from mwl.store.migrate import upgrade
+from mwl.store.models import Patient, RequestedProcedure, ScheduledProcedureStep
+from mwl.worklist.matching import PATIENT_NAME, START_TIME, STATUS, find_items
+from mwl.worklist.names import name_search_key
 
 NAMES = [
-    "Müller^Hans", "MULLER^HANS", "muller", "Doe^Jane", "Doe^John^J", "DOE", "Øster^Émile",
-    "a_b^c%d", "x*y^z?w", "", "Ñandú^José", "Yamada^Tarou=山田^太郎", "Doe^^Mr",
+    "Müller^Hans",
+    "MULLER^HANS",
+    "muller",
+    "Doe^Jane",
+    "Doe^John^J",
+    "DOE",
+    "Øster^Émile",
+    "a_b^c%d",
+    "x*y^z?w",
+    "",
+    "Ñandú^José",
+    "Yamada^Tarou=山田^太郎",
+    "Doe^^Mr",
 ]
 TEXT = {
     "patient_id": ["P1", "P2", "p1", "P_1", "P%"],
@@ -123,8 +134,7 @@ def _name_matches(stored: str, key: KeyMatch) -> bool:
             pattern = ".*"
         else:
             pattern = r"\^".join(
-                _regex(c, key.kind is MatchKind.WILDCARD) if c else ".*"
-                for c in folded.split("^")
+                _regex(c, key.kind is MatchKind.WILDCARD) if c else ".*" for c in folded.split("^")
             )
         for candidate in (pattern, pattern + r"\^.*", pattern + "=.*"):
             if re.fullmatch(candidate, folded_stored, re.DOTALL):
@@ -224,7 +234,8 @@ _name_values = st.one_of(
 )
 _name_key = st.builds(
     lambda v, wild: KeyMatch(
-        PATIENT_NAME, MatchKind.WILDCARD if wild and ("*" in v or "?" in v) else MatchKind.SINGLE,
+        PATIENT_NAME,
+        MatchKind.WILDCARD if wild and ("*" in v or "?" in v) else MatchKind.SINGLE,
         (v,),
     ),
     _name_values,
@@ -233,17 +244,23 @@ _name_key = st.builds(
 _digits8 = st.sampled_from(BIRTH_DATES[:2] + ["19750615", "20000229", "2"])
 _birth_key = st.builds(
     lambda lo, hi: KeyMatch("patient_birth_date", MatchKind.RANGE, low=lo, high=hi),
-    st.none() | _digits8, st.none() | _digits8,
+    st.none() | _digits8,
+    st.none() | _digits8,
 )
 _hhmmss = st.builds(
     lambda h, m: f"{h:02d}{m:02d}00", st.integers(0, 23), st.sampled_from([0, 15, 59])
 )
 _time_key = st.builds(
     lambda lo, hi: KeyMatch(START_TIME, MatchKind.RANGE, low=lo, high=hi),
-    st.none() | _hhmmss, st.none() | _hhmmss,
+    st.none() | _hhmmss,
+    st.none() | _hhmmss,
 )
 _key = st.one_of(
-    *[_text_key(a) for a in TEXT], _name_key, _name_key, _birth_key, _time_key,
+    *[_text_key(a) for a in TEXT],
+    _name_key,
+    _name_key,
+    _birth_key,
+    _time_key,
 )
 _instant = st.builds(
     lambda minutes: BASE + dt.timedelta(minutes=minutes), st.integers(-60, 4 * 24 * 60)

@@ -23,13 +23,13 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from mwl.config import Settings
-from mwl.db import make_engine, make_session_factory
 from mwl.dicom.scp import WorklistScp
 from mwl.domain import Order, PatientDemographics, RequestedProcedure, ScheduledStep
 from mwl.hl7.client import ack_summary, send_messages
 from mwl.hl7.server import Hl7Server
-from mwl.migrate import upgrade
-from mwl.orders import apply_order
+from mwl.orders.apply import apply_order
+from mwl.store.engine import make_engine, make_session_factory
+from mwl.store.migrate import upgrade
 
 from .conftest import c_find
 
@@ -230,9 +230,10 @@ def test_hl7_order_over_mllp_then_c_find_returns_the_mapped_values(
 ) -> None:
     """End to end: the richer sample ORM over MLLP, then a pynetdicom C-FIND for its details."""
     raw = (samples_dir / "hl7" / SAMPLE).read_bytes()
-    with Hl7Server(settings, session_factory) as hl7, WorklistScp(
-        settings, session_factory
-    ) as dicom:
+    with (
+        Hl7Server(settings, session_factory) as hl7,
+        WorklistScp(settings, session_factory) as dicom,
+    ):
         (ack,) = send_messages(*hl7.address, [raw], timeout=10)
         assert ack_summary(ack)[:2] == ("AA", "MSG00020")
         ds = _query(

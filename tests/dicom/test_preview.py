@@ -15,7 +15,6 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from mwl.config import DicomAeProfile, Settings
-from mwl.db import make_session_factory
 from mwl.dicom.handlers import FAILURE_IDENTIFIER_DOES_NOT_MATCH, REFUSED_NOT_AUTHORIZED
 from mwl.dicom.preview import (
     CALLING_AE,
@@ -32,9 +31,10 @@ from mwl.dicom.preview import (
 )
 from mwl.dicom.scp import WorklistScp
 from mwl.domain import Order, PatientDemographics, RequestedProcedure, ScheduledStep
-from mwl.models import ScheduledProcedureStep
-from mwl.orders import apply_order
-from mwl.querylog import latest_query
+from mwl.operations.querylog import latest_query
+from mwl.orders.apply import apply_order
+from mwl.store.engine import make_session_factory
+from mwl.store.models import ScheduledProcedureStep
 
 pytestmark = pytest.mark.e2e
 

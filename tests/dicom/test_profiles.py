@@ -16,13 +16,13 @@ from pynetdicom.status import Status
 from sqlalchemy.engine import Engine
 
 from mwl.config import DicomAeProfile, Settings, load_settings
-from mwl.db import make_session_factory
 from mwl.dicom.handlers import REFUSED_NOT_AUTHORIZED
 from mwl.dicom.profiles import AeProfile, profile_for
 from mwl.dicom.scp import WorklistScp
 from mwl.domain import KeyMatch, MatchKind, SpsStatus, WorklistQuery
 from mwl.errors import SettingsError
-from mwl.worklist import START_TIME
+from mwl.store.engine import make_session_factory
+from mwl.worklist.matching import START_TIME
 
 PROFILES = (
     DicomAeProfile("CT01", response_charset="ISO_IR 100", calling_ae_as_station=True),
@@ -35,9 +35,7 @@ PROFILES = (
 
 @pytest.fixture(scope="module")
 def profiled_scp(module_engine: Engine, module_settings: Settings) -> Iterator[WorklistScp]:
-    settings = module_settings.replace(
-        dicom_ae_profiles=PROFILES, dicom_restrict_calling_ae=True
-    )
+    settings = module_settings.replace(dicom_ae_profiles=PROFILES, dicom_restrict_calling_ae=True)
     server = WorklistScp(settings, make_session_factory(module_engine))
     server.start()
     try:
@@ -122,20 +120,22 @@ def test_profiles_from_toml_and_environment(tmp_path):
     config = tmp_path / "mwl.toml"
     config.write_text(
         "[dicom]\n"
-        "response_charset = \"ISO_IR 100\"\n"
+        'response_charset = "ISO_IR 100"\n'
         "restrict_calling_ae = true\n"
         "[[dicom.ae_profiles]]\n"
-        "ae_title = \"CT01\"\n"
+        'ae_title = "CT01"\n'
         "calling_ae_as_station = true\n"
         "date_window_days = 1\n"
-        "visible_statuses = [\"scheduled\", \"arrived\"]\n",
+        'visible_statuses = ["scheduled", "arrived"]\n',
         encoding="utf-8",
     )
     settings = load_settings(config, environ={})
     assert settings.dicom_response_charset == "ISO_IR 100"
     (profile,) = settings.dicom_ae_profiles
     assert profile == DicomAeProfile(
-        "CT01", calling_ae_as_station=True, date_window_days=1,
+        "CT01",
+        calling_ae_as_station=True,
+        date_window_days=1,
         visible_statuses=("SCHEDULED", "ARRIVED"),
     )
     env = {"MWL_DICOM_AE_PROFILES": '[{"ae_title": "US01", "max_matches": 5}]'}

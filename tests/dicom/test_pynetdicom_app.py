@@ -43,9 +43,7 @@ def app_findscu(address: tuple[str, int], folder: Path, *keys: str) -> tuple[int
 
 @pytest.mark.parametrize(("case", "expected"), KEY_CASES)
 def test_app_findscu_matching(scp, tmp_path, case, expected):
-    status, responses = app_findscu(
-        scp.address, tmp_path, *RETURN_KEYS, *command_line_keys(case)
-    )
+    status, responses = app_findscu(scp.address, tmp_path, *RETURN_KEYS, *command_line_keys(case))
     assert status == 0x0000
     ids = [r.ScheduledProcedureStepSequence[0].ScheduledProcedureStepID for r in responses]
     assert ids == expected
@@ -53,7 +51,9 @@ def test_app_findscu_matching(scp, tmp_path, case, expected):
 
 def test_app_findscu_malformed_date_then_good_query(scp, tmp_path):
     status, responses = app_findscu(
-        scp.address, tmp_path / "bad", *RETURN_KEYS,
+        scp.address,
+        tmp_path / "bad",
+        *RETURN_KEYS,
         f"{SPS}.ScheduledProcedureStepStartDate=abc",
     )
     assert status == 0xA900 and responses == []

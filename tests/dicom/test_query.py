@@ -14,7 +14,7 @@ from mwl.dicom import keys as keytable
 from mwl.dicom.query import parse_identifier, query_from_identifier
 from mwl.domain import KeyMatch, MatchKind, SpsStatus
 from mwl.errors import InvalidQueryError
-from mwl.worklist import MATCHABLE_ATTRIBUTES, START_TIME, STATUS
+from mwl.worklist.matching import MATCHABLE_ATTRIBUTES, START_TIME, STATUS
 
 
 def put(ds: Dataset, keyword: str, value: str) -> None:

@@ -80,7 +80,10 @@ def request(**top: str) -> Dataset:
 def test_only_requested_top_level_keys():
     response = build_response(ITEM, request(PatientID="", AccessionNumber="", PatientSex=""))
     assert [e.keyword for e in response] == [
-        "SpecificCharacterSet", "AccessionNumber", "PatientID", "PatientSex",
+        "SpecificCharacterSet",
+        "AccessionNumber",
+        "PatientID",
+        "PatientSex",
     ]
     assert response.PatientID == "P3"
     assert response.AccessionNumber == ""  # Type 2, unknown: present and empty
@@ -98,8 +101,10 @@ def test_sps_item_holds_exactly_the_requested_item_keys():
     response = build_response(ITEM, asked)
     (item,) = response.ScheduledProcedureStepSequence
     assert {e.keyword for e in item} == {
-        "ScheduledProcedureStepStartDate", "ScheduledProcedureStepStartTime",
-        "ScheduledStationAETitle", "PreMedication",
+        "ScheduledProcedureStepStartDate",
+        "ScheduledProcedureStepStartTime",
+        "ScheduledStationAETitle",
+        "PreMedication",
     }
     assert item.ScheduledProcedureStepStartDate == "20261123"
     assert item.ScheduledProcedureStepStartTime == "100530"
@@ -259,14 +264,20 @@ def test_builder_returns_exactly_the_requested_keys_in_each_charset():
     ascii_ = ResponseBuilder(asked, "").build(RICH)
     for response, charset in ((utf8, "ISO_IR 192"), (latin1, "ISO_IR 100")):
         assert [e.keyword for e in response] == [
-            "SpecificCharacterSet", "PatientName", "PatientID", "PregnancyStatus",
-            "SpecialNeeds", "ScheduledProcedureStepSequence",
+            "SpecificCharacterSet",
+            "PatientName",
+            "PatientID",
+            "PregnancyStatus",
+            "SpecialNeeds",
+            "ScheduledProcedureStepSequence",
         ]
         assert response.SpecificCharacterSet == charset
     assert "SpecificCharacterSet" not in ascii_
     (sps,) = utf8.ScheduledProcedureStepSequence
     assert [e.keyword for e in sps] == [
-        "Modality", "ScheduledProcedureStepStartDate", "ScheduledProtocolCodeSequence",
+        "Modality",
+        "ScheduledProcedureStepStartDate",
+        "ScheduledProtocolCodeSequence",
     ]
     assert [c.CodeMeaning for c in sps.ScheduledProtocolCodeSequence] == ["Leber ä", "Niere"]
     assert utf8.PregnancyStatus == 4

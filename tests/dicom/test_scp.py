@@ -13,7 +13,7 @@ from mwl.dicom.handlers import (
     FAILURE_IDENTIFIER_DOES_NOT_MATCH,
     PENDING_OPTIONAL_KEYS_NOT_SUPPORTED,
 )
-from mwl.models import QueryLogEntry
+from mwl.store.models import QueryLogEntry
 
 pytestmark = pytest.mark.e2e
 
@@ -80,7 +80,10 @@ def test_only_requested_keys_are_returned(scp, find, identifier):
     result = find(scp.address, ds)
     (found,) = result.identifiers
     assert {e.keyword for e in found} == {
-        "SpecificCharacterSet", "PatientID", "PatientName", "ScheduledProcedureStepSequence",
+        "SpecificCharacterSet",
+        "PatientID",
+        "PatientName",
+        "ScheduledProcedureStepSequence",
     }
     item = found.ScheduledProcedureStepSequence[0]
     assert {e.keyword for e in item} == {"Modality", "ScheduledProtocolCodeSequence"}
@@ -115,7 +118,7 @@ def test_unsupported_matching_key_is_ignored_with_warning_status(scp, find, iden
 
 
 def test_every_query_is_logged(scp, module_engine, find, identifier):
-    from mwl.db import make_session_factory
+    from mwl.store.engine import make_session_factory
 
     find(scp.address, identifier(PatientID="P2"), calling_ae="LOGGEDSCU")
     find(scp.address, identifier(PatientBirthDate="abc"), calling_ae="LOGGEDSCU")
@@ -138,13 +141,14 @@ def test_every_query_is_logged(scp, module_engine, find, identifier):
 def test_identifiers_stay_out_of_the_logs_unless_log_phi(
     scp, module_engine, module_settings, find, identifier, caplog
 ):
-    from mwl.db import make_session_factory
     from mwl.dicom.scp import WorklistScp
+    from mwl.store.engine import make_session_factory
 
     def phi(records) -> list[str]:
         # The broker's own lines (the pynetdicom client in this process logs its own).
         return [
-            r.getMessage() for r in records
+            r.getMessage()
+            for r in records
             if r.name.startswith("mwl") and ("P1" in r.getMessage() or "Müller" in r.getMessage())
         ]
 

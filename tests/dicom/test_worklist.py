@@ -9,9 +9,9 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from mwl.db import make_session_factory
 from mwl.domain import Code, KeyMatch, MatchKind, SpsStatus, WorklistItem, WorklistQuery
-from mwl.worklist import START_TIME, find_items
+from mwl.store.engine import make_session_factory
+from mwl.worklist.matching import START_TIME, find_items
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,11 @@ def test_single_value_is_case_sensitive(run):
 
 def test_wildcards_are_case_sensitive_outside_names(run):
     assert ids(run(q(key("accession_number", MatchKind.WILDCARD, "ACC?")))) == [
-        "S6", "S1", "S2", "S3", "S4",
+        "S6",
+        "S1",
+        "S2",
+        "S3",
+        "S4",
     ]
     assert run(q(key("accession_number", MatchKind.WILDCARD, "acc*"))) == []
 

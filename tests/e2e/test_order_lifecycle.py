@@ -17,10 +17,10 @@ from pynetdicom.status import Status
 from sqlalchemy.engine import Engine
 
 from mwl.config import Settings
-from mwl.db import make_session_factory
 from mwl.dicom.scp import WorklistScp
 from mwl.hl7.client import send_messages
 from mwl.hl7.server import Hl7Server
+from mwl.store.engine import make_session_factory
 from tests import scu
 
 pytestmark = pytest.mark.e2e

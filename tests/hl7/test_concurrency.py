@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 
 from mwl.hl7.client import ack_summary, send_messages
 from mwl.hl7.server import Hl7Server
-from mwl.models import Hl7Message, Patient, ScheduledProcedureStep
+from mwl.store.models import Hl7Message, Patient, ScheduledProcedureStep
 
 from .conftest import replace_field, sample
 

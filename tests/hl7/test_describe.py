@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from mwl.hl7.ack import build_ack
 from mwl.hl7.describe import describe_message, field_names
 from mwl.hl7.parse import Hl7MessageError, read_header
-from mwl.message_view import FieldView, MessageView, SegmentView
+from mwl.operations.message_view import FieldView, MessageView, SegmentView
 
 from .conftest import all_samples, replace_field, sample
 

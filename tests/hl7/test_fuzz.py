@@ -20,7 +20,7 @@ from mwl.config import Settings
 from mwl.hl7.client import ack_summary, send_messages
 from mwl.hl7.mllp import MllpFramer, frame
 from mwl.hl7.server import Hl7Server
-from mwl.models import Hl7Message, Patient, ScheduledProcedureStep
+from mwl.store.models import Hl7Message, Patient, ScheduledProcedureStep
 
 from .conftest import all_samples, read_until_closed, replace_field, sample
 

@@ -11,7 +11,7 @@ from mwl.domain import SpsStatus
 from mwl.errors import SettingsError
 from mwl.hl7.client import ack_summary, send_messages
 from mwl.hl7.server import Hl7Server
-from mwl.orders import DEFAULT_STATUS_TABLE, status_table
+from mwl.orders.apply import DEFAULT_STATUS_TABLE, status_table
 
 from .conftest import replace_field, sample
 

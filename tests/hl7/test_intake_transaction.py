@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from mwl.config import Settings
 from mwl.hl7.client import ack_summary
 from mwl.hl7.server import Hl7Server
-from mwl.models import Hl7Message, Patient, RequestedProcedure, ScheduledProcedureStep
+from mwl.store.models import Hl7Message, Patient, RequestedProcedure, ScheduledProcedureStep
 
 from .conftest import sample
 
@@ -23,11 +23,9 @@ TWO_ORDERS = b"\r".join(
         b"MSH|^~\\&|RIS|HOSPITAL|MWL|RADIOLOGY|20261120143000||ORM^O01|TWO0001|P|2.3.1",
         b"PID|1||PAT0002^^^HOSPITAL^MR||Second^Sam||19800115|M",
         b"ORC|NW|PLC0101|FIL0101||SC||^^^20261121093000^^R",
-        b"OBR|1|PLC0101|FIL0101|CTHEAD^CT Head^LOCAL||||||||||||||ACC0101|RP0101|SPS0101"
-        b"||||CT",
+        b"OBR|1|PLC0101|FIL0101|CTHEAD^CT Head^LOCAL||||||||||||||ACC0101|RP0101|SPS0101||||CT",
         b"ORC|NW|PLC0102|FIL0102||SC",
-        b"OBR|2|PLC0102|FIL0102|CTCHEST^CT Chest^LOCAL||||||||||||||ACC0102|RP0102|SPS0102"
-        b"||||CT",
+        b"OBR|2|PLC0102|FIL0102|CTCHEST^CT Chest^LOCAL||||||||||||||ACC0102|RP0102|SPS0102||||CT",
     ]
 )
 

@@ -1,7 +1,7 @@
 """HL7 mapping and routing rules changed on the admin page apply to the next message, no restart.
 
 A running listener (real MLLP socket, ephemeral port) with
-:class:`mwl.overrides.LiveSettings`; the rules are changed through the settings page
+:class:`mwl.admin.overrides.LiveSettings`; the rules are changed through the settings page
 (Flask test client, CSRF on) as an admin would change them.
 """
 
@@ -16,12 +16,12 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from mwl.admin.overrides import LiveSettings
 from mwl.config import Settings
-from mwl.db import make_session_factory
 from mwl.hl7.client import ack_summary, send_messages
 from mwl.hl7.server import Hl7Server
-from mwl.models import ScheduledProcedureStep
-from mwl.overrides import LiveSettings
+from mwl.store.engine import make_session_factory
+from mwl.store.models import ScheduledProcedureStep
 from tests.settings_page import form_values, log_in_as, submit
 from web import create_app
 

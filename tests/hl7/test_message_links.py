@@ -6,11 +6,11 @@ import pytest
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from mwl.activity import message_changes
 from mwl.hl7.client import ack_summary, send_messages
 from mwl.hl7.server import Hl7Server
-from mwl.item_history import messages_for_item
-from mwl.models import Hl7Message, Hl7MessageLink, Patient, RequestedProcedure
+from mwl.operations.activity import message_changes
+from mwl.orders.history import messages_for_item
+from mwl.store.models import Hl7Message, Hl7MessageLink, Patient, RequestedProcedure
 
 from .conftest import replace_field, sample
 
@@ -152,7 +152,7 @@ def test_the_item_page_finds_the_messages_of_its_order_and_patient(
             procedure.accession_number: procedure.steps[0].id
             for procedure in session.scalars(select(RequestedProcedure))
         }
-        # The item page's read (helper A's mwl.item_history) over these links: the
+        # The item page's read (helper A's mwl.orders.history) over these links: the
         # order's own messages and the patient's ADT, not the patient's other order.
         first = messages_for_item(session, steps["ACC0001"])
         assert [(m.message_control_id, m.message_type) for m in first] == [

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from mwl.messages import RECEIVED, original_ack, record_message, record_outcome
-from mwl.models import Hl7Message
+from mwl.operations.messages import RECEIVED, original_ack, record_message, record_outcome
+from mwl.store.models import Hl7Message
 
 
 def test_record_then_outcome(session_factory) -> None:  # type: ignore[no-untyped-def]

@@ -17,8 +17,8 @@ from mwl.errors import SettingsError
 from mwl.hl7.client import ack_summary, send_messages
 from mwl.hl7.parse import MappingOptions, parse_message, parse_order
 from mwl.hl7.server import Hl7Server, sender_accepted
-from mwl.models import Hl7Message, Patient, RequestedProcedure, ScheduledProcedureStep
-from mwl.patients import PatientChange
+from mwl.orders.patients import PatientChange
+from mwl.store.models import Hl7Message, Patient, RequestedProcedure, ScheduledProcedureStep
 
 from .conftest import drop_segment, replace_field, sample
 
@@ -114,7 +114,7 @@ def test_other_fallbacks_are_logged_by_field(caplog) -> None:  # type: ignore[no
 
 def test_without_pv1_the_visit_values_are_not_carried() -> None:
     order = parse_order(drop_segment(details(), b"PV1"), DEFAULTS)
-    # None: the stored values stay (mwl.patients.copy_demographics); PID-18 still counts.
+    # None: the stored values stay (mwl.orders.patients.copy_demographics); PID-18 still counts.
     assert order.patient.current_patient_location is None
     assert order.patient.pregnancy_status is None
     assert order.patient.admission_id == "ACCT0020"
@@ -224,15 +224,14 @@ def test_settings_validate_the_new_policies() -> None:
     assert settings.hl7_missing_start == "reject"
     with pytest.raises(SettingsError, match="hl7_missing_start"):
         Settings(hl7_missing_start="later")
-    loaded = load_settings(
-        environ={"MWL_HL7_ACCEPTED_SENDERS": '["RIS|HOSPITAL", "PACS*|*"]'}
-    )
+    loaded = load_settings(environ={"MWL_HL7_ACCEPTED_SENDERS": '["RIS|HOSPITAL", "PACS*|*"]'})
     assert loaded.hl7_accepted_senders == ("RIS|HOSPITAL", "PACS*|*")
     with pytest.raises(SettingsError, match="HL7_ACCEPTED_SENDERS"):
         load_settings(environ={"MWL_HL7_ACCEPTED_SENDERS": '["A|B|C"]'})
 
 
 # --------------------------------------------------------------------------- sockets
+
 
 @pytest.mark.e2e
 def test_unknown_sender_gets_ar_naming_msh_3_and_is_kept_in_the_log(

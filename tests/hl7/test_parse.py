@@ -17,7 +17,7 @@ from mwl.hl7.parse import (
     read_header,
     unescape,
 )
-from mwl.patients import PatientChange
+from mwl.orders.patients import PatientChange
 
 from .conftest import all_samples, drop_segment, replace_field, sample
 

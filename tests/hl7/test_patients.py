@@ -11,10 +11,10 @@ from mwl.domain import Order, PatientDemographics, RequestedProcedure, Scheduled
 from mwl.errors import InvalidOrderError
 from mwl.hl7.client import ack_summary, send_messages
 from mwl.hl7.server import Hl7Server
-from mwl.models import Patient
-from mwl.models import RequestedProcedure as ProcedureRow
-from mwl.orders import apply_order
-from mwl.patients import PatientAction, PatientChange, PatientMessage, apply_patient_message
+from mwl.orders.apply import apply_order
+from mwl.orders.patients import PatientAction, PatientChange, PatientMessage, apply_patient_message
+from mwl.store.models import Patient
+from mwl.store.models import RequestedProcedure as ProcedureRow
 
 from .conftest import replace_field, sample
 

@@ -14,10 +14,10 @@ from mwl.domain import WorklistQuery
 from mwl.hl7.client import ack_summary, send_messages
 from mwl.hl7.reprocess import reprocess_message
 from mwl.hl7.server import Hl7Server
-from mwl.message_view import ReprocessRefusal
-from mwl.messages import RECEIVED, record_message
-from mwl.models import AuditEvent, Hl7Message, Hl7MessageLink, Patient
-from mwl.worklist import find_items
+from mwl.operations.message_view import ReprocessRefusal
+from mwl.operations.messages import RECEIVED, record_message
+from mwl.store.models import AuditEvent, Hl7Message, Hl7MessageLink, Patient
+from mwl.worklist.matching import find_items
 
 from .conftest import replace_field, sample
 

@@ -10,11 +10,11 @@ import pytest
 from sqlalchemy import func, select
 
 from mwl.config import Settings
-from mwl.db import make_engine, make_session_factory
 from mwl.hl7.client import ack_summary, send_files, send_messages
 from mwl.hl7.mllp import MllpFramer, frame
 from mwl.hl7.server import Hl7Server
-from mwl.models import Hl7Message, Patient, RequestedProcedure, ScheduledProcedureStep
+from mwl.store.engine import make_engine, make_session_factory
+from mwl.store.models import Hl7Message, Patient, RequestedProcedure, ScheduledProcedureStep
 
 from .conftest import SAMPLES, read_until_closed, replace_field, sample
 

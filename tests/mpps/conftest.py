@@ -24,13 +24,13 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from mwl.config import Settings
-from mwl.db import make_session_factory
 from mwl.dicom.scp import WorklistScp
 from mwl.domain import Code, Order, PatientDemographics, RequestedProcedure, ScheduledStep
 from mwl.hl7.mllp import MllpFramer, frame
 from mwl.hl7.sender import OutboxSender
-from mwl.models import OutboxMessage, ScheduledProcedureStep
-from mwl.orders import apply_order
+from mwl.orders.apply import apply_order
+from mwl.store.engine import make_session_factory
+from mwl.store.models import OutboxMessage, ScheduledProcedureStep
 
 CLIENT_TIMEOUT = 20.0
 WAIT_TIMEOUT = 30.0
@@ -53,8 +53,14 @@ def wait_until(predicate: Callable[[], Any], timeout: float = WAIT_TIMEOUT, what
 
 
 def _order(
-    patient_id: str, name: str, study_uid: str, accession: str, rp_id: str, placer: str,
-    filler: str, steps: tuple[ScheduledStep, ...],
+    patient_id: str,
+    name: str,
+    study_uid: str,
+    accession: str,
+    rp_id: str,
+    placer: str,
+    filler: str,
+    steps: tuple[ScheduledStep, ...],
 ) -> Order:
     return Order(
         order_control="NW",
@@ -78,11 +84,23 @@ def _order(
 
 ORDERS = (
     _order(
-        "P1", "Müller^Hans", STUDY_1, "ACC1", "RP1", "PL1", "FI1",
+        "P1",
+        "Müller^Hans",
+        STUDY_1,
+        "ACC1",
+        "RP1",
+        "PL1",
+        "FI1",
         (ScheduledStep("S1", "CT", "CT01", "CT01-NAME", start=TODAY),),
     ),
     _order(
-        "P2", "Doe^Jane", STUDY_2, "ACC2", "RP2", "PL2", "FI2",
+        "P2",
+        "Doe^Jane",
+        STUDY_2,
+        "ACC2",
+        "RP2",
+        "PL2",
+        "FI2",
         (
             ScheduledStep("S2", "MR", "MR01", "MR01-NAME", start=TODAY),
             ScheduledStep("S3", "MR", "MR01", "MR01-NAME", start=TODAY + dt.timedelta(hours=1)),
@@ -433,7 +451,9 @@ def find_sps_ids(address: tuple[str, int], station: str, status: str = "") -> li
         for rsp, identifier in assoc.send_c_find(ds, ModalityWorklistInformationFind):
             assert rsp, "no C-FIND response"
             if rsp.Status in (0xFF00, 0xFF01) and identifier is not None:
-                found.append(str(identifier.ScheduledProcedureStepSequence[0].ScheduledProcedureStepID))
+                found.append(
+                    str(identifier.ScheduledProcedureStepSequence[0].ScheduledProcedureStepID)
+                )
             elif rsp.Status != 0x0000:
                 raise AssertionError(f"C-FIND failed: 0x{rsp.Status:04X}")
     finally:

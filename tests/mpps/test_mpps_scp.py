@@ -16,8 +16,8 @@ from mwl.dicom.mpps import (
     NO_SUCH_SOP_INSTANCE,
     PROCESSING_FAILURE,
 )
-from mwl.models import OutboxAttempt, PerformedProcedureStep
-from mwl.outbox import DELIVERED, FAILED
+from mwl.operations.outbox import DELIVERED, FAILED
+from mwl.store.models import OutboxAttempt, PerformedProcedureStep
 
 from .conftest import (
     STUDY_1,
@@ -214,9 +214,7 @@ def test_ris_down_and_broker_restarted(writers, broker_settings, start_broker, r
     n_set(first.address, n_set_dataset("COMPLETED"), uid_1)
     n_create(first.address, n_create_dataset(reference(STUDY_2, "S2")), uid_2)
     # The sender keeps trying (and records each failure) while the RIS is down.
-    wait_until(
-        lambda: sum(r.attempts for r in outbox_rows(writers)) >= 3, what="failed attempts"
-    )
+    wait_until(lambda: sum(r.attempts for r in outbox_rows(writers)) >= 3, what="failed attempts")
     rows = outbox_rows(writers)
     assert [r.state for r in rows] == ["PENDING"] * 3
     assert rows[0].last_error
@@ -229,9 +227,7 @@ def test_ris_down_and_broker_restarted(writers, broker_settings, start_broker, r
 
     wait_until(lambda: _all_settled(writers, 4), what="every message delivered")
     accepted = ris.accepted_statuses()
-    assert sorted(accepted) == sorted(
-        [("PL1", "IP"), ("PL1", "CM"), ("PL2", "IP"), ("PL2", "DC")]
-    )
+    assert sorted(accepted) == sorted([("PL1", "IP"), ("PL1", "CM"), ("PL2", "IP"), ("PL2", "DC")])
     for order in ("PL1", "PL2"):
         statuses = [status for placer, status in accepted if placer == order]
         assert statuses[0] == "IP" and len(statuses) == 2
@@ -284,12 +280,16 @@ def test_omi_message_type(writers, broker_settings, start_broker, ris):
     n_create(broker.address, ds, generate_uid())
 
     wait_until(lambda: _all_settled(writers, 1), what="delivery")
-    (control_id, message), = ris.accepted
+    ((control_id, message),) = ris.accepted
     assert hl7_field(message, "MSH", 9) == "OMI^O23^OMI_O23"
     assert hl7_field(message, "MSH", 10) == control_id
     assert hl7_field(message, "ORC", 5) == "IP"
     assert [hl7_field(message, "IPC", n) for n in (1, 2, 3, 4, 5)] == [
-        "ACC2", "RP2", STUDY_2, "S2", "MR"
+        "ACC2",
+        "RP2",
+        STUDY_2,
+        "S2",
+        "MR",
     ]
 
 

@@ -11,7 +11,6 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
 from mwl.config import load_settings
-from mwl.db import make_session_factory
 from mwl.dicom.mpps import (
     INVALID_ATTRIBUTE_VALUE,
     MISSING_ATTRIBUTE,
@@ -22,7 +21,7 @@ from mwl.dicom.mpps import (
 from mwl.domain import Code, MppsStatus, SpsStatus, StatusEvent
 from mwl.errors import SettingsError
 from mwl.hl7.outbound import OMI_O23, OutboundOptions, render
-from mwl.outbox import (
+from mwl.operations.outbox import (
     DELIVERED,
     FAILED,
     NO_ACK,
@@ -33,6 +32,7 @@ from mwl.outbox import (
     event_to_json,
     record_attempt,
 )
+from mwl.store.engine import make_session_factory
 
 from .conftest import STUDY_1, STUDY_2, hl7_field, n_create_dataset, n_set_dataset, reference
 
@@ -65,14 +65,19 @@ def _event(study: str = STUDY_1, status: MppsStatus = MppsStatus.IN_PROGRESS, **
 
 def test_orm_o01_fields():
     options = OutboundOptions(
-        sending_application="MWL", sending_facility="RAD",
-        receiving_application="RIS", receiving_facility="HOSP",
+        sending_application="MWL",
+        sending_facility="RAD",
+        receiving_application="RIS",
+        receiving_facility="HOSP",
     )
     message = render(_event(status=MppsStatus.COMPLETED), "MWL000000000007", options, now=NOW)
 
     assert message.endswith(b"\r")
     assert [line[:3] for line in message.decode().split("\r") if line] == [
-        "MSH", "PID", "ORC", "OBR"
+        "MSH",
+        "PID",
+        "ORC",
+        "OBR",
     ]
     assert [hl7_field(message, "MSH", n) for n in (3, 4, 5, 6)] == ["MWL", "RAD", "RIS", "HOSP"]
     assert hl7_field(message, "MSH", 9) == "ORM^O01^ORM_O01"
@@ -90,8 +95,9 @@ def test_orm_o01_fields():
 
 
 def test_omi_o23_has_one_ipc_per_step():
-    event = _event(scheduled_procedure_step_ids=("S2", "S3"), study=STUDY_2,
-                   status=MppsStatus.DISCONTINUED)
+    event = _event(
+        scheduled_procedure_step_ids=("S2", "S3"), study=STUDY_2, status=MppsStatus.DISCONTINUED
+    )
     message = render(event, "MWL1", OutboundOptions(message_type=OMI_O23), now=NOW)
 
     assert hl7_field(message, "MSH", 9) == "OMI^O23^OMI_O23"
@@ -172,12 +178,21 @@ def _as_sent(keyword: str, value: str) -> DataElement:
 @pytest.mark.parametrize(
     ("change", "status", "keyword"),
     [
-        (lambda ds: delattr(ds, "ScheduledStepAttributesSequence"), MISSING_ATTRIBUTE,
-         "ScheduledStepAttributesSequence"),
-        (lambda ds: ds.add(_as_sent("PerformedProcedureStepStartTime", "2561")),
-         INVALID_ATTRIBUTE_VALUE, "PerformedProcedureStepStartDate"),
-        (lambda ds: delattr(ds.ScheduledStepAttributesSequence[0], "StudyInstanceUID"),
-         MISSING_ATTRIBUTE, "ScheduledStepAttributesSequence"),
+        (
+            lambda ds: delattr(ds, "ScheduledStepAttributesSequence"),
+            MISSING_ATTRIBUTE,
+            "ScheduledStepAttributesSequence",
+        ),
+        (
+            lambda ds: ds.add(_as_sent("PerformedProcedureStepStartTime", "2561")),
+            INVALID_ATTRIBUTE_VALUE,
+            "PerformedProcedureStepStartDate",
+        ),
+        (
+            lambda ds: delattr(ds.ScheduledStepAttributesSequence[0], "StudyInstanceUID"),
+            MISSING_ATTRIBUTE,
+            "ScheduledStepAttributesSequence",
+        ),
     ],
 )
 def test_n_create_validation(change, status, keyword):

@@ -14,7 +14,8 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from mwl.domain import MppsStatus, PerformedStep, ScheduledStepReference
-from mwl.models import (
+from mwl.operations.retention import Housekeeper, RetentionPolicy, purge
+from mwl.store.models import (
     OutboxMessage,
     PerformedProcedureStep,
     RequestedProcedure,
@@ -22,8 +23,7 @@ from mwl.models import (
     mpps_sps,
     utcnow,
 )
-from mwl.mpps import create_performed_step, update_performed_step
-from mwl.retention import Housekeeper, RetentionPolicy, purge
+from mwl.worklist.mpps import create_performed_step, update_performed_step
 
 from .conftest import STUDY_1, STUDY_2, step_statuses, wait_until
 
@@ -51,11 +51,13 @@ def _completed_mpps(factory: sessionmaker[Session], study: str, sps_id: str, day
     ref = ScheduledStepReference(study_instance_uid=study, scheduled_procedure_step_id=sps_id)
     with factory.begin() as session:
         create_performed_step(
-            session, PerformedStep(uid, MppsStatus.IN_PROGRESS, references=(ref,)),
+            session,
+            PerformedStep(uid, MppsStatus.IN_PROGRESS, references=(ref,)),
             outbox_destination="ris",
         )
         update_performed_step(
-            session, PerformedStep(uid, MppsStatus.COMPLETED, end=dt.datetime(2026, 11, 1, 10)),
+            session,
+            PerformedStep(uid, MppsStatus.COMPLETED, end=dt.datetime(2026, 11, 1, 10)),
             outbox_destination="ris",
         )
     with factory.begin() as session:
@@ -144,7 +146,11 @@ def _mwl(args: list[str], database_url: str, cwd: Path) -> subprocess.CompletedP
     env["MWL_DATABASE_URL"] = database_url
     return subprocess.run(
         [sys.executable, "-m", "mwl.cli", *args],
-        env=env, cwd=cwd, capture_output=True, text=True, timeout=120,
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -174,7 +180,11 @@ def test_mwl_purge_shows_a_progress_bar_on_a_terminal(writers, database_url, tmp
     try:
         process = subprocess.run(
             [sys.executable, "-m", "mwl.cli", "purge"],
-            env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=terminal, text=True,
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=terminal,
+            text=True,
             timeout=120,
         )
         os.close(terminal)

@@ -11,11 +11,11 @@ from flask.testing import FlaskClient
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from mwl.admin.users import add_user
 from mwl.config import Settings
-from mwl.db import make_session_factory
 from mwl.domain import Code, Order, PatientDemographics, RequestedProcedure, ScheduledStep
-from mwl.orders import apply_order
-from mwl.users import add_user
+from mwl.orders.apply import apply_order
+from mwl.store.engine import make_session_factory
 from web import create_app
 
 PASSWORD = "correct horse battery staple"

@@ -6,8 +6,8 @@ import datetime as dt
 
 import pytest
 
-from mwl.activity import recent_messages, scanner_activity
-from mwl.models import Hl7Message, QueryLogEntry, utcnow
+from mwl.operations.activity import recent_messages, scanner_activity
+from mwl.store.models import Hl7Message, QueryLogEntry, utcnow
 
 RAW = b"MSH|^~\\&|RIS|HOSP|MWL|RAD|20261121090000||ORM^O01|CTRL-1|P|2.5.1\rPID|||P1||Doe^Jane\r"
 ACK = b"MSH|^~\\&|MWL|RAD|RIS|HOSP|20261121090001||ACK^O01|A-1|P|2.5.1\rMSA|AA|CTRL-1\r"

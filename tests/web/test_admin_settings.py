@@ -13,10 +13,10 @@ from flask.testing import FlaskClient
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from mwl.audit import events_for_subject
+from mwl.admin.overrides import apply_overrides, load_overrides
 from mwl.config import Settings
-from mwl.models import AuditEvent, SettingOverride, User
-from mwl.overrides import apply_overrides, load_overrides
+from mwl.operations.audit import events_for_subject
+from mwl.store.models import AuditEvent, SettingOverride, User
 from tests.databases import fresh_database_url
 from tests.settings_page import add_account, form_values, log_in, submit
 

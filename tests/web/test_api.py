@@ -10,8 +10,10 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
-from mwl.audit import events_for_step, recent_events
-from mwl.models import (
+from mwl.admin.tokens import create_token, list_tokens, revoke_token
+from mwl.admin.users import add_user
+from mwl.operations.audit import events_for_step, recent_events
+from mwl.store.models import (
     AuditEvent,
     Hl7Message,
     QueryLogEntry,
@@ -19,8 +21,6 @@ from mwl.models import (
     User,
     utcnow,
 )
-from mwl.tokens import create_token, list_tokens, revoke_token
-from mwl.users import add_user
 from tests.web.conftest import PASSWORD
 
 DAY = dt.date(2031, 3, 4)

@@ -11,8 +11,8 @@ import schemathesis
 from flask import Flask
 from hypothesis import HealthCheck, settings
 
-from mwl.models import Hl7Message, QueryLogEntry, User, utcnow
-from mwl.tokens import create_token
+from mwl.admin.tokens import create_token
+from mwl.store.models import Hl7Message, QueryLogEntry, User, utcnow
 from web.openapi import document
 
 # Small on purpose: nine operations, positive and negative examples each, on two

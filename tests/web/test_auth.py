@@ -8,7 +8,7 @@ import re
 import pytest
 from flask import Flask
 
-from mwl.users import set_password
+from mwl.admin.users import set_password
 
 DAY = dt.date(2026, 11, 21)
 _CSRF_INPUT = re.compile(r'name="csrf_token"[^>]*value="([^"]+)"')

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
+from mwl.admin.overrides import apply_overrides, load_overrides
 from mwl.config import Settings
-from mwl.overrides import apply_overrides, load_overrides
 from tests.browser import chromium, log_in, screenshot, serving
 from tests.settings_page import PASSWORD, add_account
 

@@ -10,10 +10,10 @@ import pytest
 from pydicom.dataset import Dataset
 from sqlalchemy import select
 
+from mwl.admin.users import add_user
 from mwl.dicom.listing import item_attributes
 from mwl.dicom.scp import WorklistScp
-from mwl.models import ScheduledProcedureStep
-from mwl.users import add_user
+from mwl.store.models import ScheduledProcedureStep
 from tests.browser import chromium, log_in, screenshot, serving
 from tests.scu import c_find
 from web import create_app

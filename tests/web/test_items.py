@@ -11,8 +11,9 @@ import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
+from mwl.admin.users import hash_password
 from mwl.dicom.listing import item_attributes
-from mwl.models import (
+from mwl.store.models import (
     AuditEvent,
     Hl7Message,
     Hl7MessageLink,
@@ -22,8 +23,7 @@ from mwl.models import (
     User,
     mpps_sps,
 )
-from mwl.models import RequestedProcedure as ProcedureRow
-from mwl.users import hash_password
+from mwl.store.models import RequestedProcedure as ProcedureRow
 from web import create_app
 
 PASSWORD = "correct horse battery staple"

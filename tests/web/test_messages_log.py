@@ -14,14 +14,14 @@ from flask.testing import FlaskClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from mwl.admin.users import hash_password
 from mwl.config import Settings
 from mwl.domain import WorklistQuery
 from mwl.hl7.describe import describe_message
 from mwl.hl7.reprocess import reprocess_message
 from mwl.hl7.server import Hl7Server
-from mwl.models import AuditEvent, Hl7Message, User, utcnow
-from mwl.users import hash_password
-from mwl.worklist import find_items
+from mwl.store.models import AuditEvent, Hl7Message, User, utcnow
+from mwl.worklist.matching import find_items
 from tests.web.conftest import PASSWORD
 from web import create_app
 

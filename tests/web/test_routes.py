@@ -14,8 +14,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy.orm import Session, sessionmaker
 
-from mwl.tokens import create_token
-from mwl.users import Role, add_user
+from mwl.admin.tokens import create_token
+from mwl.admin.users import Role, add_user
 from tests.web.conftest import PASSWORD
 
 PUBLIC = "public"

@@ -17,14 +17,11 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from mwl.admin.users import add_user
 from mwl.config import Settings
-from mwl.db import make_engine, make_session_factory
 from mwl.dicom.preview import WorklistPreviewer, identifier_with_keys
 from mwl.domain import Order, PatientDemographics, RequestedProcedure, ScheduledStep
-from mwl.migrate import upgrade
-from mwl.models import AuditEvent, QueryLogEntry
-from mwl.orders import apply_order
-from mwl.querylog import (
+from mwl.operations.querylog import (
     KEYWORDS_BY_TAG,
     AskedKey,
     ae_history,
@@ -33,7 +30,10 @@ from mwl.querylog import (
     typical_key_sets,
     typical_keys_by_ae,
 )
-from mwl.users import add_user
+from mwl.orders.apply import apply_order
+from mwl.store.engine import make_engine, make_session_factory
+from mwl.store.migrate import upgrade
+from mwl.store.models import AuditEvent, QueryLogEntry
 from tests.databases import fresh_database_url
 from web import create_app
 
@@ -244,7 +244,7 @@ def viewer(app: Flask) -> FlaskClient:
     return logged_in(app, "viewer")
 
 
-# --- the query log as the pages read it (mwl.querylog) ---
+# --- the query log as the pages read it (mwl.operations.querylog) ---
 
 
 def test_keyword_table_agrees_with_the_dicom_dictionary():

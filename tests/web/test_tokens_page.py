@@ -8,8 +8,8 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from mwl.tokens import create_token, list_tokens
-from mwl.users import add_user
+from mwl.admin.tokens import create_token, list_tokens
+from mwl.admin.users import add_user
 from tests.web.conftest import PASSWORD
 
 

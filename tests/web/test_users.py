@@ -1,4 +1,4 @@
-"""User accounts (mwl.users) against the migrated database."""
+"""User accounts (mwl.admin.users) against the migrated database."""
 
 from __future__ import annotations
 
@@ -6,9 +6,7 @@ import pytest
 from sqlalchemy import select
 from werkzeug.security import check_password_hash
 
-from mwl.errors import UserError
-from mwl.models import User
-from mwl.users import (
+from mwl.admin.users import (
     add_user,
     authenticate,
     check_password,
@@ -18,6 +16,8 @@ from mwl.users import (
     set_password,
     set_role,
 )
+from mwl.errors import UserError
+from mwl.store.models import User
 
 
 @pytest.mark.production_password_cost

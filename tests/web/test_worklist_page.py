@@ -9,9 +9,9 @@ import re
 import pytest
 from flask import Flask, url_for
 
-from mwl.daylist import items_for_day
+from mwl.admin.users import add_user
 from mwl.domain import Code
-from mwl.users import add_user
+from mwl.worklist.daylist import items_for_day
 from web.store import db_session
 
 DAY = dt.date(2026, 11, 21)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
-from mwl.models import (
+from mwl.store.models import (
     Hl7Message,
     Hl7MessageLink,
     Patient,

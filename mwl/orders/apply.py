@@ -17,9 +17,7 @@ from typing import Any
 from sqlalchemy import bindparam, insert, select
 from sqlalchemy.orm import Session
 
-from mwl.db import Base
 from mwl.domain import (
-    Code,
     Order,
     PatientDemographics,
     RequestedProcedure,
@@ -27,9 +25,10 @@ from mwl.domain import (
     SpsStatus,
 )
 from mwl.errors import InvalidOrderError
-from mwl.models import Patient, ScheduledProcedureStep
-from mwl.models import RequestedProcedure as RequestedProcedureRow
-from mwl.patients import copy_demographics
+from mwl.orders.patients import copy_demographics
+from mwl.store.engine import Base
+from mwl.store.models import Patient, ScheduledProcedureStep, format_codes
+from mwl.store.models import RequestedProcedure as RequestedProcedureRow
 
 logger = logging.getLogger(__name__)
 
@@ -206,20 +205,6 @@ def complete_identifiers(order: Order, procedure: RequestedProcedure) -> Request
     return replace(
         procedure, study_instance_uid=uid, requested_procedure_id=rp_id, steps=tuple(steps)
     )
-
-
-def format_codes(codes: tuple[Code, ...]) -> str:
-    """Store a code list as lines of ``value^scheme^meaning``."""
-    return "\n".join(f"{c.value}^{c.scheme}^{c.meaning}" for c in codes)
-
-
-def parse_codes(text: str) -> tuple[Code, ...]:
-    """Inverse of :func:`format_codes`."""
-    codes = []
-    for line in text.splitlines():
-        value, scheme, meaning = (line.split("^", 2) + ["", ""])[:3]
-        codes.append(Code(value, scheme, meaning))
-    return tuple(codes)
 
 
 # Built once: every order runs them, and building a statement costs more than running

@@ -29,8 +29,13 @@ from mwl.domain import (
     StatusEvent,
 )
 from mwl.errors import MwlError
-from mwl.models import PerformedProcedureStep, RequestedProcedure, ScheduledProcedureStep, utcnow
-from mwl.outbox import enqueue
+from mwl.operations.outbox import enqueue
+from mwl.store.models import (
+    PerformedProcedureStep,
+    RequestedProcedure,
+    ScheduledProcedureStep,
+    utcnow,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -274,22 +279,35 @@ def _match(session: Session, ref: ScheduledStepReference) -> list[ScheduledProce
     sps = ScheduledProcedureStep.scheduled_procedure_step_id
     rp = RequestedProcedure
     base = (
-        select(ScheduledProcedureStep)
-        .join(RequestedProcedure)
-        .order_by(ScheduledProcedureStep.id)
+        select(ScheduledProcedureStep).join(RequestedProcedure).order_by(ScheduledProcedureStep.id)
     )
     strategies = [
-        (ref.study_instance_uid and ref.scheduled_procedure_step_id,
-         (rp.study_instance_uid == ref.study_instance_uid, sps == ref.scheduled_procedure_step_id)),
-        (ref.accession_number and ref.scheduled_procedure_step_id,
-         (rp.accession_number == ref.accession_number, sps == ref.scheduled_procedure_step_id)),
-        (ref.requested_procedure_id and ref.scheduled_procedure_step_id,
-         (rp.requested_procedure_id == ref.requested_procedure_id,
-          sps == ref.scheduled_procedure_step_id)),
+        (
+            ref.study_instance_uid and ref.scheduled_procedure_step_id,
+            (
+                rp.study_instance_uid == ref.study_instance_uid,
+                sps == ref.scheduled_procedure_step_id,
+            ),
+        ),
+        (
+            ref.accession_number and ref.scheduled_procedure_step_id,
+            (rp.accession_number == ref.accession_number, sps == ref.scheduled_procedure_step_id),
+        ),
+        (
+            ref.requested_procedure_id and ref.scheduled_procedure_step_id,
+            (
+                rp.requested_procedure_id == ref.requested_procedure_id,
+                sps == ref.scheduled_procedure_step_id,
+            ),
+        ),
         (ref.study_instance_uid, (rp.study_instance_uid == ref.study_instance_uid,)),
-        (ref.accession_number and ref.requested_procedure_id,
-         (rp.accession_number == ref.accession_number,
-          rp.requested_procedure_id == ref.requested_procedure_id)),
+        (
+            ref.accession_number and ref.requested_procedure_id,
+            (
+                rp.accession_number == ref.accession_number,
+                rp.requested_procedure_id == ref.requested_procedure_id,
+            ),
+        ),
     ]
     for usable, conditions in strategies:
         if usable:

@@ -29,14 +29,14 @@ from sqlalchemy.orm import InstrumentedAttribute, Session, sessionmaker
 
 from mwl.config import Settings
 from mwl.domain import SpsStatus
-from mwl.models import (
+from mwl.operations.outbox import DELIVERED
+from mwl.store.models import (
     OutboxMessage,
     PerformedProcedureStep,
     RequestedProcedure,
     ScheduledProcedureStep,
     utcnow,
 )
-from mwl.outbox import DELIVERED
 
 logger = logging.getLogger(__name__)
 
@@ -176,9 +176,7 @@ def purge_batch(
             ScheduledProcedureStep.procedure_key == RequestedProcedure.id
         )
         result = session.execute(
-            delete(RequestedProcedure).where(
-                RequestedProcedure.id.in_(keys), ~orphaned.exists()
-            ),
+            delete(RequestedProcedure).where(RequestedProcedure.id.in_(keys), ~orphaned.exists()),
             execution_options={"synchronize_session": False},
         )
         counts.procedures = int(getattr(result, "rowcount", 0) or 0)
@@ -312,7 +310,9 @@ class Housekeeper:
                     logger.info(
                         "housekeeping purged %d step(s), %d procedure(s), %d MPPS, "
                         "%d outbox message(s)",
-                        counts.steps, counts.procedures, counts.performed_steps,
+                        counts.steps,
+                        counts.procedures,
+                        counts.performed_steps,
                         counts.outbox_messages,
                     )
             except SQLAlchemyError as exc:

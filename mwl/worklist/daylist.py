@@ -11,9 +11,9 @@ from sqlalchemy import ColumnElement, Select, and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from mwl.domain import SpsStatus, WorklistItem
-from mwl.models import Patient, RequestedProcedure, ScheduledProcedureStep
-from mwl.names import name_search_key
-from mwl.worklist import worklist_item
+from mwl.store.models import Patient, RequestedProcedure, ScheduledProcedureStep
+from mwl.worklist.matching import worklist_item
+from mwl.worklist.names import name_search_key
 
 # Free text is split into words at white space, commas and name component separators,
 # so "Müller, Hans", "Müller Hans" and "MÜLLER^HANS" look for the same two words.
@@ -140,7 +140,7 @@ def items_for_day(
         Only steps with one of these statuses; None for all.
     text
         Free text: every word of it must occur in the patient's name (ignoring case
-        and accents, through the folded name key of :func:`mwl.names.name_search_key`),
+        and accents, through the folded name key of :func:`mwl.worklist.names.name_search_key`),
         in the patient ID or in the accession number (both ignoring case). None or
         empty for all.
 

@@ -4,7 +4,7 @@ Policy (docs/admin-guide.md, "Editing an item"):
 
 - The RIS is the master. A later HL7 message about the same order overwrites
   what was changed here, and nothing changed here is sent to the RIS (the RIS
-  outbox carries performed-step status only, :mod:`mwl.outbox`).
+  outbox carries performed-step status only, :mod:`mwl.operations.outbox`).
 - Demographics live on the patient row, shared by every order of the patient:
   correcting a name corrects it on all of them.
 - The patient ID is the RIS's key and cannot be changed, except a temporary ID
@@ -18,7 +18,7 @@ Policy (docs/admin-guide.md, "Editing an item"):
   Restore gives back the status the step had before the page canceled it (from
   the audit trail), else SCHEDULED; it is refused once an MPPS names the step.
 
-Every change writes one audit event (:func:`mwl.audit.record_event`) in the
+Every change writes one audit event (:func:`mwl.operations.audit.record_event`) in the
 caller's transaction, with each field's value before and after. Functions take
 the unit of work's session first and never commit.
 """
@@ -32,14 +32,19 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from mwl.audit import diff, events_for_step, record_event
 from mwl.config import Settings
 from mwl.domain import PatientDemographics, SpsStatus, WorklistItem
 from mwl.errors import MwlError
-from mwl.models import Patient, RequestedProcedure, ScheduledProcedureStep, mpps_sps
-from mwl.patients import PatientChange, PatientMessage, apply_patient_message, copy_demographics
-from mwl.values import N_, SEXES, Checker, EditError
-from mwl.worklist import worklist_item
+from mwl.operations.audit import diff, events_for_step, record_event
+from mwl.orders.patients import (
+    PatientChange,
+    PatientMessage,
+    apply_patient_message,
+    copy_demographics,
+)
+from mwl.orders.values import N_, SEXES, Checker, EditError
+from mwl.store.models import Patient, RequestedProcedure, ScheduledProcedureStep, mpps_sps
+from mwl.worklist.matching import worklist_item
 
 __all__ = [
     "EditError",

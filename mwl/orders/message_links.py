@@ -1,7 +1,7 @@
 """Which patients and requested procedures each accepted HL7 message created or changed.
 
 Recorded in the unit of work that applies the message, so a link exists exactly when
-the change was committed. Read back by :mod:`mwl.activity` (a message's changes,
+the change was committed. Read back by :mod:`mwl.operations.activity` (a message's changes,
 an item's messages). Functions take the session first and never commit.
 """
 
@@ -13,9 +13,9 @@ from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from mwl.domain import PatientDemographics
-from mwl.models import Hl7MessageLink, Patient
-from mwl.orders import OrderOutcome
-from mwl.patients import PatientAction
+from mwl.orders.apply import OrderOutcome
+from mwl.orders.patients import PatientAction
+from mwl.store.models import Hl7MessageLink, Patient
 
 
 def link_order(session: Session, message_key: int, outcome: OrderOutcome) -> int:
@@ -24,7 +24,7 @@ def link_order(session: Session, message_key: int, outcome: OrderOutcome) -> int
     Parameters
     ----------
     session
-        The unit of work that applied the order (after :func:`mwl.orders.apply_order`).
+        The unit of work that applied the order (after :func:`mwl.orders.apply.apply_order`).
     message_key
         The message in the log.
     outcome
@@ -56,7 +56,7 @@ def link_patient(
     patient
         The patient as the message names it now (PID-3; for a merge the survivor).
     action
-        What :func:`mwl.patients.apply_patient_message` did; an unknown patient
+        What :func:`mwl.orders.patients.apply_patient_message` did; an unknown patient
         (nothing changed) gets no link.
 
     Returns

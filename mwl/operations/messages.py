@@ -3,7 +3,7 @@
 A core service (no HL7 parsing here): the HL7 adapter records each message with its
 outcome in the unit of work that applies it, or in one of its own when that fails, so
 nothing a sender delivered is ever lost, and looks up the original ACK of a resent
-message. Reading the log for people is mwl.activity's job.
+message. Reading the log for people is mwl.operations.activity's job.
 Functions take the unit of work's session first and never commit.
 """
 
@@ -13,10 +13,10 @@ from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.util import identity_key
 
-from mwl.models import Hl7Message, utcnow
+from mwl.store.models import Hl7Message, utcnow
 
 RECEIVED = "RECEIVED"
-# Column lengths of the log (mwl.models.Hl7Message): values are cut, never refused,
+# Column lengths of the log (mwl.store.models.Hl7Message): values are cut, never refused,
 # because the log must take any message, however malformed its header.
 _LENGTHS = {
     "peer_address": 64,

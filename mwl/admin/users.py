@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from mwl.errors import UserError
-from mwl.models import User
+from mwl.store.models import User
 
 
 class Role(enum.StrEnum):

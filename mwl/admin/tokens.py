@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
+from mwl.admin.users import find_user, normalize_username
 from mwl.errors import MwlError, UserError
-from mwl.models import ApiToken, User, utcnow
-from mwl.users import find_user, normalize_username
+from mwl.store.models import ApiToken, User, utcnow
 
 # A recognisable prefix lets secret scanners (and people) tell an mwl token when
 # one turns up in a log or a repository.

@@ -23,8 +23,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from mwl.db import Base
 from mwl.domain import Code
+from mwl.store.engine import Base
 
 PN_LENGTH = 324  # three component groups of 64 plus separators
 
@@ -45,6 +45,20 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
+def format_codes(codes: tuple[Code, ...]) -> str:
+    """A code list as ``scheduled_protocol_codes`` stores it: ``value^scheme^meaning`` lines."""
+    return "\n".join(f"{c.value}^{c.scheme}^{c.meaning}" for c in codes)
+
+
+def parse_codes(text: str) -> tuple[Code, ...]:
+    """Inverse of :func:`format_codes`."""
+    codes = []
+    for line in text.splitlines():
+        value, scheme, meaning = (line.split("^", 2) + ["", ""])[:3]
+        codes.append(Code(value, scheme, meaning))
+    return tuple(codes)
+
+
 class Patient(Base):
     """A patient as identified by the RIS: Patient ID within its issuer."""
 
@@ -60,16 +74,14 @@ class Patient(Base):
     patient_id: Mapped[str] = mapped_column(String(64))
     issuer_of_patient_id: Mapped[str] = mapped_column(String(64), default="")
     patient_name: Mapped[str] = mapped_column(String(PN_LENGTH), default="")
-    # Case- and accent-folded name (mwl.names.name_search_key) for PN matching on an index.
+    # Case- and accent-folded name (mwl.worklist.names.name_search_key) for PN matching on an index.
     patient_name_key: Mapped[str] = mapped_column(String(PN_LENGTH), default="")
     patient_birth_date: Mapped[str] = mapped_column(String(8), default="")
     patient_sex: Mapped[str] = mapped_column(String(16), default="")
     # Visit and patient medical values that patient messages carry (PV1, AL1); the
     # server defaults let rows older than these columns migrate (revision 0003).
     admission_id: Mapped[str] = mapped_column(String(64), default="", server_default="")
-    current_patient_location: Mapped[str] = mapped_column(
-        String(64), default="", server_default=""
-    )
+    current_patient_location: Mapped[str] = mapped_column(String(64), default="", server_default="")
     # Pregnancy Status (US) as text: "3" (pregnant) or "" (unknown).
     pregnancy_status: Mapped[str] = mapped_column(String(5), default="", server_default="")
     # Allergies (LO, VM 1-n): values separated by a backslash, as DICOM writes them.
@@ -114,9 +126,7 @@ class RequestedProcedure(Base):
         String(64), default="", server_default=""
     )
     # LT (up to 10240 characters): NTE-3 lines.
-    requested_procedure_comments: Mapped[str] = mapped_column(
-        Text, default="", server_default=""
-    )
+    requested_procedure_comments: Mapped[str] = mapped_column(Text, default="", server_default="")
     confidentiality_code: Mapped[str] = mapped_column(String(64), default="", server_default="")
     patient_transport_arrangements: Mapped[str] = mapped_column(
         String(64), default="", server_default=""
@@ -133,7 +143,6 @@ class RequestedProcedure(Base):
         back_populates="procedure", cascade="all, delete-orphan"
     )
 
-
     @property
     def requested_procedure_code(self) -> Code | None:
         """The Requested Procedure Code Sequence item, or None when the order had no code."""
@@ -144,6 +153,7 @@ class RequestedProcedure(Base):
             self.requested_procedure_code_scheme,
             self.requested_procedure_code_meaning,
         )
+
 
 class ScheduledProcedureStep(Base):
     """One scheduled procedure step: one worklist item, identified by (study, SPS ID)."""
@@ -169,9 +179,7 @@ class ScheduledProcedureStep(Base):
     start_datetime: Mapped[dt.datetime] = mapped_column(DateTime, index=True)
     # HHMMSS, for queries that give a start time without a date.
     start_time: Mapped[str] = mapped_column(String(6), default="")
-    scheduled_performing_physician_name: Mapped[str] = mapped_column(
-        String(PN_LENGTH), default=""
-    )
+    scheduled_performing_physician_name: Mapped[str] = mapped_column(String(PN_LENGTH), default="")
     scheduled_procedure_step_description: Mapped[str] = mapped_column(String(64), default="")
     # Scheduled Protocol Code Sequence as "value^scheme^meaning" lines (one code per line):
     # only returned, never matched, so a column of its own per code would buy nothing.
@@ -301,7 +309,7 @@ class OutboxMessage(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     # The requested procedure's Study Instance UID: one order (ORC-2/ORC-3) each.
     order_key: Mapped[str] = mapped_column(String(64))
-    # StatusEvent as JSON (mwl.outbox): what to render, kept if the order is purged.
+    # StatusEvent as JSON (mwl.operations.outbox): what to render, kept if the order is purged.
     payload: Mapped[str] = mapped_column(Text)
     destination: Mapped[str] = mapped_column(String(128), default="")
     # PENDING until acknowledged with AA (DELIVERED), or set aside (FAILED) by policy.

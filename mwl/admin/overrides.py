@@ -18,12 +18,12 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from mwl.audit import record_event
 from mwl.config import DicomAeProfile, Hl7StationRule, Settings, convert_setting
 from mwl.domain import SpsStatus
 from mwl.errors import SettingsError
-from mwl.models import SettingOverride
-from mwl.values import CHARSET_NAMES
+from mwl.operations.audit import record_event
+from mwl.orders.values import CHARSET_NAMES
+from mwl.store.models import SettingOverride
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ EDITABLE: tuple[str, ...] = (
 )
 
 #: Specific Character Set defined terms the responses can be written in, with a name
-#: a person recognises: the core's one table of them (:data:`mwl.values.CHARSET_NAMES`).
+#: a person recognises: the core's one table of them (:data:`mwl.orders.values.CHARSET_NAMES`).
 RESPONSE_CHARSETS: Mapping[str, str] = CHARSET_NAMES
 
 SOURCE_DEFAULT = "default"

@@ -17,8 +17,8 @@ from sqlalchemy.orm import Session
 
 from mwl.domain import PatientDemographics
 from mwl.errors import InvalidOrderError
-from mwl.models import Patient
-from mwl.names import name_search_key
+from mwl.store.models import Patient
+from mwl.worklist.names import name_search_key
 
 logger = logging.getLogger(__name__)
 

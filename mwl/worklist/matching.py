@@ -20,7 +20,7 @@ requires a non-empty column.
 
 **Patient's Name policy.** PS3.4 C.2.2.2.1 lets the SCP match PN case- and
 accent-insensitively; this broker does so for Patient's Name, through the folded
-``patient_name_key`` (:func:`mwl.names.name_search_key`): ``MÜLLER``, ``Müller``
+``patient_name_key`` (:func:`mwl.worklist.names.name_search_key`): ``MÜLLER``, ``Müller``
 and ``muller`` all find ``Müller^Hans``, and so do ``mül*`` and ``M?LLER``. It is
 component-aware: a query that names fewer components than the stored name matches
 on the components it names (``MULLER`` and ``MULLER^HANS`` both find
@@ -48,9 +48,8 @@ from mwl.domain import (
     WorklistItem,
     WorklistQuery,
 )
-from mwl.models import Patient, RequestedProcedure, ScheduledProcedureStep
-from mwl.names import name_search_key
-from mwl.orders import parse_codes
+from mwl.store.models import Patient, RequestedProcedure, ScheduledProcedureStep, parse_codes
+from mwl.worklist.names import name_search_key
 
 # Pseudo-attribute for an SPS Start Time asked without a date: the HHMMSS column.
 START_TIME = "start_time"
@@ -193,9 +192,7 @@ def build_statement(
     dialect
         SQLAlchemy dialect name; ``sqlite`` matches wildcards with ``GLOB``.
     """
-    conditions: list[ColumnElement[bool]] = [
-        _condition(key, dialect) for key in query.keys
-    ]
+    conditions: list[ColumnElement[bool]] = [_condition(key, dialect) for key in query.keys]
     if query.statuses:
         conditions.append(ScheduledProcedureStep.status.in_(sorted(query.statuses)))
     elif not any(key.attribute == STATUS for key in query.keys):
@@ -447,4 +444,3 @@ def worklist_item(
         patient_weight=procedure.patient_weight,
         patient_size=procedure.patient_size,
     )
-

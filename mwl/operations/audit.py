@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from mwl.models import AuditEvent
+from mwl.store.models import AuditEvent
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
-from mwl.models import QueryLogEntry
+from mwl.store.models import QueryLogEntry
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class QueryRecord:
     duration_ms: float
     status: int
     error: str = ""
-    #: How the answer ended (see :class:`~mwl.models.QueryLogEntry`).
+    #: How the answer ended (see :class:`~mwl.store.models.QueryLogEntry`).
     ended: str = "completed"
 
 
@@ -193,7 +193,7 @@ def asked_keys(
     Parameters
     ----------
     identifier_json
-        :attr:`mwl.models.QueryLogEntry.identifier_json`.
+        :attr:`mwl.store.models.QueryLogEntry.identifier_json`.
     received_at
         When the query came (naive UTC); an SPS Start Date naming that local day
         is marked ``today``.

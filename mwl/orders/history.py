@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
-from mwl.activity import MessageSummary, message_summary
-from mwl.audit import AuditRecord, events_for_step
-from mwl.edits import PATIENT_FIELDS
-from mwl.models import (
+from mwl.operations.activity import MessageSummary, message_summary
+from mwl.operations.audit import AuditRecord, events_for_step
+from mwl.orders.edits import PATIENT_FIELDS
+from mwl.store.models import (
     AuditEvent,
     Hl7Message,
     Hl7MessageLink,

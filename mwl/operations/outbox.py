@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, aliased
 
 from mwl.domain import Code, MppsStatus, SpsStatus, StatusEvent
-from mwl.models import OutboxAttempt, OutboxMessage, utcnow
+from mwl.store.models import OutboxAttempt, OutboxMessage, utcnow
 
 PENDING = "PENDING"
 DELIVERED = "DELIVERED"
@@ -51,9 +51,13 @@ def event_to_json(event: StatusEvent) -> str:
         "modality": event.modality,
         "requested_procedure_description": event.requested_procedure_description,
         "requested_procedure_code": (
-            [event.requested_procedure_code.value, event.requested_procedure_code.scheme,
-             event.requested_procedure_code.meaning]
-            if event.requested_procedure_code else None
+            [
+                event.requested_procedure_code.value,
+                event.requested_procedure_code.scheme,
+                event.requested_procedure_code.meaning,
+            ]
+            if event.requested_procedure_code
+            else None
         ),
     }
     return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
@@ -213,9 +217,11 @@ def record_attempt(
     row = session.get(OutboxMessage, message_id, with_for_update=True)
     if row is None:
         raise LookupError(f"no outbox message {message_id}")
-    session.add(OutboxAttempt(
-        message_key=message_id, attempted_at=when, outcome=outcome, ack=ack, error=error
-    ))
+    session.add(
+        OutboxAttempt(
+            message_key=message_id, attempted_at=when, outcome=outcome, ack=ack, error=error
+        )
+    )
     row.attempts += 1
     if ack is not None:
         row.ack = ack

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 # was told AE or AR, so nothing of it is on the worklist (RECEIVED is in progress,
 # AA was applied; resend handling and idempotency cover those).
 REPROCESSABLE_OUTCOMES = frozenset({"AE", "AR"})
-# Audit action of a re-run (mwl.audit), whose subject is reprocess_subject(key).
+# Audit action of a re-run (mwl.operations.audit), whose subject is reprocess_subject(key).
 REPROCESS_ACTION = "reprocess"
 
 

@@ -1,6 +1,6 @@
 """Orders entered on the admin page: emergency and walk-in orders the RIS has not sent.
 
-The order takes the same path as an HL7 order (:func:`mwl.orders.apply_order`,
+The order takes the same path as an HL7 order (:func:`mwl.orders.apply.apply_order`,
 order control NW), with the identifiers the RIS would have given generated here:
 
 - accession number: ``Settings.order_accession_prefix`` + ``YYMMDD`` + a 4-digit
@@ -13,7 +13,7 @@ order control NW), with the identifiers the RIS would have given generated here:
 Counters take the next number free in the database. Two people creating orders at
 the same moment must not get one number: on PostgreSQL the transaction holds an
 advisory lock per counter until it commits; on SQLite the writer session holds the
-database's write lock from its start (``BEGIN IMMEDIATE``, :mod:`mwl.db`), so
+database's write lock from its start (``BEGIN IMMEDIATE``, :mod:`mwl.store.engine`), so
 callers must use a writer session there.
 """
 
@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from mwl.audit import record_event
 from mwl.config import Settings
 from mwl.domain import (
     Order,
@@ -36,11 +35,12 @@ from mwl.domain import (
     ScheduledStep,
     WorklistItem,
 )
-from mwl.edits import PATIENT_FIELDS, get_item
-from mwl.models import Patient, ScheduledProcedureStep
-from mwl.models import RequestedProcedure as RequestedProcedureRow
-from mwl.orders import apply_order, status_table
-from mwl.values import N_, PRIORITIES, SEXES, Checker, EditError
+from mwl.operations.audit import record_event
+from mwl.orders.apply import apply_order, status_table
+from mwl.orders.edits import PATIENT_FIELDS, get_item
+from mwl.orders.values import N_, PRIORITIES, SEXES, Checker, EditError
+from mwl.store.models import Patient, ScheduledProcedureStep
+from mwl.store.models import RequestedProcedure as RequestedProcedureRow
 
 # Shown as the order's sending application, so the item page tells who made it.
 SENDING_APPLICATION = "MWL WEB"
@@ -298,6 +298,8 @@ def _station_by_rule(settings: Settings, modality: str, location: str) -> str:
 
 def _lock_key(stem: str) -> int:
     """A stable signed 64-bit number for the advisory lock of one counter."""
+    # The module's old name, kept: brokers of two versions sharing one database
+    # during an upgrade must still take the same lock.
     digest = hashlib.sha256(f"mwl.order_entry:{stem}".encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
 

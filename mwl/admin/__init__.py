@@ -1,0 +1,1 @@
+"""Administration: user accounts, API tokens, settings changed on the page."""

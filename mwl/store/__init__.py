@@ -1,0 +1,1 @@
+"""The store: database engine and sessions, the ORM schema, migrations, singleton leases."""

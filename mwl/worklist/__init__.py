@@ -1,0 +1,1 @@
+"""The worklist the modalities see: matching, the day list, the steps they report back (MPPS)."""
