@@ -377,6 +377,10 @@ def _validate(settings: Settings) -> None:
     _validate_dicom_network(settings)
     if settings.dicom_max_matches < 0:
         raise SettingsError("dicom_max_matches", "must be 0 (no limit) or positive")
+    if any(p.require_tls for p in settings.dicom_ae_profiles) and not settings.dicom_tls_cert:
+        raise SettingsError(
+            "dicom_ae_profiles", "a profile requires TLS, but dicom_tls_cert is not set"
+        )
     if settings.dicom_restrict_calling_ae and not settings.dicom_ae_profiles:
         raise SettingsError(
             "dicom_restrict_calling_ae", "needs dicom_ae_profiles listing the allowed AEs"

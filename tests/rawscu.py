@@ -33,6 +33,16 @@ IMPLICIT_LE = "1.2.840.10008.1.2"
 DEFLATED = "1.2.840.10008.1.2.1.99"
 
 
+# Every RawScu made, so a fixture can close what a test left open.
+OPENED: list[RawScu] = []
+
+
+def close_all() -> None:
+    """Close every RawScu still open (a test's teardown)."""
+    while OPENED:
+        OPENED.pop().close()
+
+
 class AssociationRejectedError(Exception):
     """The SCP answered A-ASSOCIATE-RJ: ``result``, ``source``, ``reason``."""
 
@@ -75,15 +85,28 @@ class RawScu:
     tls: ssl.SSLContext | None = None
     bind: tuple[str, int] | None = None
     timeout: float = 20.0
+    #: SO_RCVBUF before connecting (a small one makes a reader that stalls the SCP).
+    rcvbuf: int = 0
     sock: socket.socket = field(init=False)
     contexts: dict[int, str] = field(default_factory=dict)  # context ID -> transfer syntax
     peer_max_length: int = 0
     _buffer: bytearray = field(default_factory=bytearray)
 
+    def __enter__(self) -> RawScu:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def __post_init__(self) -> None:
-        sock = socket.create_connection(
-            (self.host, self.port), timeout=self.timeout, source_address=self.bind
-        )
+        OPENED.append(self)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        if self.rcvbuf:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
+        if self.bind is not None:
+            sock.bind(self.bind)
+        sock.connect((self.host, self.port))
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.tls is not None:
             sock = self.tls.wrap_socket(sock, server_hostname=self.host)
@@ -144,12 +167,15 @@ class RawScu:
         return 2 * index + 1
 
     def release(self) -> bytes:
-        """Send A-RELEASE-RQ; return the type byte of what came back (0x06: A-RELEASE-RP)."""
+        """Send A-RELEASE-RQ, close; return the type byte of the answer (0x06: A-RELEASE-RP)."""
         self.send(b"\x05\x00" + struct.pack(">L", 4) + b"\x00\x00\x00\x00")
-        while True:
-            pdu = self.read_pdu()
-            if pdu[0] in (0x06, 0x07):
-                return pdu[:1]
+        try:
+            while True:
+                pdu = self.read_pdu()
+                if pdu[0] in (0x06, 0x07):
+                    return pdu[:1]
+        finally:
+            self.close()
 
     def abort(self) -> None:
         """Send A-ABORT (service user) and close."""

@@ -6,6 +6,7 @@ import logging
 from functools import partial
 from pathlib import Path
 
+from pydicom import config as pydicom_config
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # names made at import time
     ModalityPerformedProcedureStep,
     ModalityWorklistInformationFind,
@@ -151,6 +152,11 @@ class WorklistScp:
         """
         if self._server is not None:
             raise RuntimeError("the worklist SCP is already running")
+        # Values from the wire are judged by the broker's own rules (mwl.dicom.query:
+        # a failure status naming the key). pydicom's reading checks would instead
+        # write warnings that quote the values (patient data) to standard error. It is
+        # pydicom's process-wide setting; nothing in the broker relies on it.
+        pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
         settings = self._settings
         server = AssociationServer(
             layer_settings(settings),
