@@ -29,6 +29,22 @@ from tests.databases import fresh_database_url
 CHEAP_SCRYPT_N = 2**10
 
 
+@pytest.fixture(autouse=True, scope="session")
+def pydicom_reads_without_checks() -> Iterator[None]:
+    """pydicom's reading checks off, as the worklist SCP sets them in ``mwl serve``.
+
+    The SCP judges values from the wire by its own rules; pydicom's checks would warn
+    (and quote the values). In-process SCPs turn them off for the whole process, so
+    the tests do so from the start: no test then depends on which ran first.
+    """
+    from pydicom import config
+
+    before = config.settings.reading_validation_mode
+    config.settings.reading_validation_mode = config.IGNORE
+    yield
+    config.settings.reading_validation_mode = before
+
+
 @pytest.fixture(autouse=True)
 def cheap_password_hashing(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     """Hash passwords cheaply unless the test is marked ``production_password_cost``."""

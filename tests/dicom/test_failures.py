@@ -183,7 +183,7 @@ def test_many_modalities_at_once_are_all_accepted_up_to_the_limit(engine, settin
         extra.add_requested_context(ModalityWorklistInformationFind)
         refused = extra.associate("127.0.0.1", scp.address[1], ae_title="MWLTEST")
         open_associations.append(refused)
-        assert refused.is_rejected
+        assert refused.is_rejected, (refused.is_aborted, refused.is_established)
     finally:
         for assoc in open_associations:
             if assoc.is_established:

@@ -77,7 +77,6 @@ from mwl.dicom.net.service import (
 )
 
 logger = logging.getLogger(__name__)
-_rate_log = RateLimitedLog(logger)
 
 # Statuses the layer itself answers with (PS3.7 Annex C).
 _CANCEL = 0xFE00
@@ -224,6 +223,7 @@ class Association:
         policy: AdmissionPolicy,
         on_close: Callable[[Association], None] = lambda _a: None,
         certificate_subject: Callable[[socket.socket], str] | None = None,
+        rate_log: RateLimitedLog | None = None,
     ) -> None:
         self.address = address
         self.settings = settings
@@ -235,6 +235,7 @@ class Association:
         self._policy = policy
         self._on_close = on_close
         self._certificate_subject = certificate_subject
+        self._rate_log = rate_log or RateLimitedLog(logger)
         self._reader = PduReader()
         self._assembler = MessageAssembler(settings.max_data_bytes)
         self._contexts: dict[int, PresentationContext] = {}
@@ -422,7 +423,7 @@ class Association:
         abstract = str(context.abstract_syntax)
         cx = Context(int(message.context_id), abstract, str(context.transfer_syntax[0]))
         if primitive is None:
-            _rate_log.warning(
+            self._rate_log.warning(
                 f"unsupported:{self.address[0]}",
                 "DICOM association %s from %s: command 0x%04X not served, aborted",
                 self.calling_ae_title,
@@ -648,7 +649,7 @@ class Association:
         self._linger()
 
     def _protocol_abort(self, exc: PduError) -> None:
-        _rate_log.warning(
+        self._rate_log.warning(
             f"protocol:{self.address[0]}",
             "DICOM association from %s aborted: %s",
             self.peer,

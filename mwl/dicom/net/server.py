@@ -46,7 +46,6 @@ from mwl.dicom.net.service import Services
 from mwl.dicom.net.tls import ReloadingContext, peer_subject
 
 logger = logging.getLogger(__name__)
-_rate_log = RateLimitedLog(logger)
 
 # Kernel send buffer of each association: enough for a long answer at LAN and WAN
 # speeds (a bandwidth-delay product of 100 Mbit/s over 40 ms), and a bound on what a
@@ -106,6 +105,8 @@ class AssociationServer:
         self.services = services
         self.limits = limits
         self._caller_policy = caller_policy
+        # Lines a peer can provoke at will, at most one per kind and minute.
+        self.rate_log = RateLimitedLog(logger)
         self._supported: list[PresentationContext] = supported_contexts(services.abstract_syntaxes)
         self._listeners: list[_Listener] = []
         self._lock = threading.Lock()
@@ -187,7 +188,7 @@ class AssociationServer:
         if self._caller_policy is not None:
             rejection = self._caller_policy(association, request)
             if rejection is not None:
-                _rate_log.info(
+                self.rate_log.info(
                     f"caller:{association.address[0]}:{request.calling_ae_title}",
                     "DICOM association from %s (%s) rejected: %s",
                     association.peer,
@@ -218,7 +219,7 @@ class AssociationServer:
                 self._established_by_address[address] += 1
                 self._established_by_ae[ae] += 1
                 return None
-        _rate_log.warning(
+        self.rate_log.warning(
             f"limit:{key}",
             "DICOM association from %s (%s) rejected, local limit exceeded: %s",
             association.peer,
@@ -260,7 +261,7 @@ class AssociationServer:
             return
         except OSError as exc:
             if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                _rate_log.warning(
+                self.rate_log.warning(
                     "accept:resources",
                     "DICOM listener cannot accept a connection: %s; backing off",
                     os.strerror(exc.errno or 0),
@@ -296,6 +297,7 @@ class AssociationServer:
             policy=self,
             on_close=self._forget,
             certificate_subject=subject,
+            rate_log=self.rate_log,
         )
         with self._lock:
             self._serial += 1
@@ -321,7 +323,7 @@ class AssociationServer:
             else:
                 self._open_by_address[host] += 1
                 return True
-        _rate_log.warning(
+        self.rate_log.warning(
             key, "DICOM connection from %s closed at once: %s (limits of the listener)", host, why
         )
         return False
