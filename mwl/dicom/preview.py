@@ -11,20 +11,12 @@ real matching. Nothing here writes to the database or to the query log.
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
-import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
 
-from pydicom import config as pydicom_config
-from pydicom.datadict import dictionary_VR, tag_for_keyword
-from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pydicom.sequence import Sequence as DicomSequence
-from pydicom.tag import Tag
 from pynetdicom.status import Status
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -42,6 +34,11 @@ from mwl.dicom.find import (
 from mwl.dicom.keys import START, Level
 from mwl.dicom.profiles import find_profile, profile_for
 from mwl.dicom.query import ParsedIdentifier
+from mwl.dicom.stored_identifier import (
+    UndecodableIdentifierError,
+    identifier_with_keys,
+    read_identifier,
+)
 from mwl.domain import (
     HIDDEN_BY_DEFAULT,
     KeyMatch,
@@ -84,7 +81,6 @@ IGNORED = "ignored"  # a key with a value the broker does not match on
 INVALID = "invalid"  # the Identifier was refused (the comment is in ``asked``)
 
 _ALL_STATUSES = frozenset(SpsStatus)
-_SPS_SEQUENCE_TAG = Tag(0x0040, 0x0100)
 # WorklistItem attribute -> the keyword that matches it (and its VR, for display).
 _KEYWORDS: dict[str, tuple[str, str]] = {
     spec.attribute: (spec.keyword, spec.vr)
@@ -94,8 +90,6 @@ _KEYWORDS: dict[str, tuple[str, str]] = {
 _KEYWORDS[START_TIME] = ("ScheduledProcedureStepStartTime", "TM")
 _KEYWORDS[STATUS] = ("ScheduledProcedureStepStatus", "CS")
 # What pydicom and json raise on a stored identifier they cannot read.
-_READ_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError)
-_NUMBER_VRS = frozenset({"US", "SS", "UL", "SL", "UV", "SV", "FL", "FD", "IS", "DS"})
 _TEXT_SEPARATOR = ", "
 _ERROR_COMMENT_LENGTH = 64  # Error Comment (0000,0902) is LO, as handle_find sends it
 
@@ -238,173 +232,6 @@ def _failed(
         reason=reason,
         offending_keyword=keyword,
     )
-
-
-class UndecodableIdentifierError(ValueError):
-    """A stored identifier is not DICOM JSON this module can read."""
-
-
-def dataset_from_json(text: str) -> Dataset:
-    """Read an identifier stored as DICOM JSON (PS3.18 F.2) without validating values.
-
-    The SCP decodes what the modality sent without judging values (the
-    translation judges them, with a failure status); pydicom's
-    :meth:`~pydicom.dataset.Dataset.from_json` would warn about each invalid
-    value instead, so the elements are built here with validation off.
-
-    Raises
-    ------
-    UndecodableIdentifierError
-        The text is not a DICOM JSON object.
-    """
-    try:
-        data = json.loads(text)
-        if not isinstance(data, dict):
-            raise TypeError("not a JSON object")
-        return _dataset(data)
-    except _READ_ERRORS as exc:
-        raise UndecodableIdentifierError(f"the identifier cannot be read: {exc}") from exc
-
-
-def _dataset(data: Mapping[str, Any]) -> Dataset:
-    ds = Dataset()
-    for tag_text, element in data.items():
-        tag = Tag(int(tag_text, 16))
-        vr = str(element["vr"])
-        if "BulkDataURI" in element:
-            continue  # a reference to elsewhere: never part of a worklist query
-        value: Any
-        if "InlineBinary" in element:
-            value = base64.b64decode(element["InlineBinary"])
-        else:
-            values = list(element.get("Value") or [])
-            if vr == "SQ":
-                value = DicomSequence([_dataset(item or {}) for item in values])
-            else:
-                if vr == "PN":
-                    values = [_person_name(v) for v in values]
-                elif vr == "AT":
-                    values = [Tag(int(str(v), 16)) for v in values]
-                elif vr == "DS":
-                    values = [str(v) for v in values]
-                if not values:
-                    value = None if vr in _NUMBER_VRS or vr == "AT" else ""
-                else:
-                    value = values[0] if len(values) == 1 else values
-        ds.add(DataElement(tag, vr, value, validation_mode=pydicom_config.IGNORE))
-    return ds
-
-
-def _person_name(value: object) -> str:
-    if isinstance(value, Mapping):
-        groups = [str(value.get(g, "") or "") for g in ("Alphabetic", "Ideographic", "Phonetic")]
-        while groups and not groups[-1]:
-            groups.pop()
-        return "=".join(groups)
-    return "" if value is None else str(value)
-
-
-def _identifier(identifier: Dataset | str) -> Dataset:
-    if isinstance(identifier, Dataset):
-        return identifier
-    return dataset_from_json(identifier)
-
-
-# Return keys of a typical modality's query, for a test run with no stored identifier.
-_DEFAULT_TOP = (
-    "PatientName",
-    "PatientID",
-    "IssuerOfPatientID",
-    "PatientBirthDate",
-    "PatientSex",
-    "AccessionNumber",
-    "StudyInstanceUID",
-    "RequestedProcedureID",
-    "RequestedProcedureDescription",
-    "ReferringPhysicianName",
-)
-_DEFAULT_SPS = (
-    "Modality",
-    "ScheduledStationAETitle",
-    "ScheduledProcedureStepStartDate",
-    "ScheduledProcedureStepStartTime",
-    "ScheduledProcedureStepID",
-    "ScheduledProcedureStepDescription",
-    "ScheduledStationName",
-    "ScheduledProcedureStepStatus",
-)
-
-
-def default_identifier() -> Dataset:
-    """An Identifier asking for the usual return keys, with no matching value."""
-    ds = Dataset()
-    ds.SpecificCharacterSet = "ISO_IR 192"
-    for keyword in _DEFAULT_TOP:
-        _set(ds, keyword, "")
-    sps = Dataset()
-    for keyword in _DEFAULT_SPS:
-        _set(sps, keyword, "")
-    ds.ScheduledProcedureStepSequence = [sps]
-    return ds
-
-
-def _set(ds: Dataset, keyword: str, value: str) -> None:
-    tag = tag_for_keyword(keyword)
-    if tag is None:
-        raise ValueError(f"{keyword!r} is not a DICOM keyword")
-    vr = dictionary_VR(tag)
-    # As a modality may send it: values are judged by the translation, not here.
-    ds.add(DataElement(tag, vr, value, validation_mode=pydicom_config.IGNORE))
-
-
-def identifier_with_keys(identifier: Dataset | str | None, keys: Mapping[str, str]) -> Dataset:
-    """A copy of ``identifier`` with the given matching keys set (``""``: universal).
-
-    Parameters
-    ----------
-    identifier
-        The identifier to start from (e.g. the AE's latest, as stored), or
-        ``None`` / ``""`` for :func:`default_identifier`. A stored identifier
-        that cannot be read is replaced by the default one.
-    keys
-        DICOM keyword -> value as a modality would send it (``CT``, ``Doe*``,
-        ``20261121-20261123``, ``CT\\MR``). Keys of the SPS item (Modality,
-        Scheduled Station AE Title, SPS Start Date...) go in the Scheduled
-        Procedure Step Sequence item; the others at the top level.
-
-    Raises
-    ------
-    ValueError
-        A keyword that is not a worklist key.
-    """
-    try:
-        base = _identifier(identifier) if identifier else default_identifier()
-    except UndecodableIdentifierError:
-        base = default_identifier()
-    ds = _copy(base)
-    for keyword, value in keys.items():
-        if keytable.spec(keyword, Level.TOP) is not None:
-            _set(ds, keyword, value)
-        elif keytable.spec(keyword, Level.SPS) is not None:
-            if _SPS_SEQUENCE_TAG not in ds or not ds[_SPS_SEQUENCE_TAG].value:
-                ds.ScheduledProcedureStepSequence = [Dataset()]
-            _set(ds.ScheduledProcedureStepSequence[0], keyword, value)
-        else:
-            raise ValueError(f"{keyword!r} is not a worklist matching key")
-    return ds
-
-
-def _copy(ds: Dataset) -> Dataset:
-    out = Dataset()
-    for elem in ds:
-        if elem.VR == "SQ":
-            out.add(DataElement(elem.tag, "SQ", DicomSequence([_copy(i) for i in elem.value])))
-        else:
-            value = elem.value
-            if isinstance(value, MultiValue):
-                value = list(value)
-            out.add(DataElement(elem.tag, elem.VR, value, validation_mode=pydicom_config.IGNORE))
-    return out
 
 
 @dataclass(frozen=True)
@@ -552,7 +379,7 @@ def preview_query(
         # No comment when the association itself is rejected: there is no C-FIND.
         return _failed(base, refusal.status, refusal.comment if refusal.status else "")
     try:
-        ds = _identifier(identifier)
+        ds = read_identifier(identifier)
     except UndecodableIdentifierError:
         return _failed(base, FAILURE_IDENTIFIER_DOES_NOT_MATCH, "the Identifier cannot be decoded")
     translated = _translate(settings, calling, peer_host, ds, today)
@@ -713,7 +540,9 @@ def explain_step(
         if item is None:
             return None
         try:
-            translated = _translate(settings, calling, peer_host, _identifier(identifier), today)
+            translated = _translate(
+                settings, calling, peer_host, read_identifier(identifier), today
+            )
         except UndecodableIdentifierError as exc:
             translated = FindFailure(FAILURE_IDENTIFIER_DOES_NOT_MATCH, str(exc))
         if isinstance(translated, FindFailure):
@@ -865,13 +694,9 @@ __all__ = [
     "PreviewItem",
     "QueryCondition",
     "QueryPreview",
-    "UndecodableIdentifierError",
     "WorklistPreviewer",
-    "dataset_from_json",
-    "default_identifier",
     "explain_exclusion",
     "explain_step",
-    "identifier_with_keys",
     "preview_query",
     "response_rows",
 ]

@@ -25,11 +25,11 @@ from mwl.dicom.preview import (
     Explanation,
     QueryPreview,
     WorklistPreviewer,
-    dataset_from_json,
     explain_exclusion,
     response_rows,
 )
 from mwl.dicom.scp import WorklistScp
+from mwl.dicom.stored_identifier import dataset_from_json
 from mwl.domain import Order, PatientDemographics, RequestedProcedure, ScheduledStep
 from mwl.operations.querylog import latest_query
 from mwl.orders.apply import apply_order

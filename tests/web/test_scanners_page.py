@@ -19,7 +19,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mwl.admin.users import add_user
 from mwl.config import Settings
-from mwl.dicom.preview import WorklistPreviewer, identifier_with_keys
+from mwl.dicom.preview import WorklistPreviewer
+from mwl.dicom.stored_identifier import identifier_with_keys
 from mwl.domain import Order, PatientDemographics, RequestedProcedure, ScheduledStep
 from mwl.operations.querylog import (
     KEYWORDS_BY_TAG,

@@ -533,55 +533,14 @@ class Association:
         except Exception:
             logger.exception("C-FIND handler failed")
             answer = FindAnswer(status=_FIND_HANDLER_FAILED)
-        context_id = request.context.context_id
         spool = _Spool(_TLS_SPAN if self.channel.tls else _SPAN)
         self._answering, self._cancelled = int(primitive.MessageID or 0), False
-        ending = AnswerEnd(None, 0, CONNECTION_LOST)
         identifiers: Iterator[bytes] = iter(answer.identifiers)
+        ending = AnswerEnd(None, 0, CONNECTION_LOST)
         try:
-            command = pending_find_command(primitive, answer.pending_status)
-            status, status_ds = answer.status, answer.status_dataset
-            first = True
-            while not (self._cancelled or self._release_requested):
-                try:
-                    identifier = next(identifiers)
-                except StopIteration:
-                    self._read_available()
-                    break
-                except Exception:
-                    # A bug while encoding a match: the answer ends as pynetdicom ends
-                    # it when its handler raises, and the association goes on.
-                    logger.exception("C-FIND answer failed while encoding a match")
-                    status, status_ds = _FIND_HANDLER_FAILED, None
-                    break
-                spool.add(pdata_pdus(context_id, command, identifier, self._peer_max_length))
-                # The first match goes out at once (the modality shows it while the
-                # rest arrive); then spans, with a look at the peer between them.
-                if first or spool.pending >= spool.span:
-                    first = False
-                    self._pump(spool, everything=False)
-            if self._release_requested:
-                self._pump(spool, everything=True)
-                ending = AnswerEnd(None, spool.responses_sent, RELEASED)
-                self._release()
-                raise _Ended(RELEASED)
-            if self._cancelled:
-                status, status_ds = _CANCEL, None
-            final = C_FIND()
-            final.MessageIDBeingRespondedTo = primitive.MessageID
-            final.AffectedSOPClassUID = primitive.AffectedSOPClassUID
-            _apply_status(final, status if status_ds is None else status_ds)
-            spool.add(response_pdus(final, context_id, self._peer_max_length))
-            self._pump(spool, everything=True)
-            # The final response is counted as a response sent; matches are the others.
-            ending = AnswerEnd(
-                int(final.Status or 0),
-                spool.responses_sent - 1,
-                CANCELLED if self._cancelled else COMPLETED,
-            )
+            ending = self._stream(request, primitive, answer, identifiers, spool)
         except _Ended as exc:
-            if ending.reason != RELEASED:
-                ending = AnswerEnd(None, spool.responses_sent, str(exc.args[0]))
+            ending = AnswerEnd(None, spool.responses_sent, str(exc.args[0]))
             raise
         except DeadlineError:
             ending = AnswerEnd(None, spool.responses_sent, TIMED_OUT)
@@ -606,6 +565,69 @@ class Association:
                     answer.on_end(ending)
                 except Exception:
                     logger.exception("C-FIND end handler failed")
+
+    def _stream(
+        self,
+        request: DimseRequest,
+        primitive: C_FIND,
+        answer: FindAnswer,
+        identifiers: Iterator[bytes],
+        spool: _Spool,
+    ) -> AnswerEnd:
+        """Send the Pending responses, then the final one; how the answer ended."""
+        context_id = request.context.context_id
+        status: int | Dataset = (
+            answer.status if answer.status_dataset is None else answer.status_dataset
+        )
+        if not self._send_pending(context_id, primitive, answer, identifiers, spool):
+            status = _FIND_HANDLER_FAILED
+        if self._release_requested:
+            self._pump(spool, everything=True)
+            self._release()
+            raise _Ended(RELEASED)
+        if self._cancelled:
+            status = _CANCEL
+        final = C_FIND()
+        final.MessageIDBeingRespondedTo = primitive.MessageID
+        final.AffectedSOPClassUID = primitive.AffectedSOPClassUID
+        _apply_status(final, status)
+        spool.add(response_pdus(final, context_id, self._peer_max_length))
+        self._pump(spool, everything=True)
+        # The final response counts as a response sent; the matches are the others.
+        reason = CANCELLED if self._cancelled else COMPLETED
+        return AnswerEnd(int(final.Status or 0), spool.responses_sent - 1, reason)
+
+    def _send_pending(
+        self,
+        context_id: int,
+        primitive: C_FIND,
+        answer: FindAnswer,
+        identifiers: Iterator[bytes],
+        spool: _Spool,
+    ) -> bool:
+        """Spool and pump the matches until they end, a C-CANCEL or an A-RELEASE-RQ.
+
+        Returns False when encoding a match failed (a bug): the answer then ends as
+        pynetdicom ends it when its handler raises, and the association goes on.
+        """
+        command = pending_find_command(primitive, answer.pending_status)
+        first = True
+        while not (self._cancelled or self._release_requested):
+            try:
+                identifier = next(identifiers)
+            except StopIteration:
+                self._read_available()
+                return True
+            except Exception:
+                logger.exception("C-FIND answer failed while encoding a match")
+                return False
+            spool.add(pdata_pdus(context_id, command, identifier, self._peer_max_length))
+            # The first match goes out at once (the modality shows it while the rest
+            # arrive); then spans, with a look at the peer between them.
+            if first or spool.pending >= spool.span:
+                first = False
+                self._pump(spool, everything=False)
+        return True
 
     def _pump(self, spool: _Spool, *, everything: bool) -> None:
         """Hand the spooled responses to the socket, reading what the peer sends meanwhile.
