@@ -117,7 +117,9 @@ def asyncio_server(port_out: Any, responses: int, size: int) -> None:
                         chunk = bytes(span)
                         span.clear()
                         asyncio.run_coroutine_threadsafe(_write(writer, chunk), loop).result()
-                asyncio.run_coroutine_threadsafe(_write(writer, bytes(span) + b"END!"), loop).result()
+                asyncio.run_coroutine_threadsafe(
+                    _write(writer, bytes(span) + b"END!"), loop
+                ).result()
                 loop.call_soon_threadsafe(done.set)
 
             pool.submit(produce)
