@@ -109,7 +109,7 @@ def asyncio_server(port_out: Any, responses: int, size: int) -> None:
                 continue
             done = asyncio.Event()
 
-            def produce() -> None:
+            def produce(done: asyncio.Event = done) -> None:
                 span = bytearray()
                 for message in _answer(responses, size):
                     span += message

@@ -4,8 +4,9 @@ Before the broker had its own association layer (mwl/dicom/net), pynetdicom
 served each association with two threads that poll (sleeping 1 ms between checks),
 so a silent association cost CPU: 12 % of a core for one, a whole core from 25
 (docs/performance.md, third round). Each association is now one thread asleep in
-``poll`` on its socket. This script measures what they cost: starts ``mwl serve`` (empty SQLite database, loopback, ephemeral
-ports), opens ``--associations`` associations from a client process of its own
+``poll`` on its socket. This script measures what they cost: starts ``mwl serve``
+(empty SQLite database, loopback, ephemeral ports), opens ``--associations``
+associations from a client process of its own
 (pynetdicom, Modality Worklist FIND context) for each count in turn, lets them sit
 idle, and prints the server's CPU (user + system, from /proc) over ``--seconds``,
 and the client's own, as a share of one core.

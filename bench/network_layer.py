@@ -52,7 +52,6 @@ sys.path.insert(0, str(REPO))
 
 from pydicom.dataset import Dataset  # noqa: E402
 from pydicom.sequence import Sequence  # noqa: E402
-from pynetdicom.dsutils import encode  # noqa: E402
 
 from mwl.dicom import keys as keytable  # noqa: E402
 from tests.certificates import issue, make_ca  # noqa: E402
@@ -222,9 +221,9 @@ def cancels(target: Target, times: int) -> dict[str, object]:
     latencies, statuses, after = [], [], []
     scu = connect(target, calling="CANCELER")
     for message_id in range(1, times + 1):
-        sent = {}
+        sent: dict[str, float] = {}
 
-        def cancel(message_id: int = message_id) -> None:
+        def cancel(message_id: int = message_id, sent: dict[str, float] = sent) -> None:
             sent["at"] = time.perf_counter()
             scu.send_cancel(message_id=message_id)
 
