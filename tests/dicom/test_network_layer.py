@@ -201,7 +201,10 @@ def test_release_mid_answer_stops_the_answer_and_gets_release_rp(scp, engine):
     # Pending responses already on their way, then A-RELEASE-RP (no final C-FIND-RSP).
     assert kinds[-1] == 0x06
     assert len(kinds) - 1 < STEPS
-    assert scu.closed_by_peer(within=5)
+    # The requestor closes the connection after A-RELEASE-RP (PS3.8 9.1.5); the SCP
+    # then lets the association go.
+    scu.close()
+    assert wait_until(lambda: scp.server.open_associations == 0, 5)
     assert wait_until(lambda: [r.ended for r in query_log(engine, "RELEASER")] == ["released"], 5)
 
 

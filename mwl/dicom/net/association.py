@@ -89,9 +89,11 @@ _UNRECOGNIZED_OPERATION = 0x0211
 # a retried write to carry the same bytes), so spans are one TLS record there.
 _SPAN = 64 * 1024
 _TLS_SPAN = 16 * 1024
-# After A-ASSOCIATE-RJ, A-RELEASE-RP or A-ABORT the peer is given this long to
-# read and close before the socket is closed (PS3.8 9.1.5, the ARTIM timer).
-_LINGER = 2.0
+# After A-ASSOCIATE-RJ, A-RELEASE-RP or A-ABORT the peer is given this long (or the
+# ACSE timeout, if shorter) to read and close before the socket is closed: PS3.8
+# 9.1.5's ARTIM timer. A busy requestor (pynetdicom polls) may take seconds to read
+# the last PDU; closing first can make it see a lost connection instead of the RJ.
+_LINGER = 10.0
 
 
 @dataclass(frozen=True)
@@ -687,7 +689,7 @@ class Association:
 
     def _linger(self) -> None:
         # Let the peer read the last PDU and close first (PS3.8 9.1.5), briefly.
-        deadline = time.monotonic() + _LINGER
+        deadline = time.monotonic() + min(_LINGER, self.settings.acse_timeout)
         try:
             while True:
                 self.channel.recv(deadline)
