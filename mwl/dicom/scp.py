@@ -29,8 +29,8 @@ from mwl.dicom.net.negotiation import (
 )
 from mwl.dicom.net.server import AssociationLimits, AssociationServer
 from mwl.dicom.net.service import Services
-from mwl.dicom.net.tls import ReloadingContext, TlsFiles
 from mwl.dicom.profiles import check_profiles, find_profile
+from mwl.tls import ReloadingContext, TlsFiles
 
 logger = logging.getLogger(__name__)
 

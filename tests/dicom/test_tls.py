@@ -25,10 +25,10 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from sqlalchemy.engine import Engine
 
 from mwl.config import DicomAeProfile, Settings
-from mwl.dicom.net.tls import TLS12_CIPHERS
 from mwl.dicom.scp import WorklistScp
 from mwl.store.engine import make_engine, make_session_factory
 from mwl.store.migrate import upgrade
+from mwl.tls import TLS12_CIPHERS
 from tests.certificates import Issued, issue, make_ca
 from tests.factories import load_steps
 from tests.rawscu import AbortedError, AssociationRejectedError, RawScu, close_all

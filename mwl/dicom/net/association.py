@@ -59,7 +59,6 @@ from mwl.dicom.net.negotiation import (
     protocol_rejection,
     read_request,
 )
-from mwl.dicom.net.ratelog import RateLimitedLog
 from mwl.dicom.net.service import (
     ABORTED,
     CANCELLED,
@@ -75,6 +74,7 @@ from mwl.dicom.net.service import (
     Requestor,
     Services,
 )
+from mwl.ratelog import RateLimitedLog
 
 logger = logging.getLogger(__name__)
 

@@ -41,9 +41,9 @@ from mwl.dicom.net.negotiation import (
     local_limit_exceeded,
     supported_contexts,
 )
-from mwl.dicom.net.ratelog import RateLimitedLog
 from mwl.dicom.net.service import Services
-from mwl.dicom.net.tls import ReloadingContext, peer_subject
+from mwl.ratelog import RateLimitedLog
+from mwl.tls import ReloadingContext, peer_subject
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""DICOM TLS (PS3.15 B.12, the BCP 195 RFC 8996/9325 profile): the server's TLS context.
+"""TLS of the listeners (BCP 195, RFC 8996/9325; for DICOM PS3.15 B.12): server contexts.
 
 - TLS 1.2 at least, 1.3 preferred (OpenSSL negotiates the highest both sides
   have); 1.0 and 1.1 never (RFC 8996).
@@ -117,8 +117,9 @@ class ReloadingContext:
         The files do not load at start (then the broker does not start).
     """
 
-    def __init__(self, files: TlsFiles) -> None:
+    def __init__(self, files: TlsFiles, service: str = "DICOM") -> None:
         self.files = files
+        self.service = service
         self._lock = threading.Lock()
         self._stamp = self._stamps()
         self._context = server_context(files)
@@ -143,7 +144,8 @@ class ReloadingContext:
             level = logging.ERROR
         logger.log(
             level,
-            "DICOM TLS certificate %s: %s, valid until %s (%.0f days left)%s",
+            "%s TLS certificate %s: %s, valid until %s (%.0f days left)%s",
+            self.service,
             verb,
             info.subject,
             info.not_after.strftime("%Y-%m-%d %H:%M UTC"),
@@ -168,8 +170,9 @@ class ReloadingContext:
                 certificate = self._log_loaded("reloaded")
             except (ssl.SSLError, OSError, ValueError, KeyError) as exc:
                 logger.error(
-                    "DICOM TLS files changed but do not load (%s); the previous certificate "
+                    "%s TLS files changed but do not load (%s); the previous certificate "
                     "stays in use",
+                    self.service,
                     exc,
                 )
                 return self._context
