@@ -37,6 +37,9 @@ _ASKABLE_STATUSES = {s.value: s for s in SpsStatus if s is not SpsStatus.HELD}
 _MAX_QUERY_LENGTH = {**MAX_VALUE_LEN, "AS": 4, "DA": 18, "DT": 54, "TM": 28}
 _PN_GROUP_LENGTH = 64
 
+# Keys whose values are enumerated (PS3.3 C.7.1.4: Pregnancy Status 1-4).
+_ENUMERATED = {"PregnancyStatus": frozenset({"1", "2", "3", "4"})}
+
 _DATE = re.compile(r"^(\d{4})\.?(\d{2})\.?(\d{2})$")  # YYYYMMDD; YYYY.MM.DD (ACR-NEMA) too
 _TIME = re.compile(r"^(\d{2})(?::?(\d{2})(?::?(\d{2})(?:\.(\d{1,6}))?)?)?$")
 
@@ -113,6 +116,12 @@ class _Builder:
             return  # universal matching, C.2.2.2.3 (and a lone '*', C.2.2.2.4)
         if spec is None or not spec.matching or spec.attribute is None:
             self.unsupported.append(keyword)
+            return
+        if keyword in _ENUMERATED and not set(values) <= _ENUMERATED[keyword]:
+            # Not one of the key's enumerated values, so no stored value can be it: the
+            # SCU means "any". dcmjs-dimse, for one, always sends Pregnancy Status 0 (its
+            # API cannot leave a US element empty). Universal matching, as for an empty
+            # value; not 0xFF01, which dcmjs-dimse takes for a final status.
             return
         if spec.attribute == START:
             if keyword == "ScheduledProcedureStepStartDate":

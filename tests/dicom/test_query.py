@@ -224,3 +224,15 @@ def test_iso_2022_query_is_decoded_before_matching():
     decoded = dcmread(DicomBytesIO(buffer.getvalue()), force=True)
     (key,) = query_from_identifier(decoded).keys
     assert key == KeyMatch("patient_name", MatchKind.SINGLE, ("Yamada^Tarou=山田^太郎",))
+
+
+def test_a_pregnancy_status_outside_its_enumerated_values_means_any():
+    # dcmjs-dimse always sends Pregnancy Status 0: not a value a step can hold.
+    ds = Dataset()
+    ds.PatientID = "P1"
+    ds.PregnancyStatus = 0
+    parsed = parse_identifier(ds)
+    assert [key.attribute for key in parsed.query.keys] == ["patient_id"]
+    assert parsed.unsupported_keys == ()
+    ds.PregnancyStatus = 3
+    assert "pregnancy_status" in {key.attribute for key in parse_identifier(ds).query.keys}
