@@ -321,7 +321,8 @@ def _breakdown(stats: pstats.Stats, messages: int) -> list[tuple[str, float]]:
 def profile_in_process(url: str, backend: str, count: int, workdir: Path) -> None:
     """Run Hl7Server in-process on ``url``; print cProfile and unprofiled breakdowns."""
     from mwl.config import load_settings
-    from mwl.hl7.parse import MappingOptions, parse_order
+    from mwl.hl7.order_mapping import MappingOptions
+    from mwl.hl7.parse import parse_order
     from mwl.hl7.server import Hl7Server
     from mwl.store.engine import make_engine, make_session_factory
     from mwl.store.migrate import upgrade

@@ -15,7 +15,7 @@ from sqlalchemy.exc import DataError, IntegrityError, OperationalError, SQLAlche
 from sqlalchemy.orm import Session, sessionmaker
 
 from mwl.config import Settings
-from mwl.hl7.parse import safe_header
+from mwl.hl7.grammar import safe_header
 from mwl.hl7.server import MessageProcessor, rejection
 from mwl.operations.audit import record_event
 from mwl.operations.message_view import (

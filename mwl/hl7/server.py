@@ -34,20 +34,18 @@ from mwl.config import Settings
 from mwl.domain import Order, PatientDemographics, SpsStatus
 from mwl.errors import InvalidOrderError, SettingsError
 from mwl.hl7.ack import ACCEPT, build_ack
-from mwl.hl7.mllp import FramingError, MllpFramer, frame
-from mwl.hl7.parse import (
+from mwl.hl7.errors import (
     APPLICATION_INTERNAL_ERROR,
     DATA_TYPE_ERROR,
     REQUIRED_FIELD_MISSING,
     SEGMENT_SEQUENCE_ERROR,
     TABLE_VALUE_NOT_FOUND,
     Hl7MessageError,
-    MappingOptions,
-    MessageHeader,
-    codec_for,
-    parse_message,
-    safe_header,
 )
+from mwl.hl7.grammar import MessageHeader, codec_for, safe_header
+from mwl.hl7.mllp import FramingError, MllpFramer, frame
+from mwl.hl7.order_mapping import MappingOptions
+from mwl.hl7.parse import parse_message
 from mwl.operations.messages import original_ack, record_message
 from mwl.orders.apply import OrderOutcome, apply_order, status_table
 from mwl.orders.message_links import link_order, link_patient
