@@ -15,9 +15,10 @@ from sqlalchemy import select
 from mwl.config import Settings, load_settings
 from mwl.errors import SettingsError
 from mwl.hl7.client import ack_summary, send_messages
+from mwl.hl7.intake import sender_accepted
 from mwl.hl7.order_mapping import MappingOptions
 from mwl.hl7.parse import parse_message, parse_order
-from mwl.hl7.server import Hl7Server, sender_accepted
+from mwl.hl7.server import Hl7Server
 from mwl.orders.patients import PatientChange
 from mwl.store.models import Hl7Message, Patient, RequestedProcedure, ScheduledProcedureStep
 
