@@ -72,15 +72,10 @@ class Hl7Server:
     Parameters
     ----------
     settings
-        ``bind_address``, ``hl7_port`` (0: any free port), ``hl7_idle_timeout_seconds``,
-        ``hl7_max_frame_bytes``, the mapping settings and ``log_phi`` are used.
-    session_factory
-        A writer session factory (:func:`mwl.store.engine.make_session_factory` with
-        ``writer=True``); each message is one or two units of work.
-    live_settings
-        When given, the mapping and routing settings and the accepted senders are
-        read from it per message, so changes made on the admin page apply to the
-        next message without a restart.
+        ``bind_address``, ``hl7_port`` (0: any free port), ``hl7_idle_timeout_seconds``
+        and ``hl7_max_frame_bytes`` are used here; the rest is the intake's.
+    session_factory, live_settings
+        Passed on to the :class:`~mwl.hl7.intake.Intake` that handles each message.
 
     Raises
     ------
