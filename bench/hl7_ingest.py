@@ -267,8 +267,8 @@ def _profiled(fn: Callable[..., Any], profiles: dict[int, cProfile.Profile]) -> 
 def _breakdown(stats: pstats.Stats, messages: int) -> list[tuple[str, float]]:
     """Per-message milliseconds: the server's steps, then time by layer.
 
-    Steps are the direct callees of the functions in ``mwl/hl7/server.py`` (found
-    from the profile, so renames in the server do not break the breakdown). Layers
+    Steps are the direct callees of the functions in ``mwl/hl7/intake.py`` (found
+    from the profile, so renames in the intake do not break the breakdown). Layers
     sum each function's own time (``tottime``, no double counting) by where it lives:
     the database driver (sqlite3 / psycopg, including the wait for PostgreSQL),
     SQLAlchemy, mwl's code, and everything else (stdlib, logging, hl7apy).
@@ -277,15 +277,13 @@ def _breakdown(stats: pstats.Stats, messages: int) -> list[tuple[str, float]]:
     per = 1000.0 / max(1, messages)
     rows: list[tuple[str, float]] = []
     handle = [
-        v[3]
-        for k, v in raw.items()
-        if k[0].endswith("mwl/hl7/server.py") and k[2] == "handle_message"
+        v[3] for k, v in raw.items() if k[0].endswith("mwl/hl7/intake.py") and k[2] == "handle"
     ]
     rows.append(("handle_message (all server work)", sum(handle) * per))
     steps: dict[str, float] = {}
     for (filename, _line, func), (_cc, _nc, _tt, _ct, callers) in raw.items():
         for (caller_file, _cl, caller_func), (_c, _n, _t, ct) in callers.items():
-            if caller_file.endswith("mwl/hl7/server.py") and caller_func != "handle_message":
+            if caller_file.endswith("mwl/hl7/intake.py") and caller_func != "handle":
                 where = (
                     "mwl/" + filename.split("/mwl/", 1)[1]
                     if "/mwl/" in filename
@@ -321,7 +319,8 @@ def _breakdown(stats: pstats.Stats, messages: int) -> list[tuple[str, float]]:
 def profile_in_process(url: str, backend: str, count: int, workdir: Path) -> None:
     """Run Hl7Server in-process on ``url``; print cProfile and unprofiled breakdowns."""
     from mwl.config import load_settings
-    from mwl.hl7.parse import MappingOptions, parse_order
+    from mwl.hl7.order_mapping import MappingOptions
+    from mwl.hl7.parse import parse_order
     from mwl.hl7.server import Hl7Server
     from mwl.store.engine import make_engine, make_session_factory
     from mwl.store.migrate import upgrade

@@ -344,6 +344,18 @@ class Settings:
 
 
 def _validate(settings: Settings) -> None:
+    # In this order: with several wrong values, the first one named stays the same.
+    _validate_listeners(settings)
+    _validate_hl7(settings)
+    _validate_dicom_network(settings)
+    _validate_dicom_access(settings)
+    _validate_mpps_ris_retention(settings)
+    _validate_order_entry(settings)
+    if settings.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        raise SettingsError("log_level", f"{settings.log_level!r} is not DEBUG/INFO/WARNING/ERROR")
+
+
+def _validate_listeners(settings: Settings) -> None:
     for name in ("hl7_port", "dicom_port", "dicom_tls_port", "web_port"):
         port = getattr(settings, name)
         if not 0 <= port <= 65535:
@@ -366,6 +378,9 @@ def _validate(settings: Settings) -> None:
         raise SettingsError(
             "database_url", f"{settings.database_url!r} is not a SQLAlchemy database URL"
         ) from None
+
+
+def _validate_hl7(settings: Settings) -> None:
     if settings.hl7_max_frame_bytes < 1024:
         raise SettingsError("hl7_max_frame_bytes", "must be at least 1024")
     if settings.hl7_idle_timeout_seconds <= 0:
@@ -374,7 +389,9 @@ def _validate(settings: Settings) -> None:
         raise SettingsError("hl7_missing_start", 'must be "now" or "reject"')
     if settings.hl7_protocol_code_component not in (1, 4):
         raise SettingsError("hl7_protocol_code_component", "must be 4 (OBR-4.4) or 1 (OBR-4.1)")
-    _validate_dicom_network(settings)
+
+
+def _validate_dicom_access(settings: Settings) -> None:
     if settings.dicom_max_matches < 0:
         raise SettingsError("dicom_max_matches", "must be 0 (no limit) or positive")
     if any(p.require_tls for p in settings.dicom_ae_profiles) and not settings.dicom_tls_cert:
@@ -385,10 +402,6 @@ def _validate(settings: Settings) -> None:
         raise SettingsError(
             "dicom_restrict_calling_ae", "needs dicom_ae_profiles listing the allowed AEs"
         )
-    _validate_mpps_ris_retention(settings)
-    _validate_order_entry(settings)
-    if settings.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
-        raise SettingsError("log_level", f"{settings.log_level!r} is not DEBUG/INFO/WARNING/ERROR")
 
 
 def _validate_dicom_network(settings: Settings) -> None:

@@ -447,41 +447,16 @@ def _rows(
 
 def _hl7_values(form: Hl7Form) -> dict[str, Any] | None:
     """The page's settings in TOML form; None (with field errors) when a row is incomplete."""
-    modality_rows, ok_map = _rows(
-        form.modality_map.entries,
-        "sent",
-        _("Enter the value sent, or tick Remove."),
-        lambda r: r,
-    )
-    for entry in form.modality_map.entries:
-        row = entry.form
-        if (row.sent.data or "").strip() and not (row.modality.data or "").strip():
-            if not row.remove.data:
-                row.modality.errors = [_("Enter the DICOM modality, or tick Remove.")]
-                ok_map = False
+    modality_rows, ok_map = _modality_rows(form)
     rules, ok_rules = _rows(
         form.station_rules.entries,
         "station_ae_title",
         _("Enter the station AE title, or tick Remove."),
         lambda r: {k: v for k, v in r.items() if v},
     )
-    statuses, ok_status = _rows(
-        form.order_status.entries,
-        "order_control",
-        _("Enter the order control code, or tick Remove."),
-        lambda r: r,
-    )
-    for entry in form.order_status.entries:
-        row = entry.form
-        if (row.order_control.data or "").strip() and not row.remove.data and not row.status.data:
-            row.status.errors = [_("Choose the step status, or tick Remove.")]
-            ok_status = False
+    order_status, ok_status = _order_status_rows(form)
     if not (ok_map and ok_rules and ok_status):
         return None
-    order_status: dict[str, str] = {}
-    for r in statuses:
-        status = "" if r["status"] == REJECT else r["status"]
-        order_status[f"{r['order_control']}_{r['order_status']}".upper()] = status
     senders = [
         line.strip() for line in (form.accepted_senders.data or "").splitlines() if line.strip()
     ]
@@ -494,6 +469,46 @@ def _hl7_values(form: Hl7Form) -> dict[str, Any] | None:
         "hl7_missing_start": form.missing_start.data,
         "hl7_station_from_orc18": bool(form.station_from_orc18.data),
     }
+
+
+def _modality_rows(form: Hl7Form) -> tuple[list[dict[str, str]], bool]:
+    """The modality map's kept rows; a value sent without its DICOM modality is marked."""
+    rows, valid = _rows(
+        form.modality_map.entries,
+        "sent",
+        _("Enter the value sent, or tick Remove."),
+        lambda r: r,
+    )
+    for entry in form.modality_map.entries:
+        row = entry.form
+        if (row.sent.data or "").strip() and not (row.modality.data or "").strip():
+            if not row.remove.data:
+                row.modality.errors = [_("Enter the DICOM modality, or tick Remove.")]
+                valid = False
+    return rows, valid
+
+
+def _order_status_rows(form: Hl7Form) -> tuple[dict[str, str], bool]:
+    """The status table as ``{"NW_SC": "SCHEDULED", ...}`` ("" = reject); rows without a
+    status are marked."""
+    statuses, valid = _rows(
+        form.order_status.entries,
+        "order_control",
+        _("Enter the order control code, or tick Remove."),
+        lambda r: r,
+    )
+    for entry in form.order_status.entries:
+        row = entry.form
+        if (row.order_control.data or "").strip() and not row.remove.data and not row.status.data:
+            row.status.errors = [_("Choose the step status, or tick Remove.")]
+            valid = False
+    order_status: dict[str, str] = {}
+    if not valid:
+        return order_status, False
+    for r in statuses:
+        status = "" if r["status"] == REJECT else r["status"]
+        order_status[f"{r['order_control']}_{r['order_status']}".upper()] = status
+    return order_status, valid
 
 
 # --------------------------------------------------------------------------- reset

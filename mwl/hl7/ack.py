@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.core import Message, Segment
 
-from mwl.hl7.parse import ERROR_TEXTS, Hl7MessageError, MessageHeader
+from mwl.hl7.errors import ERROR_TEXTS, Hl7MessageError
+from mwl.hl7.grammar import MessageHeader
 
 ACCEPT = "AA"
 ERROR = "AE"

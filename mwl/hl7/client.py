@@ -121,39 +121,74 @@ def send_files(
         could not be read or the listener could not be reached.
     """
     out = out or sys.stdout
+    batch = _read_messages(paths)
+    if not batch:
+        return 2
+    bar = _ProgressBar(len(batch), enabled=progress and sys.stderr.isatty())
+    status = 0
+    acks = iter_acks(host, port, (message for _, message in batch), timeout)
+    try:
+        for index, ((name, message), ack) in enumerate(zip(batch, acks, strict=False), start=1):
+            line, accepted = _ack_line(name, message, ack)
+            bar.clear()
+            print(line, file=out)
+            if not accepted:
+                status = 1
+            bar.show(index)
+    except OSError as exc:
+        bar.end()
+        print(f"error: {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    bar.end()
+    return status
+
+
+def _ack_line(name: str, message: bytes, ack: bytes) -> tuple[str, bool]:
+    """``<MSA-1> <MSH-10> <file>`` (with the error text unless AA), and whether it is AA."""
+    code, _, text = ack_summary(ack)
+    control_id = _field(message, b"MSH", 10)
+    line = f"{code or '??'} {control_id or '-'} {name}"
+    return (f"{line}: {text}" if code != "AA" and text else line), code == "AA"
+
+
+def _read_messages(paths: Sequence[Path | str]) -> list[tuple[str, bytes]]:
+    """(file name, message) of every message in ``paths``; empty after printing an error."""
     batch: list[tuple[str, bytes]] = []
     for path in paths:
         try:
             data = Path(path).read_bytes()
         except OSError as exc:
             print(f"error: cannot read {path}: {exc.strerror or exc}", file=sys.stderr)
-            return 2
+            return []
         batch.extend((str(path), message) for message in split_messages(data))
     if not batch:
         print("error: no HL7 messages found", file=sys.stderr)
-        return 2
-    bar = progress and sys.stderr.isatty()
-    status = 0
-    acks = iter_acks(host, port, (message for _, message in batch), timeout)
-    try:
-        for index, ((name, message), ack) in enumerate(zip(batch, acks, strict=False), start=1):
-            code, _, text = ack_summary(ack)
-            control_id = _field(message, b"MSH", 10)
-            if bar:
-                sys.stderr.write("\r\x1b[K")
-            line = f"{code or '??'} {control_id or '-'} {name}"
-            print(f"{line}: {text}" if code != "AA" and text else line, file=out)
-            if code != "AA":
-                status = 1
-            if bar:
-                done = int(30 * index / len(batch))
-                sys.stderr.write(f"\r[{'#' * done}{'.' * (30 - done)}] {index}/{len(batch)}")
-                sys.stderr.flush()
-    except OSError as exc:
-        if bar:
+    return batch
+
+
+class _ProgressBar:
+    """A one-line progress bar on standard error; does nothing when not enabled."""
+
+    WIDTH = 30
+
+    def __init__(self, total: int, *, enabled: bool) -> None:
+        self.total = total
+        self.enabled = enabled
+
+    def clear(self) -> None:
+        """Clear the bar's line, so that a line of output can take its place."""
+        if self.enabled:
+            sys.stderr.write("\r\x1b[K")
+
+    def show(self, done: int) -> None:
+        """Draw the bar for ``done`` of ``total`` messages."""
+        if self.enabled:
+            filled = int(self.WIDTH * done / self.total)
+            bar = "#" * filled + "." * (self.WIDTH - filled)
+            sys.stderr.write(f"\r[{bar}] {done}/{self.total}")
+            sys.stderr.flush()
+
+    def end(self) -> None:
+        """Leave the bar's line."""
+        if self.enabled:
             sys.stderr.write("\n")
-        print(f"error: {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
-        return 2
-    if bar:
-        sys.stderr.write("\n")
-    return status

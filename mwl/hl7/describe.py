@@ -2,7 +2,7 @@
 
 Used by the message log page (through the composition root, as the web may not
 import this adapter). The message is split on its own delimiters, as the mapping
-splits it (:func:`mwl.hl7.parse.split_segments`); field and component names come
+splits it (:func:`mwl.hl7.grammar.split_segments`); field and component names come
 from hl7apy's reference tables for the message's version (MSH-12), 2.5 when that
 version is unknown. Lenient: whatever cannot be split is still shown as lines.
 """
@@ -17,7 +17,8 @@ from collections.abc import Mapping
 from hl7apy import SUPPORTED_LIBRARIES, load_reference
 from hl7apy.exceptions import HL7apyException
 
-from mwl.hl7.parse import Hl7MessageError, MessageHeader, Segment, safe_header, split_segments
+from mwl.hl7.errors import Hl7MessageError
+from mwl.hl7.grammar import MessageHeader, Segment, safe_header, split_segments
 from mwl.operations.message_view import ComponentView, FieldView, MessageView, SegmentView
 
 FALLBACK_VERSION = "2.5"

@@ -1,6 +1,6 @@
 """Run a rejected HL7 message from the log through the mapping again, after a settings fix.
 
-The message goes through the listener's own path (:class:`mwl.hl7.server.MessageProcessor`:
+The message goes through the listener's own path (:class:`mwl.hl7.intake.MessageProcessor`:
 sender check, parse, apply, message links) with the settings as they are now, in one
 writer transaction that also records the new outcome and an audit event. Nothing is
 sent to the sender: the ACK it got stays in the log as it was sent.
@@ -11,12 +11,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from sqlalchemy.exc import DataError, IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DataError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mwl.config import Settings
-from mwl.hl7.parse import safe_header
-from mwl.hl7.server import MessageProcessor, rejection
+from mwl.hl7.grammar import safe_header
+from mwl.hl7.intake import MessageProcessor, rejection, retrying_write_conflicts
 from mwl.operations.audit import record_event
 from mwl.operations.message_view import (
     REPROCESS_ACTION,
@@ -33,10 +33,6 @@ logger = logging.getLogger(__name__)
 # Settings as they are, or a function returning the current ones (when the admin
 # page can change them while the broker runs).
 SettingsSource = Settings | Callable[[], Settings]
-
-# Two editors' re-runs, or a re-run and the listener, may race for a new patient's
-# unique key on PostgreSQL; the loser starts over and finds the winner's row.
-_ATTEMPTS = 3
 
 
 def reprocess_message(
@@ -72,32 +68,23 @@ def reprocess_message(
     """
     current = settings() if callable(settings) else settings
     processor = MessageProcessor(current)
-    failure: SQLAlchemyError | None = None
-    for attempt in range(1, _ATTEMPTS + 1):
-        try:
-            with session_factory.begin() as session:
-                return _reprocess(session, processor, key, username)
-        except (IntegrityError, OperationalError) as exc:
-            if attempt < _ATTEMPTS and _retry(exc):
-                logger.debug("re-processing log entry %d: write conflict, attempt %d", key, attempt)
-                continue
-            failure = exc
-        except SQLAlchemyError as exc:
-            failure = exc
+
+    def unit_of_work() -> ReprocessOutcome:
+        with session_factory.begin() as session:
+            return _reprocess(session, processor, key, username)
+
+    try:
+        # Two editors' re-runs, or a re-run and the listener, may race for a new
+        # patient's unique key on PostgreSQL; the loser starts over and finds the
+        # winner's row.
+        return retrying_write_conflicts(unit_of_work, f"re-processing log entry {key}")
+    except SQLAlchemyError as exc:
         logger.error(
             "HL7 message log entry %d not re-processed: database error (%s)",
             key,
-            type(failure).__name__,
+            type(exc).__name__,
         )
-        break
     return ReprocessOutcome(key, "", "", refusal=ReprocessRefusal.DATABASE)
-
-
-def _retry(exc: IntegrityError | OperationalError) -> bool:
-    if isinstance(exc, IntegrityError):
-        return True
-    # Deadlock or serialization failure (PostgreSQL SQLSTATE 40P01 / 40001).
-    return getattr(exc.orig, "sqlstate", None) in {"40P01", "40001"}
 
 
 def _reprocess(

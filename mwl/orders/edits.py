@@ -265,14 +265,59 @@ def edit_step(
     today = today or dt.date.today()
     step, procedure, patient = _load(session, sps_key)
     before = _snapshot(step, procedure, patient)
+    wanted = _wanted(changes, before)
+    check = Checker(settings.dicom_response_charset)
+    reason = _check_reason(check, reason)
+    _check_changes(check, wanted, step, patient, settings, today)
+    identity = {"patient_id", "issuer_of_patient_id"} & wanted.keys()
+    target = None
+    if identity and not check.problems:
+        target = _reconciled_identity(session, patient, wanted)
+    check.raise_if_any()
+    if not wanted:
+        return worklist_item(step, procedure, patient)
+
+    if identity:
+        _reconcile(session, patient, wanted, target)
+    else:
+        copy_demographics(patient, _demographics(patient, wanted))
+    _write_schedule(step, procedure, wanted)
+    session.flush()
+    after = _snapshot(step, procedure, procedure.patient)
+    changed = diff(before, after)
+    action = "reschedule" if changed.keys() == {"start"} else "edit"
+    record_event(
+        session,
+        username,
+        action,
+        sps_key=sps_key,
+        subject=procedure.study_instance_uid,
+        changes=changed,
+        reason=reason,
+    )
+    session.flush()
+    return worklist_item(step, procedure, procedure.patient)
+
+
+def _wanted(changes: StepChanges, before: dict[str, Any]) -> dict[str, Any]:
+    """The changes that differ from the stored values, normalised."""
     wanted: dict[str, Any] = {}
     for f in fields(StepChanges):
         value = getattr(changes, f.name)
         if value is not None and _normalised(f.name, value) != before[f.name]:
             wanted[f.name] = _normalised(f.name, value)
+    return wanted
 
-    check = Checker(settings.dicom_response_charset)
-    reason = _check_reason(check, reason)
+
+def _check_changes(
+    check: Checker,
+    wanted: dict[str, Any],
+    step: ScheduledProcedureStep,
+    patient: Patient,
+    settings: Settings,
+    today: dt.date,
+) -> None:
+    """Record what is wrong with the wanted values and what may not change at all."""
     for name, value in wanted.items():
         _check(check, name, value, today)
     identity = {"patient_id", "issuer_of_patient_id"} & wanted.keys()
@@ -296,17 +341,12 @@ def edit_step(
                     ),
                     status=step.status,
                 )
-    target = None
-    if identity and not check.problems:
-        target = _reconciled_identity(session, patient, wanted)
-    check.raise_if_any()
-    if not wanted:
-        return worklist_item(step, procedure, patient)
 
-    if identity:
-        _reconcile(session, patient, wanted, target)
-    else:
-        copy_demographics(patient, _demographics(patient, wanted))
+
+def _write_schedule(
+    step: ScheduledProcedureStep, procedure: RequestedProcedure, wanted: dict[str, Any]
+) -> None:
+    """Set the wanted start and schedule values on the step (and the procedure's description)."""
     if "start" in wanted:
         start = dt.datetime.fromisoformat(wanted["start"])
         step.start_datetime = start
@@ -315,21 +355,6 @@ def edit_step(
         if name in wanted:
             row: Any = procedure if name == "requested_procedure_description" else step
             setattr(row, name, wanted[name])
-    session.flush()
-    after = _snapshot(step, procedure, procedure.patient)
-    changed = diff(before, after)
-    action = "reschedule" if changed.keys() == {"start"} else "edit"
-    record_event(
-        session,
-        username,
-        action,
-        sps_key=sps_key,
-        subject=procedure.study_instance_uid,
-        changes=changed,
-        reason=reason,
-    )
-    session.flush()
-    return worklist_item(step, procedure, procedure.patient)
 
 
 def _demographics(

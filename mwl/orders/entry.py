@@ -22,7 +22,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
@@ -157,6 +157,52 @@ def create_order(
     """
     now = (now or dt.datetime.now()).replace(microsecond=0)
     values = _checked(new, settings, now)
+    patient, known = _entered_patient(session, new, values)
+    before = _patient_values(known)
+
+    accession = _next_serial(
+        session,
+        RequestedProcedureRow.accession_number,
+        settings.order_accession_prefix + now.strftime("%y%m%d"),
+        ACCESSION_LENGTH,
+        "accession_number",
+    )
+    if new.unidentified:
+        patient = _unidentified_patient(session, patient, settings, now)
+    station = values.station or _station_by_rule(settings, values.modality, values.location)
+    uid = f"2.25.{uuid.uuid4().int}"
+    order = _order(values, patient, accession, station, uid)
+    apply_order(session, order, status_table=status_table(settings.hl7_order_status), now=now)
+    step_key = session.scalars(
+        select(ScheduledProcedureStep.id)
+        .join(RequestedProcedureRow)
+        .where(RequestedProcedureRow.study_instance_uid == uid)
+    ).one()
+    item = get_item(session, step_key)
+    assert item is not None
+    record_event(
+        session,
+        username,
+        "create",
+        sps_key=step_key,
+        subject=uid,
+        changes=_created(item, accession, before),
+        reason="unidentified patient" if new.unidentified else "",
+    )
+    session.flush()
+    return item
+
+
+def _entered_patient(
+    session: Session, new: NewOrder, values: _Checked
+) -> tuple[PatientDemographics, Patient | None]:
+    """The patient as entered, completed from the worklist's row when it knows the ID.
+
+    Raises
+    ------
+    EditError
+        The ID is ambiguous, or a patient the worklist does not know has no name.
+    """
     patient_id, issuer, name = values.patient_id, values.issuer, values.name
     birth_date, sex = values.birth_date, values.sex
     known: Patient | None = None
@@ -172,16 +218,15 @@ def create_order(
         raise EditError.one(
             "patient_name", N_("The worklist does not know this patient: give the name.")
         )
-    before = _patient_values(known)
+    return PatientDemographics(patient_id, issuer, name, birth_date, sex), known
 
-    accession = _next_serial(
-        session,
-        RequestedProcedureRow.accession_number,
-        settings.order_accession_prefix + now.strftime("%y%m%d"),
-        ACCESSION_LENGTH,
-        "accession_number",
-    )
-    if new.unidentified and not patient_id:
+
+def _unidentified_patient(
+    session: Session, patient: PatientDemographics, settings: Settings, now: dt.datetime
+) -> PatientDemographics:
+    """An unidentified patient with a temporary ID and a name, unless entered."""
+    patient_id, name = patient.patient_id, patient.patient_name
+    if not patient_id:
         patient_id = _next_serial(
             session,
             Patient.patient_id,
@@ -189,20 +234,27 @@ def create_order(
             PATIENT_ID_LENGTH,
             "patient_id",
         )
-    if new.unidentified and not name:
+    if not name:
         name = settings.order_unidentified_name.format(
-            sex=sex or "X", date=now.strftime("%Y%m%d"), time=now.strftime("%H%M%S"), id=patient_id
+            sex=patient.patient_sex or "X",
+            date=now.strftime("%Y%m%d"),
+            time=now.strftime("%H%M%S"),
+            id=patient_id,
         )
         check = Checker(settings.dicom_response_charset)
         check.person_name("patient_name", name, required=True)
         check.raise_if_any()
+    return replace(patient, patient_id=patient_id, patient_name=name)
 
-    station = values.station or _station_by_rule(settings, values.modality, values.location)
-    uid = f"2.25.{uuid.uuid4().int}"
-    order = Order(
+
+def _order(
+    values: _Checked, patient: PatientDemographics, accession: str, station: str, uid: str
+) -> Order:
+    """The NW order an HL7 message would carry: one requested procedure, one step."""
+    return Order(
         order_control="NW",
         order_status="SC",
-        patient=PatientDemographics(patient_id, issuer, name, birth_date, sex),
+        patient=patient,
         procedures=(
             RequestedProcedure(
                 study_instance_uid=uid,
@@ -227,14 +279,12 @@ def create_order(
         ),
         sending_application=SENDING_APPLICATION,
     )
-    apply_order(session, order, status_table=status_table(settings.hl7_order_status), now=now)
-    step_key = session.scalars(
-        select(ScheduledProcedureStep.id)
-        .join(RequestedProcedureRow)
-        .where(RequestedProcedureRow.study_instance_uid == uid)
-    ).one()
-    item = get_item(session, step_key)
-    assert item is not None
+
+
+def _created(
+    item: WorklistItem, accession: str, before: dict[str, str]
+) -> dict[str, tuple[str | None, str]]:
+    """The audit changes of a new order: its values, and the patient's that changed."""
     created = {
         "accession_number": accession,
         "modality": item.modality,
@@ -253,17 +303,7 @@ def create_order(
     for field, value in _patient_values(item).items():
         if before.get(field, "") != value:
             changes[field] = (before.get(field), value)
-    record_event(
-        session,
-        username,
-        "create",
-        sps_key=step_key,
-        subject=uid,
-        changes=changes,
-        reason="unidentified patient" if new.unidentified else "",
-    )
-    session.flush()
-    return item
+    return changes
 
 
 def _known_patient(session: Session, patient_id: str, issuer: str) -> Patient | None:

@@ -9,7 +9,8 @@ from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.parser import parse_message
 
 from mwl.hl7.ack import build_ack, error_location, escape
-from mwl.hl7.parse import Hl7MessageError, read_header
+from mwl.hl7.errors import Hl7MessageError
+from mwl.hl7.grammar import read_header
 
 from .conftest import replace_field, sample
 

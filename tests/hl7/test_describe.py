@@ -7,7 +7,8 @@ from hypothesis import strategies as st
 
 from mwl.hl7.ack import build_ack
 from mwl.hl7.describe import describe_message, field_names
-from mwl.hl7.parse import Hl7MessageError, read_header
+from mwl.hl7.errors import Hl7MessageError
+from mwl.hl7.grammar import read_header
 from mwl.operations.message_view import FieldView, MessageView, SegmentView
 
 from .conftest import all_samples, replace_field, sample

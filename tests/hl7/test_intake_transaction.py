@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
 from sqlalchemy import event, func, select
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mwl.config import Settings
 from mwl.hl7.client import ack_summary
+from mwl.hl7.intake import retrying_write_conflicts
 from mwl.hl7.server import Hl7Server
 from mwl.store.models import Hl7Message, Patient, RequestedProcedure, ScheduledProcedureStep
 
@@ -75,3 +78,42 @@ def test_an_accepted_message_is_one_commit(
         (logged,) = session.scalars(select(Hl7Message)).all()
         assert (logged.outcome, logged.ack) == ("AA", ack)
     assert rows(session_factory, ScheduledProcedureStep) == 1
+
+
+class _Sqlstate(Exception):
+    def __init__(self, sqlstate: str) -> None:
+        self.sqlstate = sqlstate
+
+
+def test_write_conflicts_are_retried_three_times_in_all() -> None:
+    calls: list[int] = []
+
+    def conflict() -> bytes:
+        calls.append(1)
+        raise IntegrityError("INSERT", {}, Exception("duplicate key"))
+
+    with pytest.raises(IntegrityError):
+        retrying_write_conflicts(conflict, "HL7 message X")
+    assert len(calls) == 3
+
+    outcomes: list[Exception | bytes] = [
+        OperationalError("UPDATE", {}, _Sqlstate("40P01")),  # deadlock: retried
+        b"ACK",
+    ]
+
+    def deadlock_once() -> bytes:
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    assert retrying_write_conflicts(deadlock_once, "HL7 message X") == b"ACK"
+
+    def unavailable() -> bytes:
+        calls.append(1)
+        raise OperationalError("SELECT", {}, _Sqlstate("08006"))  # connection failure
+
+    calls.clear()
+    with pytest.raises(OperationalError):
+        retrying_write_conflicts(unavailable, "HL7 message X")
+    assert len(calls) == 1  # not a conflict: the caller answers AE at once

@@ -15,8 +15,10 @@ from sqlalchemy import select
 from mwl.config import Settings, load_settings
 from mwl.errors import SettingsError
 from mwl.hl7.client import ack_summary, send_messages
-from mwl.hl7.parse import MappingOptions, parse_message, parse_order
-from mwl.hl7.server import Hl7Server, sender_accepted
+from mwl.hl7.intake import sender_accepted
+from mwl.hl7.order_mapping import MappingOptions
+from mwl.hl7.parse import parse_message, parse_order
+from mwl.hl7.server import Hl7Server
 from mwl.orders.patients import PatientChange
 from mwl.store.models import Hl7Message, Patient, RequestedProcedure, ScheduledProcedureStep
 
@@ -76,7 +78,7 @@ def test_sample_maps_every_order_detail() -> None:
 
 def test_admission_id_falls_back_to_pid_18_and_the_fallback_is_logged(caplog) -> None:  # type: ignore[no-untyped-def]
     raw = replace_field(details(), b"PV1", 19, b"")
-    with caplog.at_level(logging.DEBUG, logger="mwl.hl7.parse"):
+    with caplog.at_level(logging.DEBUG, logger="mwl.hl7"):
         order = parse_order(raw, DEFAULTS)
     assert order.patient.admission_id == "ACCT0020"
     fallbacks = [r.getMessage() for r in caplog.records if "fallback" in r.getMessage()]
@@ -90,7 +92,7 @@ def test_admission_id_falls_back_to_pid_18_and_the_fallback_is_logged(caplog) ->
 
 def test_institution_falls_back_to_msh_4(caplog) -> None:  # type: ignore[no-untyped-def]
     raw = replace_field(details(), b"ORC", 17, b"")
-    with caplog.at_level(logging.DEBUG, logger="mwl.hl7.parse"):
+    with caplog.at_level(logging.DEBUG, logger="mwl.hl7"):
         (procedure,) = parse_order(raw, DEFAULTS).procedures
     assert procedure.institution_name == "HOSPITAL"
     assert any(
@@ -103,7 +105,7 @@ def test_institution_falls_back_to_msh_4(caplog) -> None:  # type: ignore[no-unt
 
 
 def test_other_fallbacks_are_logged_by_field(caplog) -> None:  # type: ignore[no-untyped-def]
-    with caplog.at_level(logging.DEBUG, logger="mwl.hl7.parse"):
+    with caplog.at_level(logging.DEBUG, logger="mwl.hl7"):
         parse_order(replace_field(sample("orm_o01_nw_no_zds.hl7"), b"ORC", 2, b""), DEFAULTS)
     lines = {r.getMessage() for r in caplog.records}
     assert "fallback: step start from OBR-27.4 (ORC-7.4 empty)" in lines

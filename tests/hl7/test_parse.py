@@ -8,15 +8,11 @@ import pytest
 
 from mwl.config import Hl7StationRule, Settings
 from mwl.domain import Code
-from mwl.hl7.parse import (
-    Hl7MessageError,
-    MappingOptions,
-    parse_message,
-    parse_order,
-    parse_timestamp,
-    read_header,
-    unescape,
-)
+from mwl.hl7.datatypes import parse_timestamp
+from mwl.hl7.errors import Hl7MessageError
+from mwl.hl7.grammar import read_header, unescape
+from mwl.hl7.order_mapping import MappingOptions
+from mwl.hl7.parse import parse_message, parse_order
 from mwl.orders.patients import PatientChange
 
 from .conftest import all_samples, drop_segment, replace_field, sample
