@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 
 from mwl.dicom.scp import WorklistScp
+from mwl.store.engine import make_session_factory
+from tests.certificates import Issued, issue, make_ca
 from tests.dicom.key_cases import KEY_CASES
 
 pytestmark = [
@@ -36,7 +38,9 @@ def free_port() -> int:
 class Orthanc:
     """A private Orthanc process on loopback ports with a temporary storage folder."""
 
-    def __init__(self, folder: Path, scp_address: tuple[str, int]) -> None:
+    def __init__(
+        self, folder: Path, scp_address: tuple[str, int], tls: dict[str, Issued] | None = None
+    ) -> None:
         self.http_port = free_port()
         storage = folder / "storage"
         storage.mkdir()
@@ -53,6 +57,25 @@ class Orthanc:
             "DicomScuTimeout": 20,
             "DicomModalities": {"mwl": ["MWLTEST", scp_address[0], scp_address[1]]},
         }
+        if tls is not None:
+            # Orthanc's DICOM TLS as a client (since 1.9.0): its certificate, the CA it
+            # trusts, and the modality marked as TLS.
+            config.update(
+                {
+                    "DicomTlsEnabled": True,
+                    "DicomTlsCertificate": str(tls["client"].cert),
+                    "DicomTlsPrivateKey": str(tls["client"].key),
+                    "DicomTlsTrustedCertificates": str(tls["ca"].cert),
+                    "DicomModalities": {
+                        "mwl": {
+                            "AET": "MWLTEST",
+                            "Host": scp_address[0],
+                            "Port": scp_address[1],
+                            "UseDicomTls": True,
+                        }
+                    },
+                }
+            )
         self.config = folder / "orthanc.json"
         self.config.write_text(json.dumps(config), encoding="utf-8")
         self.log = folder / "orthanc.log"
@@ -150,3 +173,37 @@ def test_orthanc_malformed_date_fails_then_next_query_succeeds(orthanc):
     assert "0xA900" in body.get("Details", "")
     status, answers = orthanc.find_worklist(query(PatientID="P1"))
     assert status == 200 and sps_ids(answers) == ["S1"]
+
+
+@pytest.fixture(scope="module")
+def tls_orthanc(
+    module_engine, module_settings, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Orthanc]:
+    folder = tmp_path_factory.mktemp("orthanc-tls")
+    ca = make_ca(folder, "Test CA")
+    pki = {
+        "ca": ca,
+        "server": issue(ca, folder, "mwl-server", server=True),
+        "client": issue(ca, folder, "ORTHANCSCU", server=False, rsa=True),
+    }
+    settings = module_settings.replace(
+        dicom_tls_port=0,
+        dicom_tls_cert=str(pki["server"].cert),
+        dicom_tls_key=str(pki["server"].key),
+        dicom_tls_ca=str(ca.cert),
+    )
+    with WorklistScp(settings, make_session_factory(module_engine)) as scp:
+        (folder / "orthanc").mkdir()
+        server = Orthanc(folder / "orthanc", scp.tls_address, tls=pki)  # type: ignore[arg-type]
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
+@pytest.mark.parametrize(("keys", "expected"), KEY_CASES[:4])
+def test_orthanc_find_worklist_over_tls(tls_orthanc, keys, expected):
+    status, answers = tls_orthanc.find_worklist(query(**keys))
+    assert status == 200, answers
+    assert sps_ids(answers) == expected
