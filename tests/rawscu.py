@@ -310,3 +310,22 @@ class RawScu:
             return False
         finally:
             self.sock.settimeout(self.timeout)
+
+
+def association_rejection(
+    address: tuple[str, int], calling: str, called: str, bind: tuple[str, int] | None = None
+) -> tuple[int, int, int] | None:
+    """(result, source, reason) of the A-ASSOCIATE-RJ ``calling`` gets, or None if accepted.
+
+    pynetdicom as a requestor may report a quick rejection as an abort (its main thread
+    checks the socket after its reader thread has already closed it on the RJ); the
+    raw client reads the RJ itself.
+    """
+    scu = RawScu(address[0], address[1], bind=bind)
+    try:
+        scu.associate(calling=calling, called=called)
+    except AssociationRejectedError as exc:
+        return exc.result, exc.source, exc.reason
+    finally:
+        scu.close()
+    return None

@@ -21,6 +21,7 @@ from mwl.orders.apply import apply_order
 from mwl.store.engine import make_engine, make_session_factory
 from mwl.store.migrate import upgrade
 from mwl.store.models import QueryLogEntry
+from tests.rawscu import association_rejection
 
 pytestmark = pytest.mark.e2e
 
@@ -179,11 +180,8 @@ def test_many_modalities_at_once_are_all_accepted_up_to_the_limit(engine, settin
             )
             open_associations.append(assoc)
             assert assoc.is_established, f"association {index + 1} refused"
-        extra = AE(ae_title="ONEMORE")
-        extra.add_requested_context(ModalityWorklistInformationFind)
-        refused = extra.associate("127.0.0.1", scp.address[1], ae_title="MWLTEST")
-        open_associations.append(refused)
-        assert refused.is_rejected, (refused.is_aborted, refused.is_established)
+        # Rejected transient, service provider (presentation), local limit exceeded.
+        assert association_rejection(scp.address, "ONEMORE", "MWLTEST") == (2, 3, 2)
     finally:
         for assoc in open_associations:
             if assoc.is_established:

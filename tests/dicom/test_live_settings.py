@@ -13,8 +13,6 @@ from collections.abc import Callable, Iterator
 import pytest
 from flask.testing import FlaskClient
 from pydicom.dataset import Dataset
-from pynetdicom import AE
-from pynetdicom.sop_class import ModalityWorklistInformationFind
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -24,6 +22,7 @@ from mwl.dicom.scp import WorklistScp
 from mwl.domain import Order, PatientDemographics, RequestedProcedure, ScheduledStep
 from mwl.orders.apply import apply_order
 from mwl.store.engine import make_session_factory
+from tests.rawscu import association_rejection
 from tests.settings_page import form_values, log_in_as, submit
 from web import create_app
 
@@ -97,16 +96,7 @@ def accessions(
 
 def association_answer(scp: WorklistScp, calling_ae: str) -> tuple[int, int, int] | None:
     """(result, source, reason) of an A-ASSOCIATE-RJ, or None when accepted."""
-    ae = AE(ae_title=calling_ae)
-    ae.add_requested_context(ModalityWorklistInformationFind)
-    ae.acse_timeout = ae.network_timeout = 20
-    assoc = ae.associate(*scp.address, ae_title="MWLTEST")
-    if assoc.is_established:
-        assoc.release()
-        return None
-    assert assoc.is_rejected, "neither accepted nor rejected"
-    answer = assoc.acceptor.primitive
-    return answer.result, answer.result_source, answer.diagnostic
+    return association_rejection(scp.address, calling_ae, "MWLTEST")
 
 
 def test_trusted_aes_set_on_the_page_apply_to_the_next_association(

@@ -7,8 +7,6 @@ from collections.abc import Iterator
 
 import pytest
 from pydicom.dataset import Dataset
-from pynetdicom import AE
-from pynetdicom.sop_class import ModalityWorklistInformationFind
 from pynetdicom.status import Status
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
@@ -35,6 +33,7 @@ from mwl.operations.querylog import latest_query
 from mwl.orders.apply import apply_order
 from mwl.store.engine import make_session_factory
 from mwl.store.models import ScheduledProcedureStep
+from tests.rawscu import association_rejection
 
 pytestmark = pytest.mark.e2e
 
@@ -267,13 +266,7 @@ def test_refused_callers(worklist, settings, find, identifier):
     previewer = WorklistPreviewer(restricted, worklist)
     with WorklistScp(restricted, worklist) as scp:
         answer = find(scp.address, identifier(), calling_ae="FARAWAY")
-        ae = AE(ae_title="STRANGER")
-        ae.add_requested_context(ModalityWorklistInformationFind)
-        ae.acse_timeout = ae.network_timeout = 20
-        assoc = ae.associate(*scp.address, ae_title="MWLTEST")
-        rejected = assoc.is_rejected
-        if assoc.is_established:
-            assoc.release()
+        rejected = association_rejection(scp.address, "STRANGER", "MWLTEST") is not None
     far = previewer.preview("FARAWAY", identifier().to_json(), "127.0.0.1")
     assert answer.final_status == far.status == REFUSED_NOT_AUTHORIZED
     assert far.error_comment == answer.statuses[-1].ErrorComment

@@ -10,8 +10,6 @@ from collections.abc import Iterator
 
 import pytest
 from pydicom import dcmread
-from pynetdicom import AE
-from pynetdicom.sop_class import ModalityWorklistInformationFind
 from pynetdicom.status import Status
 from sqlalchemy.engine import Engine
 
@@ -23,6 +21,7 @@ from mwl.domain import KeyMatch, MatchKind, SpsStatus, WorklistQuery
 from mwl.errors import SettingsError
 from mwl.store.engine import make_session_factory
 from mwl.worklist.matching import START_TIME
+from tests.rawscu import association_rejection
 
 PROFILES = (
     DicomAeProfile("CT01", response_charset="ISO_IR 100", calling_ae_as_station=True),
@@ -51,15 +50,8 @@ def sps_ids(result) -> list[str]:
 
 
 def test_unknown_caller_is_rejected_at_association(profiled_scp, identifier):
-    ae = AE(ae_title="STRANGER")
-    ae.add_requested_context(ModalityWorklistInformationFind)
-    ae.acse_timeout = ae.network_timeout = 20
-    assoc = ae.associate(*profiled_scp.address, ae_title="MWLTEST")
-    try:
-        assert assoc.is_rejected
-    finally:
-        if assoc.is_established:
-            assoc.release()
+    # Rejected permanent, service user, calling AE title not recognised (PS3.8 7.1.1.9).
+    assert association_rejection(profiled_scp.address, "STRANGER", "MWLTEST") == (1, 1, 3)
 
 
 def test_listed_ae_from_another_host_is_refused(profiled_scp, find, identifier):
