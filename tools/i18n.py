@@ -9,7 +9,8 @@ Usage (from the repository root, with the project's virtual environment)::
     python tools/i18n.py extract    # write web/translations/messages.pot (for PO editors)
 
 ``update --lang xx`` starts a catalog for a new language. What is extracted is
-configured in ``babel.cfg``; besides Babel's default keywords, ``_l``,
+configured in ``babel.cfg`` (files under ``web/`` and ``mwl/worklist/``); besides
+Babel's default keywords, ``_l``,
 ``lazy_gettext``, ``lazy_ngettext`` and ``lazy_pgettext`` mark messages (form labels
 and other strings translated when used). A comment starting ``TRANSLATORS:`` just
 above a message reaches the translator. It is the same as ``pybabel extract -F
@@ -48,9 +49,10 @@ KEYWORDS = {
     "lazy_pgettext": ((1, "c"), 2),
 }
 COMMENT_TAGS = ("TRANSLATORS:",)
-# Only the web adapter has user-visible text; walking the rest of the tree (tests,
-# virtual environments, artifacts) would only be slow.
-SOURCE_TOP = "web"
+# Only the web adapter has user-visible text, and the core's declaration of the
+# stored fields the labels the item page gives them (N_); walking the rest of the
+# tree (tests, virtual environments, artifacts) would only be slow.
+SOURCE_DIRS = (("web",), ("mwl", "worklist"))
 PO_WIDTH = 100
 
 Key = tuple[str, str | None]  # (msgid, context); a plural message by its singular
@@ -85,9 +87,10 @@ def extract(root: Path = ROOT) -> Catalog:
 
     def only_sources(dirpath: str) -> bool:
         relative = Path(dirpath).relative_to(root).parts if Path(dirpath) != root else ()
-        if relative and relative[0] != SOURCE_TOP:
+        if any(part.startswith((".", "_")) for part in relative):
             return False
-        return not any(part.startswith((".", "_")) for part in relative)
+        # Inside a source directory, or on the way to one.
+        return any(relative[: len(d)] == d or d[: len(relative)] == relative for d in SOURCE_DIRS)
 
     found = extract_from_dir(
         str(root),

@@ -12,7 +12,6 @@ stable text is easier to search for than a translated one.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import json
 import logging
@@ -41,6 +40,7 @@ from mwl.orders.edits import (
 )
 from mwl.orders.entry import NewOrder, create_order
 from mwl.worklist.daylist import items_for_day
+from mwl.worklist.fields import BY_NAME, FIELDS, Kind
 from web import openapi
 from web.display import dicom_date
 from web.openapi import Spec
@@ -178,25 +178,30 @@ def _code(code: Code) -> dict[str, str]:
 
 
 def item_json(item: WorklistItem) -> dict[str, Any]:
-    """A worklist item as the API shows it: DICOM keywords in snake_case, ISO dates."""
-    body: dict[str, Any] = {"key": item.step_key, "status": item.scheduled_procedure_step_status}
-    for field in dataclasses.fields(item):
-        value = getattr(item, field.name)
-        if field.name == "step_key":
-            continue
-        if isinstance(value, Code):
-            value = _code(value)
-        elif field.name == "scheduled_protocol_codes":
-            value = [_code(code) for code in value]
-        elif isinstance(value, dt.datetime):
-            value = value.isoformat(timespec="seconds")
-        elif field.name == "patient_birth_date":
-            value = dicom_date(value)
-        elif isinstance(value, SpsStatus):
-            value = value.value
-        body[field.name] = value
-    body["status"] = str(body["scheduled_procedure_step_status"])
+    """A worklist item as the API shows it: DICOM keywords in snake_case, ISO dates.
+
+    One member per stored field (:mod:`mwl.worklist.fields`), under its API name, plus
+    ``key`` (the step's database key) and ``status`` (the step status again).
+    """
+    body: dict[str, Any] = {"key": item.step_key}
+    for field in FIELDS:
+        body[field.api_name] = _json_value(field.kind, getattr(item, field.name))
+    body["status"] = body[BY_NAME["scheduled_procedure_step_status"].api_name]
     return body
+
+
+def _json_value(kind: Kind, value: Any) -> Any:
+    if kind is Kind.CODE:
+        return None if value is None else _code(value)
+    if kind is Kind.CODES:
+        return [_code(code) for code in value]
+    if kind is Kind.START:
+        return value.isoformat(timespec="seconds")
+    if kind is Kind.DATE:
+        return dicom_date(value)
+    if kind is Kind.STATUS:
+        return SpsStatus(value).value
+    return value
 
 
 def _utc(value: dt.datetime | None) -> str | None:

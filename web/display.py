@@ -1,4 +1,4 @@
-"""Presentation of DICOM and HL7 values for people: names, dates, times, message text."""
+"""Presentation of DICOM and HL7 values for people: names, dates, times, message text, items."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import datetime as dt
 
 from flask import Flask
 
-from mwl.domain import Code
+from mwl.domain import Code, SpsStatus, WorklistItem
+from mwl.worklist.fields import Kind, Section, StoredField, in_section
 
 
 def person_name(value: str) -> str:
@@ -68,10 +69,48 @@ def hl7_text(raw: bytes | None) -> str:
     return "\n".join(text.replace("\r\n", "\r").replace("\n", "\r").split("\r"))
 
 
+# The stored fields of an item (mwl.worklist.fields) by the part of the item page
+# that shows them ("patient", "order", "step", "details"), in order.
+ITEM_SECTIONS: dict[str, tuple[StoredField, ...]] = {s.value: in_section(s) for s in Section}
+
+
+def field_text(item: WorklistItem, field: StoredField) -> str:
+    """A stored field of ``item`` as the item page shows it, as text.
+
+    Names as people write them, dates as ``YYYY-MM-DD``, codes as ``meaning (value)``
+    (several separated by commas), the start as ``YYYY-MM-DD HH:MM:SS``, the status
+    as its defined term; text as it is.
+    """
+    value = getattr(item, field.name)
+    kind = field.kind
+    if kind is Kind.PERSON_NAME:
+        return person_name(value)
+    if kind is Kind.DATE:
+        return dicom_date(value)
+    if kind is Kind.CODE:
+        return code_text(value)
+    if kind is Kind.CODES:
+        return ", ".join(code_text(code) for code in value)
+    if kind is Kind.START:
+        start: dt.datetime = value
+        return start.strftime("%Y-%m-%d %H:%M:%S")
+    if kind is Kind.STATUS:
+        return SpsStatus(value).value
+    text: str = value
+    return text
+
+
+def _shown_for(field: StoredField, item: WorklistItem) -> bool:
+    """Jinja test ``fields|select('shown_for', item)``: whether ``item`` has ``field``'s value."""
+    return bool(field_text(item, field))
+
+
 def register_filters(app: Flask) -> None:
-    """Make the functions above available as Jinja filters."""
+    """Make the functions above available to the templates (filters, a global, a test)."""
     app.add_template_filter(person_name, "person_name")
     app.add_template_filter(dicom_date, "dicom_date")
     app.add_template_filter(local_time, "local_time")
     app.add_template_filter(code_text, "code_text")
     app.add_template_filter(hl7_text, "hl7_text")
+    app.add_template_global(field_text, "field_text")
+    app.add_template_test(_shown_for, "shown_for")

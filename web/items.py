@@ -30,6 +30,7 @@ from mwl.orders.edits import (
 from mwl.orders.entry import NewOrder, create_order, known_stations
 from mwl.orders.history import audit_trail, messages_for_item, performed_steps_for_item
 from mwl.orders.values import PRIORITIES, SEXES
+from web.display import ITEM_SECTIONS
 from web.roles import has_role, role_required
 from web.store import db_session, state, writer
 
@@ -150,6 +151,7 @@ def detail(key: int) -> str:
     return render_template(
         "item.html",
         item=item,
+        sections=ITEM_SECTIONS,
         attributes=lister(item) if lister is not None else None,
         messages=messages_for_item(session, key),
         performed=performed_steps_for_item(session, key),

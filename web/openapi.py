@@ -10,6 +10,7 @@ from typing import Any
 
 from mwl.domain import SpsStatus, WorklistItem
 from mwl.orders.values import PRIORITIES, SEXES
+from mwl.worklist.fields import FIELDS, Kind
 
 API_VERSION = "1.0.0"
 # Database keys are INTEGER columns; a larger number cannot name a row, and SQLite
@@ -248,6 +249,7 @@ KEY = Spec("Database key.", type="integer", minimum=1, maximum=KEY_MAX, example=
 
 
 def _item_properties() -> dict[str, Any]:
+    """The members of an item (web.api.item_json): one per stored field, key and status."""
     string = {"type": "string"}
     code = {
         "type": "object",
@@ -255,19 +257,18 @@ def _item_properties() -> dict[str, Any]:
         "required": ["value", "scheme", "meaning"],
         "properties": {"value": string, "scheme": string, "meaning": string},
     }
-    special: dict[str, Any] = {
-        "step_key": None,  # shown as "key"
-        "requested_procedure_code": {**code, "nullable": True},
-        "scheduled_protocol_codes": {"type": "array", "items": code},
-        "start": {
+    by_kind: dict[Kind, dict[str, Any]] = {
+        Kind.CODE: {**code, "nullable": True},
+        Kind.CODES: {"type": "array", "items": code},
+        Kind.START: {
             "type": "string",
             "description": "Local time of the department, YYYY-MM-DDTHH:MM:SS, no offset.",
         },
-        "patient_birth_date": {
+        Kind.DATE: {
             "type": "string",
             "description": "YYYY-MM-DD; empty when unknown; as received when not a date.",
         },
-        "scheduled_procedure_step_status": {"type": "string", "enum": list(STATUS_FILTER.enum)},
+        Kind.STATUS: {"type": "string", "enum": list(STATUS_FILTER.enum)},
     }
     properties: dict[str, Any] = {
         "key": {"type": "integer", "description": "Database key of the step (its URL)."},
@@ -278,10 +279,11 @@ def _item_properties() -> dict[str, Any]:
             " scheduled_procedure_step_status).",
         },
     }
-    for field in dataclasses.fields(WorklistItem):
-        schema = special.get(field.name, string)
-        if schema is not None:
-            properties[field.name] = schema
+    # In the order of WorklistItem's attributes, as the document has always listed
+    # them ("required" is a list): the document served stays the same.
+    position = {f.name: index for index, f in enumerate(dataclasses.fields(WorklistItem))}
+    for field in sorted(FIELDS, key=lambda f: position[f.name]):
+        properties[field.api_name] = by_kind.get(field.kind, string)
     return properties
 
 

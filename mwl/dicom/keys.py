@@ -3,10 +3,13 @@
 Both the query translation (:mod:`mwl.dicom.query`) and the response builder
 (:mod:`mwl.dicom.response`) read this table, so a key is matched and returned
 the same way. Rows follow PS3.4 Table K.6-1 (Modality Worklist Information
-Model attributes); a row whose ``attribute`` is ``None`` is a Type 2 return key
-the broker does not hold: it is returned present and empty (PS3.4 K.6.1.2.2) and
-a value given for it is ignored for matching (an unsupported optional matching
-key, PS3.4 K.2.2.1.1.2).
+Model attributes). The keys the broker holds come from the declaration of the
+stored fields (:mod:`mwl.worklist.fields`: keyword and attribute), with the VR of
+the data dictionary, the SPS item level for the step's fields, and the matching
+the VR allows (with the exceptions named below). A row whose ``attribute`` is
+``None`` is a Type 2 return key the broker does not hold: it is returned present
+and empty (PS3.4 K.6.1.2.2) and a value given for it is ignored for matching (an
+unsupported optional matching key, PS3.4 K.2.2.1.1.2).
 """
 
 from __future__ import annotations
@@ -14,7 +17,11 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from pydicom.datadict import dictionary_VR
+
 from mwl.domain import MatchKind
+from mwl.store.models import ScheduledProcedureStep
+from mwl.worklist.fields import FIELDS, Kind, StoredField
 
 
 class Level(enum.Enum):
@@ -64,131 +71,73 @@ class KeySpec:
     multiple_values: bool = False
 
 
-KEYS: tuple[KeySpec, ...] = (
-    # Patient identification and demographics (K.6-1 Patient modules).
-    KeySpec("PatientName", "patient_name", "PN", Level.TOP, _TEXT),
-    KeySpec("PatientID", "patient_id", "LO", Level.TOP, _TEXT, multiple_values=True),
-    KeySpec("IssuerOfPatientID", "issuer_of_patient_id", "LO", Level.TOP, _TEXT),
-    KeySpec("PatientBirthDate", "patient_birth_date", "DA", Level.TOP, _DATE),
-    KeySpec("PatientSex", "patient_sex", "CS", Level.TOP, _TEXT, multiple_values=True),
-    # DS and US values are matched as stored (single value; no wildcards, C.2.2.2.4).
-    KeySpec("PatientWeight", "patient_weight", "DS", Level.TOP, _SINGLE),
-    KeySpec("PatientSize", "patient_size", "DS", Level.TOP, _SINGLE),
-    KeySpec("ConfidentialityConstraintOnPatientDataDescription", None, "LO", Level.TOP),
-    KeySpec("PatientState", "patient_state", "LO", Level.TOP, _TEXT),
-    KeySpec("PregnancyStatus", "pregnancy_status", "US", Level.TOP, _SINGLE),
-    KeySpec("MedicalAlerts", "medical_alerts", "LO", Level.TOP, _TEXT),
-    # LO 1-n: a key matches any one of the patient's allergies; several key values
-    # are ORed (C.2.2.2.8).
-    KeySpec("Allergies", "allergies", "LO", Level.TOP, _TEXT, multiple_values=True),
-    KeySpec("SpecialNeeds", None, "LO", Level.TOP),
-    # Visit (K.6-1 Visit modules).
-    KeySpec("AdmissionID", "admission_id", "LO", Level.TOP, _TEXT),
-    KeySpec("CurrentPatientLocation", "current_patient_location", "LO", Level.TOP, _TEXT),
-    KeySpec("InstitutionName", "institution_name", "LO", Level.TOP, _TEXT),
-    KeySpec("InstitutionalDepartmentName", "institutional_department_name", "LO", Level.TOP, _TEXT),
-    KeySpec("ReferencedPatientSequence", None, "SQ", Level.TOP),
-    # Imaging service request.
-    KeySpec("AccessionNumber", "accession_number", "SH", Level.TOP, _TEXT, multiple_values=True),
-    KeySpec("RequestingPhysician", "requesting_physician", "PN", Level.TOP, _TEXT),
-    KeySpec("ReferringPhysicianName", "referring_physician_name", "PN", Level.TOP, _TEXT),
-    KeySpec(
-        "PlacerOrderNumberImagingServiceRequest", "placer_order_number", "LO", Level.TOP, _TEXT
-    ),
-    KeySpec(
-        "FillerOrderNumberImagingServiceRequest", "filler_order_number", "LO", Level.TOP, _TEXT
-    ),
-    # Requested procedure.
-    KeySpec("StudyInstanceUID", "study_instance_uid", "UI", Level.TOP, _UID),
-    KeySpec(
+# How a key the broker holds may be matched, by its VR (PS3.4 C.2.2.2): wildcards
+# where C.2.2.2.4 allows them, ranges on dates and times (C.2.2.2.5), lists of UIDs
+# (C.2.2.2.2), nothing on a code sequence (returned only), else single values (DS
+# and US are matched as stored).
+_WILDCARD_VRS = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"})
+_MATCHING_BY_VR: dict[str, frozenset[MatchKind]] = {
+    "DA": _DATE,
+    "TM": _DATE,
+    "DT": _DATE,
+    "UI": _UID,
+    "SQ": _NONE,
+}
+_SINGLE_VALUE_ONLY = frozenset(
+    {
+        # K.6-1 remark on Scheduled Station AE Title: single value matching only.
+        "ScheduledStationAETitle",
+        # Defined terms, matched as a set of statuses (WorklistQuery.statuses).
+        "ScheduledProcedureStepStatus",
+    }
+)
+# Keys whose query may list several values, ORed (C.2.2.2.8). Allergies (LO 1-n):
+# a key matches any one of the patient's allergies, and several key values are ORed.
+_MULTIPLE_VALUES = frozenset(
+    {
+        "PatientID",
+        "PatientSex",
+        "Allergies",
+        "AccessionNumber",
         "RequestedProcedureID",
-        "requested_procedure_id",
-        "SH",
-        Level.TOP,
-        _TEXT,
-        multiple_values=True,
-    ),
-    KeySpec(
-        "RequestedProcedureDescription",
-        "requested_procedure_description",
-        "LO",
-        Level.TOP,
-        _TEXT,
-    ),
-    KeySpec("RequestedProcedureCodeSequence", "requested_procedure_code", "SQ", Level.TOP),
-    KeySpec(
         "RequestedProcedurePriority",
-        "requested_procedure_priority",
-        "SH",
-        Level.TOP,
-        _TEXT,
-        multiple_values=True,
-    ),
-    KeySpec(
-        "PatientTransportArrangements",
-        "patient_transport_arrangements",
-        "LO",
-        Level.TOP,
-        _TEXT,
-    ),
-    KeySpec(
-        "ReasonForTheRequestedProcedure",
-        "reason_for_the_requested_procedure",
-        "LO",
-        Level.TOP,
-        _TEXT,
-    ),
-    KeySpec("RequestedProcedureComments", "requested_procedure_comments", "LT", Level.TOP, _TEXT),
-    KeySpec("ConfidentialityCode", "confidentiality_code", "LO", Level.TOP, _TEXT),
+        "Modality",
+        "ScheduledProcedureStepID",
+        "ScheduledProcedureStepStatus",
+    }
+)
+
+
+def _held(keyword: str, field: StoredField) -> KeySpec:
+    """The key of a stored field: VR from the data dictionary, the step's fields in the SPS item."""
+    vr = dictionary_VR(keyword)
+    if keyword in _SINGLE_VALUE_ONLY:
+        matching = _SINGLE
+    else:
+        matching = _MATCHING_BY_VR.get(vr, _TEXT if vr in _WILDCARD_VRS else _SINGLE)
+    return KeySpec(
+        keyword,
+        START if field.kind is Kind.START else field.name,
+        vr,
+        Level.SPS if field.model is ScheduledProcedureStep else Level.TOP,
+        matching,
+        multiple_values=keyword in _MULTIPLE_VALUES,
+    )
+
+
+KEYS: tuple[KeySpec, ...] = (
+    # The keys the broker holds: one per stored field of a worklist item (two for the
+    # SPS start), from the declaration in mwl.worklist.fields.
+    *(_held(keyword, field) for field in FIELDS for keyword in field.keywords),
+    # Type 2 keys of PS3.4 Table K.6-1 the broker holds nothing for: returned empty.
+    KeySpec("ConfidentialityConstraintOnPatientDataDescription", None, "LO", Level.TOP),
+    KeySpec("SpecialNeeds", None, "LO", Level.TOP),
+    KeySpec("ReferencedPatientSequence", None, "SQ", Level.TOP),
     KeySpec("ReferencedStudySequence", None, "SQ", Level.TOP),
-    # The Scheduled Procedure Step Sequence: one item per response (K.6-1).
-    KeySpec("ScheduledProcedureStepSequence", None, "SQ", Level.TOP),
-    # Scheduled Station AE Title: single value matching only (K.6-1 remark).
-    KeySpec("ScheduledStationAETitle", "scheduled_station_ae_title", "AE", Level.SPS, _SINGLE),
-    KeySpec("ScheduledProcedureStepStartDate", START, "DA", Level.SPS, _DATE),
-    KeySpec("ScheduledProcedureStepStartTime", START, "TM", Level.SPS, _DATE),
-    KeySpec("Modality", "modality", "CS", Level.SPS, _TEXT, multiple_values=True),
-    KeySpec(
-        "ScheduledPerformingPhysicianName",
-        "scheduled_performing_physician_name",
-        "PN",
-        Level.SPS,
-        _TEXT,
-    ),
-    KeySpec(
-        "ScheduledProcedureStepDescription",
-        "scheduled_procedure_step_description",
-        "LO",
-        Level.SPS,
-        _TEXT,
-    ),
-    KeySpec("ScheduledProtocolCodeSequence", "scheduled_protocol_codes", "SQ", Level.SPS),
-    KeySpec("ScheduledStationName", "scheduled_station_name", "SH", Level.SPS, _TEXT),
-    KeySpec(
-        "ScheduledProcedureStepLocation",
-        "scheduled_procedure_step_location",
-        "SH",
-        Level.SPS,
-        _TEXT,
-    ),
     KeySpec("PreMedication", None, "LO", Level.SPS),
     KeySpec("RequestedContrastAgent", None, "LO", Level.SPS),
-    KeySpec(
-        "ScheduledProcedureStepID",
-        "scheduled_procedure_step_id",
-        "SH",
-        Level.SPS,
-        _TEXT,
-        multiple_values=True,
-    ),
-    KeySpec(
-        "ScheduledProcedureStepStatus",
-        "scheduled_procedure_step_status",
-        "CS",
-        Level.SPS,
-        _SINGLE,
-        multiple_values=True,
-    ),
+    # The Scheduled Procedure Step Sequence: one item per response (K.6-1).
+    KeySpec("ScheduledProcedureStepSequence", None, "SQ", Level.TOP),
     # Code sequence items (Scheduled Protocol / Requested Procedure Code Sequence).
     KeySpec("CodeValue", "value", "SH", Level.CODE),
     KeySpec("CodingSchemeDesignator", "scheme", "SH", Level.CODE),
@@ -202,8 +151,10 @@ for _spec in KEYS:
 SPS_SEQUENCE = "ScheduledProcedureStepSequence"
 # Code sequences: keyword -> whether it holds several items (a tuple) or at most one.
 CODE_SEQUENCES: dict[str, bool] = {
-    "ScheduledProtocolCodeSequence": True,
-    "RequestedProcedureCodeSequence": False,
+    keyword: field.kind is Kind.CODES
+    for field in FIELDS
+    if field.kind in (Kind.CODE, Kind.CODES)
+    for keyword in field.keywords
 }
 
 

@@ -27,8 +27,9 @@ from mwl.domain import (
 from mwl.errors import InvalidOrderError
 from mwl.orders.patients import copy_demographics
 from mwl.store.engine import Base
-from mwl.store.models import Patient, ScheduledProcedureStep, format_codes
+from mwl.store.models import Patient, ScheduledProcedureStep
 from mwl.store.models import RequestedProcedure as RequestedProcedureRow
+from mwl.worklist.fields import Kind, order_fields
 
 logger = logging.getLogger(__name__)
 
@@ -380,40 +381,19 @@ def _column_values(row: Base) -> dict[str, Any]:
     return {c.key: getattr(row, c.key) for c in row.__table__.columns if c.key in row.__dict__}
 
 
+# What an order message writes onto the rows it found or made (mwl.worklist.fields):
+# every field but the identifying ones and the step status.
+_PROCEDURE_FIELDS = order_fields(RequestedProcedureRow)
+_STEP_FIELDS = order_fields(ScheduledProcedureStep)
+
+
 def _copy_procedure(
     row: RequestedProcedureRow, procedure: RequestedProcedure, order: Order
 ) -> None:
-    row.requested_procedure_id = procedure.requested_procedure_id
-    row.accession_number = procedure.accession_number
-    row.requested_procedure_description = procedure.requested_procedure_description
-    code = procedure.requested_procedure_code
-    row.requested_procedure_code_value = code.value if code else ""
-    row.requested_procedure_code_scheme = code.scheme if code else ""
-    row.requested_procedure_code_meaning = code.meaning if code else ""
-    row.requested_procedure_priority = procedure.requested_procedure_priority
-    row.requesting_physician = procedure.requesting_physician
-    row.referring_physician_name = procedure.referring_physician_name
-    row.placer_order_number = procedure.placer_order_number
-    row.filler_order_number = procedure.filler_order_number
+    for field in _PROCEDURE_FIELDS:
+        field.write(row, getattr(procedure, field.name))
     row.sending_application = order.sending_application
     row.sending_facility = order.sending_facility
-    for name in _DETAILS:
-        setattr(row, name, getattr(procedure, name))
-
-
-# Order details copied as they are from RequestedProcedure to its row.
-_DETAILS = (
-    "institution_name",
-    "institutional_department_name",
-    "reason_for_the_requested_procedure",
-    "requested_procedure_comments",
-    "confidentiality_code",
-    "patient_transport_arrangements",
-    "patient_state",
-    "medical_alerts",
-    "patient_weight",
-    "patient_size",
-)
 
 
 def _check_starts(
@@ -439,15 +419,9 @@ def _check_starts(
 
 
 def _copy_step(step_row: ScheduledProcedureStep, step: ScheduledStep, start: dt.datetime) -> None:
-    step_row.modality = step.modality
-    step_row.scheduled_station_ae_title = step.scheduled_station_ae_title
-    step_row.scheduled_station_name = step.scheduled_station_name
-    step_row.scheduled_procedure_step_location = step.scheduled_procedure_step_location
-    step_row.start_datetime = start
-    step_row.start_time = start.strftime("%H%M%S")
-    step_row.scheduled_performing_physician_name = step.scheduled_performing_physician_name
-    step_row.scheduled_procedure_step_description = step.scheduled_procedure_step_description
-    step_row.scheduled_protocol_codes = format_codes(step.scheduled_protocol_codes)
+    """Write ``step`` onto its row; ``start`` is the step's start or the one it falls back to."""
+    for field in _STEP_FIELDS:
+        field.write(step_row, start if field.kind is Kind.START else getattr(step, field.name))
 
 
 def _reconcile_steps(

@@ -44,6 +44,7 @@ from mwl.orders.patients import (
 )
 from mwl.orders.values import N_, SEXES, Checker, EditError
 from mwl.store.models import Patient, RequestedProcedure, ScheduledProcedureStep, mpps_sps
+from mwl.worklist.fields import BY_NAME
 from mwl.worklist.matching import worklist_item
 
 __all__ = [
@@ -346,15 +347,13 @@ def _check_changes(
 def _write_schedule(
     step: ScheduledProcedureStep, procedure: RequestedProcedure, wanted: dict[str, Any]
 ) -> None:
-    """Set the wanted start and schedule values on the step (and the procedure's description)."""
-    if "start" in wanted:
-        start = dt.datetime.fromisoformat(wanted["start"])
-        step.start_datetime = start
-        step.start_time = start.strftime("%H%M%S")
-    for name in SCHEDULE_FIELDS[1:]:
+    """Set the wanted start and schedule values where the field declaration says they live."""
+    rows: dict[type[Any], Any] = {ScheduledProcedureStep: step, RequestedProcedure: procedure}
+    for name in SCHEDULE_FIELDS:
         if name in wanted:
-            row: Any = procedure if name == "requested_procedure_description" else step
-            setattr(row, name, wanted[name])
+            field = BY_NAME[name]  # which row holds it, in which columns
+            value = dt.datetime.fromisoformat(wanted[name]) if name == "start" else wanted[name]
+            field.write(rows[field.model], value)
 
 
 def _demographics(

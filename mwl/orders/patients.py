@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from mwl.domain import PatientDemographics
 from mwl.errors import InvalidOrderError
 from mwl.store.models import Patient
+from mwl.worklist.fields import order_fields
 from mwl.worklist.names import name_search_key
 
 logger = logging.getLogger(__name__)
@@ -63,8 +64,8 @@ def _find(session: Session, patient_id: str, issuer: str) -> Patient | None:
     ).one_or_none()
 
 
-# Patient values that a message may leave out (None in PatientDemographics).
-_OPTIONAL_VALUES = ("admission_id", "current_patient_location", "pregnancy_status", "allergies")
+# What a message writes onto a patient row (mwl.worklist.fields): all but the identifiers.
+_PATIENT_FIELDS = order_fields(Patient)
 
 
 def copy_demographics(row: Patient, demographics: PatientDemographics) -> None:
@@ -75,14 +76,11 @@ def copy_demographics(row: Patient, demographics: PatientDemographics) -> None:
     written only when the message carried their segment (PV1, AL1): ``None`` keeps
     the stored value, so an order without PV1 or a merge does not clear them.
     """
-    row.patient_name = demographics.patient_name
+    for field in _PATIENT_FIELDS:
+        value = getattr(demographics, field.name)
+        if value is not None:  # None: the message did not carry it
+            field.write(row, value)
     row.patient_name_key = name_search_key(demographics.patient_name)
-    row.patient_birth_date = demographics.patient_birth_date
-    row.patient_sex = demographics.patient_sex
-    for name in _OPTIONAL_VALUES:
-        value = getattr(demographics, name)
-        if value is not None:
-            setattr(row, name, value)
 
 
 def apply_patient_message(session: Session, message: PatientMessage) -> PatientAction:

@@ -32,8 +32,7 @@ ideographic and phonetic groups of a query are ignored. The other PN keys
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from functools import lru_cache
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import ColumnElement, Select, and_, false, or_, select, true
@@ -41,14 +40,13 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from mwl.domain import (
     HIDDEN_BY_DEFAULT,
-    Code,
     KeyMatch,
     MatchKind,
-    SpsStatus,
     WorklistItem,
     WorklistQuery,
 )
-from mwl.store.models import Patient, RequestedProcedure, ScheduledProcedureStep, parse_codes
+from mwl.store.models import Patient, RequestedProcedure, ScheduledProcedureStep
+from mwl.worklist.fields import FIELDS, TEXT_KINDS, Kind
 from mwl.worklist.names import name_search_key
 
 # Pseudo-attribute for an SPS Start Time asked without a date: the HHMMSS column.
@@ -56,52 +54,18 @@ START_TIME = "start_time"
 PATIENT_NAME = "patient_name"
 STATUS = "scheduled_procedure_step_status"
 
-# WorklistItem attribute -> the column it is matched on. Patient's Name is matched
-# on its folded key instead (see the module docstring).
+# WorklistItem attribute -> the column it is matched on: every stored field held in
+# one column as it is (mwl.worklist.fields), and the status. Patient's Name is
+# matched on its folded key instead (see the module docstring); the SPS start on
+# start_datetime (WorklistQuery.start_from/start_until) or, without a date, on the
+# HHMMSS column; codes are returned only.
 COLUMNS: dict[str, InstrumentedAttribute[Any]] = {
-    PATIENT_NAME: Patient.patient_name_key,
-    "patient_id": Patient.patient_id,
-    "issuer_of_patient_id": Patient.issuer_of_patient_id,
-    "patient_birth_date": Patient.patient_birth_date,
-    "patient_sex": Patient.patient_sex,
-    "study_instance_uid": RequestedProcedure.study_instance_uid,
-    "requested_procedure_id": RequestedProcedure.requested_procedure_id,
-    "accession_number": RequestedProcedure.accession_number,
-    "requested_procedure_description": RequestedProcedure.requested_procedure_description,
-    "requested_procedure_priority": RequestedProcedure.requested_procedure_priority,
-    "requesting_physician": RequestedProcedure.requesting_physician,
-    "referring_physician_name": RequestedProcedure.referring_physician_name,
-    "placer_order_number": RequestedProcedure.placer_order_number,
-    "filler_order_number": RequestedProcedure.filler_order_number,
-    "scheduled_procedure_step_id": ScheduledProcedureStep.scheduled_procedure_step_id,
-    "modality": ScheduledProcedureStep.modality,
-    "scheduled_station_ae_title": ScheduledProcedureStep.scheduled_station_ae_title,
-    "scheduled_station_name": ScheduledProcedureStep.scheduled_station_name,
-    "scheduled_procedure_step_location": ScheduledProcedureStep.scheduled_procedure_step_location,
-    "scheduled_performing_physician_name": (
-        ScheduledProcedureStep.scheduled_performing_physician_name
-    ),
-    "scheduled_procedure_step_description": (
-        ScheduledProcedureStep.scheduled_procedure_step_description
-    ),
-    STATUS: ScheduledProcedureStep.status,
-    START_TIME: ScheduledProcedureStep.start_time,
-    # Visit and patient medical values (patient row) and order details (procedure row).
-    "admission_id": Patient.admission_id,
-    "current_patient_location": Patient.current_patient_location,
-    "pregnancy_status": Patient.pregnancy_status,
-    "allergies": Patient.allergies,
-    "institution_name": RequestedProcedure.institution_name,
-    "institutional_department_name": RequestedProcedure.institutional_department_name,
-    "reason_for_the_requested_procedure": RequestedProcedure.reason_for_the_requested_procedure,
-    "requested_procedure_comments": RequestedProcedure.requested_procedure_comments,
-    "confidentiality_code": RequestedProcedure.confidentiality_code,
-    "patient_transport_arrangements": RequestedProcedure.patient_transport_arrangements,
-    "patient_state": RequestedProcedure.patient_state,
-    "medical_alerts": RequestedProcedure.medical_alerts,
-    "patient_weight": RequestedProcedure.patient_weight,
-    "patient_size": RequestedProcedure.patient_size,
+    field.name: field.columns[0]
+    for field in FIELDS
+    if field.kind in TEXT_KINDS or field.kind is Kind.STATUS
 }
+COLUMNS[PATIENT_NAME] = Patient.patient_name_key
+COLUMNS[START_TIME] = ScheduledProcedureStep.start_time
 
 MATCHABLE_ATTRIBUTES: frozenset[str] = frozenset(COLUMNS)
 # Columns holding several DICOM values separated by a backslash (Allergies, LO 1-n):
@@ -350,31 +314,34 @@ def _one_name_condition(
     )
 
 
-# WorklistItem fields stored as they are in a column of the same name (all but the
-# codes, start, status and key, which _item_from_row converts).
+# WorklistItem fields stored as they are in one column (mwl.worklist.fields: the text
+# kinds), then the ones _item_from_row converts from their columns (codes, start, status).
 _STORED_FIELDS: dict[str, InstrumentedAttribute[Any]] = {
-    name: getattr(model, name)
-    for name in WorklistItem.__dataclass_fields__
-    if name != "scheduled_protocol_codes"
-    for model in (Patient, RequestedProcedure, ScheduledProcedureStep)
-    if isinstance(getattr(model, name, None), InstrumentedAttribute)
+    field.name: field.columns[0] for field in FIELDS if field.kind in TEXT_KINDS
 }
-# The stored fields first, in _STORED_FIELDS order, then the ones _item_from_row converts.
+_CONVERTED_FIELDS = tuple(field for field in FIELDS if field.kind not in TEXT_KINDS)
+# The stored fields first, in _STORED_FIELDS order, then the converted ones' columns,
+# then the step's key.
 _ITEM_COLUMNS = (
     *(column.label(name) for name, column in _STORED_FIELDS.items()),
-    RequestedProcedure.requested_procedure_code_value,
-    RequestedProcedure.requested_procedure_code_scheme,
-    RequestedProcedure.requested_procedure_code_meaning,
-    ScheduledProcedureStep.scheduled_protocol_codes,
-    ScheduledProcedureStep.start_datetime,
-    ScheduledProcedureStep.status,
+    *(column for field in _CONVERTED_FIELDS for column in field.columns),
     ScheduledProcedureStep.id,
 )
 _STORED_COUNT = len(_STORED_FIELDS)
 
-# Codes repeat from step to step; they are immutable, so the items share them.
-_code = lru_cache(maxsize=1024)(Code)
-_parse_codes = lru_cache(maxsize=1024)(parse_codes)
+
+def _converters() -> tuple[tuple[str, slice, Callable[..., Any]], ...]:
+    """(field name, its columns in an _ITEM_COLUMNS row, its conversion) per converted field."""
+    converters = []
+    offset = _STORED_COUNT
+    for field in _CONVERTED_FIELDS:
+        width = len(field.columns)
+        converters.append((field.name, slice(offset, offset + width), field.reader))
+        offset += width
+    return tuple(converters)
+
+
+_CONVERTERS = _converters()
 
 
 def _item_from_row(row: Sequence[Any]) -> WorklistItem:
@@ -382,65 +349,20 @@ def _item_from_row(row: Sequence[Any]) -> WorklistItem:
 
     By position, not by name: a large answer converts thousands of rows.
     """
-    stored = dict(zip(_STORED_FIELDS, row[:_STORED_COUNT], strict=True))
-    code_value, code_scheme, code_meaning, protocol_codes, start, status, step_key = row[
-        _STORED_COUNT:
-    ]
-    return WorklistItem(
-        **stored,
-        requested_procedure_code=(
-            _code(code_value, code_scheme, code_meaning) if code_value else None
-        ),
-        start=start,
-        scheduled_protocol_codes=_parse_codes(protocol_codes),
-        scheduled_procedure_step_status=SpsStatus(status),
-        step_key=step_key,
-    )
+    values = dict(zip(_STORED_FIELDS, row[:_STORED_COUNT], strict=True))
+    for name, columns, convert in _CONVERTERS:
+        values[name] = convert(*row[columns])
+    return WorklistItem(**values, step_key=row[-1])
 
 
 def worklist_item(
     step: ScheduledProcedureStep, procedure: RequestedProcedure, patient: Patient
 ) -> WorklistItem:
     """Copy one step with its procedure and patient rows into a detached WorklistItem."""
-    return WorklistItem(
-        patient_name=patient.patient_name,
-        patient_id=patient.patient_id,
-        issuer_of_patient_id=patient.issuer_of_patient_id,
-        patient_birth_date=patient.patient_birth_date,
-        patient_sex=patient.patient_sex,
-        study_instance_uid=procedure.study_instance_uid,
-        requested_procedure_id=procedure.requested_procedure_id,
-        accession_number=procedure.accession_number,
-        requested_procedure_description=procedure.requested_procedure_description,
-        requested_procedure_code=procedure.requested_procedure_code,
-        requested_procedure_priority=procedure.requested_procedure_priority,
-        requesting_physician=procedure.requesting_physician,
-        referring_physician_name=procedure.referring_physician_name,
-        placer_order_number=procedure.placer_order_number,
-        filler_order_number=procedure.filler_order_number,
-        scheduled_procedure_step_id=step.scheduled_procedure_step_id,
-        modality=step.modality,
-        scheduled_station_ae_title=step.scheduled_station_ae_title,
-        scheduled_station_name=step.scheduled_station_name,
-        scheduled_procedure_step_location=step.scheduled_procedure_step_location,
-        start=step.start_datetime,
-        scheduled_performing_physician_name=step.scheduled_performing_physician_name,
-        scheduled_procedure_step_description=step.scheduled_procedure_step_description,
-        scheduled_protocol_codes=parse_codes(step.scheduled_protocol_codes),
-        scheduled_procedure_step_status=SpsStatus(step.status),
-        step_key=step.id,
-        admission_id=patient.admission_id,
-        current_patient_location=patient.current_patient_location,
-        pregnancy_status=patient.pregnancy_status,
-        allergies=patient.allergies,
-        institution_name=procedure.institution_name,
-        institutional_department_name=procedure.institutional_department_name,
-        reason_for_the_requested_procedure=procedure.reason_for_the_requested_procedure,
-        requested_procedure_comments=procedure.requested_procedure_comments,
-        confidentiality_code=procedure.confidentiality_code,
-        patient_transport_arrangements=procedure.patient_transport_arrangements,
-        patient_state=procedure.patient_state,
-        medical_alerts=procedure.medical_alerts,
-        patient_weight=procedure.patient_weight,
-        patient_size=procedure.patient_size,
-    )
+    rows: dict[type[Any], Any] = {
+        ScheduledProcedureStep: step,
+        RequestedProcedure: procedure,
+        Patient: patient,
+    }
+    values = {field.name: field.read_row(rows[field.model]) for field in FIELDS}
+    return WorklistItem(**values, step_key=step.id)

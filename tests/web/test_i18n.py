@@ -151,8 +151,19 @@ KEYWORDS = {
 }
 
 
+# Where messages are marked: the web page, and the core's declaration of the stored
+# fields (mwl/worklist/fields.py: the item page's labels, marked N_).
+SOURCE_DIRS = (("web",), ("mwl", "worklist"))
+
+
+def in_sources(root: Path, path: str) -> bool:
+    """Whether extraction walks ``path``: a source directory, inside one or on the way."""
+    parts = Path(path).relative_to(root).parts
+    return any(parts[: len(d)] == d or d[: len(parts)] == parts for d in SOURCE_DIRS)
+
+
 def source_messages(root: Path = REPO) -> Catalog:
-    """Every message marked in web/ (Python and templates), as babel.cfg configures."""
+    """Every message marked in web/ and mwl/worklist/, as babel.cfg configures."""
     with (root / "babel.cfg").open(encoding="utf-8") as config:
         method_map, options_map = parse_mapping_cfg(config)
     catalog = Catalog()
@@ -161,9 +172,7 @@ def source_messages(root: Path = REPO) -> Catalog:
         method_map,
         options_map,
         keywords=KEYWORDS,
-        directory_filter=lambda path: (
-            Path(path) == root or Path(path).relative_to(root).parts[0] == "web"
-        ),
+        directory_filter=lambda path: in_sources(root, path),
     )
     for filename, lineno, message, _comments, context in found:
         catalog.add(message, None, [(filename, lineno)], context=context)
