@@ -7,7 +7,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 RUN useradd --system --home-dir /data --create-home mwl
 WORKDIR /app
-COPY pyproject.toml README.md alembic.ini ./
+COPY pyproject.toml README.md LICENSE alembic.ini ./
 COPY mwl ./mwl
 COPY web ./web
 COPY migrations ./migrations

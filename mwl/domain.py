@@ -100,7 +100,7 @@ class RequestedProcedure:
     placer_order_number: str = ""
     filler_order_number: str = ""
     steps: tuple[ScheduledStep, ...] = ()
-    # Order details (HL7-MAPPING.md section 1). The patient's state, alerts, weight
+    # Order details (docs/hl7-mapping.md). The patient's state, alerts, weight
     # and size come with each order (OBR, OBX), so they are kept per order.
     institution_name: str = ""
     institutional_department_name: str = ""

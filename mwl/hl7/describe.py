@@ -48,7 +48,7 @@ SEGMENT_NAMES: Mapping[str, str] = {
     "NK1": "Next of Kin / Associated Parties",
     "ZDS": "Study Information (IHE RAD Z-segment)",
 }
-# Fields of Z-segments the mapping reads (HL7-MAPPING.md), which no table knows.
+# Fields of Z-segments the mapping reads (docs/hl7-mapping.md), which no table knows.
 _Z_FIELDS: Mapping[tuple[str, int], tuple[str, tuple[str, ...]]] = {
     ("ZDS", 1): (
         "Study Instance UID",

@@ -1,6 +1,6 @@
 """ORM^O01 / OMI^O23 segments to a domain :class:`~mwl.domain.Order`.
 
-HL7-MAPPING.md and docs/hl7-interface.md say which field becomes which attribute.
+docs/hl7-mapping.md and docs/hl7-interface.md say which field becomes which attribute.
 Each ORC starts a group with its OBR (and TQ1, ZDS, IPC, NTE, OBX); an ORM group
 gives one requested procedure with one scheduled step, an OMI group one requested
 procedure per distinct IPC-1/2/3 with one step per IPC. When a field is empty and a
@@ -57,7 +57,7 @@ PRIORITIES: Mapping[str, str] = {
     "T": "MEDIUM",
 }
 
-# OBX-3 naming the patient's weight or height: OBX-3.2 as HL7-MAPPING.md has it, or
+# OBX-3 naming the patient's weight or height: OBX-3.2 as docs/hl7-mapping.md has it, or
 # the LOINC code in OBX-3.1 (29463-7 body weight, 3141-9 measured, 8302-2 height).
 _WEIGHT_NAMES = frozenset({"BODY WEIGHT", "29463-7", "3141-9"})
 _HEIGHT_NAMES = frozenset({"BODY HEIGHT", "8302-2"})
@@ -401,7 +401,7 @@ def _first(candidates: Sequence[tuple[str, str]], target: str) -> str:
 
 
 def _start(group: _Group) -> dt.datetime | None:
-    """TQ1-7, else ORC-7.4, else OBR-27.4 (first non-empty; HL7-MAPPING §1)."""
+    """TQ1-7, else ORC-7.4, else OBR-27.4 (first non-empty; docs/hl7-mapping.md 2.2)."""
     candidates: list[tuple[str, str]] = []
     if group.tq1 is not None:
         candidates.append((group.tq1.get(7, 1), "TQ1-7"))
@@ -452,7 +452,7 @@ def _route(step: ScheduledStep, procedure_code: str, options: MappingOptions) ->
 
 
 def _details(header: MessageHeader, group: _Group, obr: Segment) -> dict[str, str]:
-    """The order details of HL7-MAPPING.md section 1, as RequestedProcedure fields."""
+    """The order details of docs/hl7-mapping.md, as RequestedProcedure fields."""
     orc = group.orc
     reasons = [coded_text(obr, 31, r) for r in range(len(obr.repetitions(31)))]
     return dict(

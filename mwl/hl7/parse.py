@@ -3,7 +3,7 @@
 Reads MSH (:mod:`mwl.hl7.grammar`), refuses what the broker does not handle, splits
 the segments and hands them to :mod:`mwl.hl7.order_mapping` or
 :mod:`mwl.hl7.patient_mapping`. Only the segments and fields the mapping reads are
-looked at (docs/hl7-interface.md, HL7-MAPPING.md). Lenient on input: unknown
+looked at (docs/hl7-interface.md, docs/hl7-mapping.md). Lenient on input: unknown
 segments are ignored, optional fields may be empty; a field that is present but
 wrong (bad date, bad UID) is an error naming the field.
 """
@@ -95,7 +95,7 @@ def parse_order(raw: bytes, options: MappingOptions | None = None) -> Order:
     raw
         The frame payload as received.
     options
-        Site choices; defaults follow HL7-MAPPING.md.
+        Site choices; defaults follow docs/hl7-mapping.md.
 
     Returns
     -------

@@ -1,7 +1,7 @@
 """ADT^A08/A31/A40/A47 to patient changes, and PID/PV1/AL1 to patient demographics.
 
 The demographics are the same in an order message (:mod:`mwl.hl7.order_mapping`)
-and in ADT (HL7 v2.5.1 ch. 3; HL7-MAPPING.md). Lenient on input: a birth date that
+and in ADT (HL7 v2.5.1 ch. 3; docs/hl7-mapping.md). Lenient on input: a birth date that
 is not a full date is dropped, an identifier that does not fit is refused.
 """
 

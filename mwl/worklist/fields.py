@@ -387,7 +387,7 @@ FIELDS: tuple[StoredField, ...] = (
         Section.STEP,
         Kind.CODES,
     ),
-    # --- Order details (HL7-MAPPING.md section 1; visit values from PV1 and AL1).
+    # --- Order details (docs/hl7-mapping.md; visit values from PV1 and AL1).
     # Patient State, Medical Alerts, weight and size come with each order, so they
     # are kept on the requested procedure row; the visit values on the patient row.
     StoredField(

@@ -178,7 +178,7 @@ def test_patient_size_in_centimetres_and_observations_by_name() -> None:
     raw = replace_nth(raw, b"OBX", 1, 6, b"cm")
     (procedure,) = parse_order(raw, DEFAULTS).procedures
     assert procedure.patient_size == "1.68"
-    # OBX-3.2 alone names it (HL7-MAPPING.md), whatever the code.
+    # OBX-3.2 alone names it (docs/hl7-mapping.md), whatever the code.
     raw = replace_nth(details(), b"OBX", 0, 3, b"W^BODY WEIGHT^L")
     assert parse_order(raw, DEFAULTS).procedures[0].patient_weight == "72.5"
     # Another observation is not a weight.
