@@ -12,7 +12,8 @@ with its requested procedure and its patient, three rows of the store. Each
 - ``keywords``: the DICOM keyword(s) a modality asks for it by (the DICOM adapter
   takes VR and matching from these);
 - ``hl7``: where the default HL7 mapping reads it from (documentation and lookup:
-  the mapping itself is code in :mod:`mwl.hl7.parse`);
+  the mapping itself is code in :mod:`mwl.hl7.order_mapping` and
+  :mod:`mwl.hl7.patient_mapping`);
 - ``label``: what the item page calls it (an English msgid, translated by the page);
 - ``section``: where the item page shows it;
 - ``kind``: how the value is held, which decides how it is copied, converted and
