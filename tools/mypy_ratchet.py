@@ -13,13 +13,14 @@ each listed module has under the full strict settings:
 ``--update`` lowers the baseline to today's counts (it never raises one) and drops the
 modules that are clean; take those out of the list in pyproject.toml too.
 
-Run from the repository root: ``.venv/bin/python tools/mypy_ratchet.py``.
+Run it as ``.venv/bin/python tools/mypy_ratchet.py`` (from anywhere).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import tempfile
@@ -138,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--update", action="store_true", help="lower the baseline to today's")
     args = parser.parse_args(argv)
+    os.chdir(ROOT)  # pyproject.toml's paths (files, mypy_path) are the root's
 
     mypy_config = tomllib.loads(PYPROJECT.read_text(encoding="utf-8"))["tool"]["mypy"]
     strict, listed = split_config(mypy_config)
