@@ -562,9 +562,10 @@ def _base_query(form: ScannerTestForm, ae: str) -> tuple[LoggedQuery | None, boo
 
 def _day_of(form: ScannerTestForm) -> dt.date:
     """The day whose steps are offered for "why is it missing": the one asked, else today."""
-    start, end = form.date_from.data, form.date_to.data
+    start: dt.date | None = form.date_from.data
+    end: dt.date | None = form.date_to.data
     if start and (end is None or end == start):
-        return start  # type: ignore[no-any-return]
+        return start
     return dt.date.today()
 
 

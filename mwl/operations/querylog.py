@@ -297,7 +297,7 @@ def latest_query(
     return None if entry is None else _logged(entry)
 
 
-_Select = TypeVar("_Select", bound=Select)
+_Select = TypeVar("_Select", bound="Select[*tuple[Any, ...]]")
 
 
 def _newest_first(stmt: _Select, calling_ae_title: str) -> _Select:
