@@ -105,6 +105,7 @@ class OutboxSender:
         """Stop after the exchange in progress (never between a send and its ACK). Idempotent."""
         thread, self._thread = self._thread, None
         if thread is None:
+            self._close()  # a connection left open by run_once() called directly
             return
         self._stop.set()
         # An exchange in progress ends within the ACK timeout; it is let finish so
