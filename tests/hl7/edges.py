@@ -118,6 +118,7 @@ class Subprocess:
     process: subprocess.Popen[str]
     ports: dict[str, int]
     output: list[str] = field(default_factory=list)
+    reader: threading.Thread | None = None
 
     def lines_with(self, text: str) -> list[str]:
         return [line for line in list(self.output) if text in line]
@@ -130,6 +131,10 @@ class Subprocess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=10)
+        if self.reader is not None:
+            self.reader.join(10)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
 
 
 def start_limited_broker(env: dict[str, str], cwd: Path, preexec: Callable[[], None]) -> Subprocess:
@@ -158,7 +163,8 @@ def start_limited_broker(env: dict[str, str], cwd: Path, preexec: Callable[[], N
                 ready.set()
         ready.set()
 
-    threading.Thread(target=pump, daemon=True).start()
+    broker.reader = threading.Thread(target=pump, daemon=True)
+    broker.reader.start()
     if not ready.wait(60) or "mwl is ready" not in broker.output:
         broker.stop()
         pytest.fail("mwl serve did not become ready:\n" + "\n".join(broker.output))

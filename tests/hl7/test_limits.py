@@ -7,6 +7,10 @@ the transport, so they run on SQLite only.
 from __future__ import annotations
 
 import logging
+import os
+import resource
+import socket
+import threading
 import time
 from collections.abc import Iterator
 
@@ -179,3 +183,42 @@ def test_silent_connections_and_the_listener_cost_no_cpu(serve):
     finally:
         for sock in silent:
             sock.close()
+
+
+def _lowest_free_descriptor() -> int:
+    probe = os.dup(0)
+    os.close(probe)
+    return probe
+
+
+def test_out_of_descriptors_the_accept_loop_backs_off_and_recovers(serve, caplog):
+    caplog.set_level(logging.INFO, logger="mwl.hl7.server")
+    server = serve()
+    client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)  # its descriptor, made first
+    (listener,) = [t for t in threading.enumerate() if t.name.startswith("hl7-listener")]
+    stat = open(f"/proc/self/task/{listener.native_id}/stat", "rb")  # noqa: SIM115
+
+    def ticks() -> int:
+        stat.seek(0)
+        fields = stat.read().rsplit(b")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        # No descriptor number left below the limit: the listener's accept() fails (EMFILE).
+        resource.setrlimit(resource.RLIMIT_NOFILE, (_lowest_free_descriptor(), hard))
+        client.settimeout(10)
+        client.connect(server.address)  # completed by the kernel, waiting in the backlog
+        time.sleep(0.3)
+        before = ticks()
+        time.sleep(2.0)
+        spent = ticks() - before
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        stat.close()
+    # A spinning loop takes ~200 ticks in 2 s; backing off 0.1 s between tries, a few.
+    assert spent <= 5
+    lines = [r.getMessage() for r in caplog.records if "cannot accept" in r.getMessage()]
+    assert len(lines) == 1 and "Too many open files" in lines[0]
+    with client:
+        assert ack_code(exchange(client, message("RECOVERED"))) == "AA"
