@@ -28,6 +28,7 @@ import statistics
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import benchlib
@@ -100,7 +101,9 @@ def still_open(socks: list[socket.socket]) -> int:
     return alive
 
 
-def round_rate(make_connection, messages: MessageFactory, count: int) -> tuple[float, int]:
+def round_rate(
+    make_connection: Callable[[], MllpConnection], messages: MessageFactory, count: int
+) -> tuple[float, int]:
     """(messages per second, AA answers) of ``count`` messages on a new connection."""
     started = time.perf_counter()
     connection = make_connection()
