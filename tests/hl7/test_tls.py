@@ -294,3 +294,46 @@ def test_the_ris_sender_does_not_send_to_a_ris_its_ca_did_not_sign(database_url,
         engine.dispose()
     assert ris.received == []
     assert _states(database_url) == ["PENDING"]
+
+
+def _client_hello(pki: dict[str, Issued]) -> bytes:
+    """The first flight of a real TLS client (its ClientHello), made without a socket."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = tls_client(pki["ca"].cert).wrap_bio(incoming, outgoing, server_hostname="127.0.0.1")
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+def test_a_handshake_that_drips_in_is_closed_at_the_frame_deadline(database_url, pki, caplog):
+    settings = transport_settings(
+        database_url,
+        hl7_tls_cert=str(pki["server"].cert),
+        hl7_tls_key=str(pki["server"].key),
+        hl7_frame_timeout_seconds=1.5,
+        hl7_idle_timeout_seconds=5.0,
+    )
+    hello = _client_hello(pki)
+    engine = make_engine(database_url)
+    with (
+        Hl7Server(settings, make_session_factory(engine, writer=True)) as running,
+        socket.create_connection(running.tls_address, timeout=10) as sock,
+    ):
+        started, closed_at = time.monotonic(), None
+        for byte in hello:
+            try:
+                sock.sendall(bytes([byte]))
+                sock.settimeout(0.3)
+                if sock.recv(65536) == b"":
+                    closed_at = time.monotonic()
+                    break
+            except TimeoutError:
+                continue
+            except ConnectionError:
+                closed_at = time.monotonic()
+                break
+        assert closed_at is not None
+        assert 1.2 <= closed_at - started <= 3.5, closed_at - started
+        assert running.open_connections == 0
+    engine.dispose()
+    assert any("no handshake within 1.5s" in r.getMessage() for r in caplog.records)
