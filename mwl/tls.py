@@ -43,6 +43,9 @@ TLS12_CIPHERS = ":".join(
 EXPIRY_WARNING = dt.timedelta(days=30)
 # How often the files' modification times are looked at (at a connection, never idle).
 _CHECK_INTERVAL = 1.0
+# A certificate within EXPIRY_WARNING of its end is named again this often while in use
+# (at a connection), not only when it is loaded.
+EXPIRY_REMINDER_SECONDS = 86400.0
 
 
 @dataclass(frozen=True)
@@ -124,7 +127,7 @@ class ReloadingContext:
         self._stamp = self._stamps()
         self._context = server_context(files)
         self.certificate = self._log_loaded("loaded")
-        self._checked = time.monotonic()
+        self._checked = self._reminded = time.monotonic()
 
     def _stamps(self) -> tuple[tuple[int, int], ...]:
         paths = [self.files.cert, self.files.key] + ([self.files.ca] if self.files.ca else [])
@@ -158,6 +161,10 @@ class ReloadingContext:
         """The context for a new connection: reloaded first when a file changed."""
         now = time.monotonic()
         with self._lock:
+            if now - self._reminded >= EXPIRY_REMINDER_SECONDS:
+                self._reminded = now
+                if self.certificate.days_left < EXPIRY_WARNING.days:
+                    self._log_loaded("in use")
             if now - self._checked < _CHECK_INTERVAL:
                 return self._context
             self._checked = now

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import select
 
+import mwl.tls
 from mwl.domain import MppsStatus, SpsStatus, StatusEvent
 from mwl.hl7.mllp import MllpFramer, frame
 from mwl.hl7.sender import OutboxSender
@@ -26,7 +27,7 @@ from mwl.operations.outbox import enqueue
 from mwl.store.engine import make_engine, make_session_factory
 from mwl.store.migrate import upgrade
 from mwl.store.models import OutboxMessage
-from mwl.tls import TlsFiles, server_context
+from mwl.tls import ReloadingContext, TlsFiles, server_context
 from tests.certificates import Issued, issue, make_ca
 
 from .edges import ack_code, exchange, message, tls_client, transport_settings
@@ -337,3 +338,15 @@ def test_a_handshake_that_drips_in_is_closed_at_the_frame_deadline(database_url,
         assert running.open_connections == 0
     engine.dispose()
     assert any("no handshake within 1.5s" in r.getMessage() for r in caplog.records)
+
+
+def test_a_certificate_near_its_end_is_named_again_while_in_use(pki, tmp_path, caplog, monkeypatch):
+    short = issue(make_ca(tmp_path, "Short CA"), tmp_path, "mwl-hl7-short", server=True, days=10)
+    caplog.set_level("INFO", logger="mwl.tls")
+    context = ReloadingContext(TlsFiles(short.cert, short.key), service="HL7")
+    monkeypatch.setattr(mwl.tls, "EXPIRY_REMINDER_SECONDS", 0.0)  # a day, shortened
+    context.current()
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "mwl.tls"]
+    assert [level for level, _ in lines] == ["WARNING", "WARNING"]
+    assert "loaded" in lines[0][1] and "in use" in lines[1][1]
+    assert "mwl-hl7-short" in lines[1][1] and "days left" in lines[1][1]
