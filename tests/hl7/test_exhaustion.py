@@ -79,6 +79,7 @@ def _low_descriptor_limit() -> None:
 
 
 def _ticks_over(pid: int, seconds: float) -> int:
+    time.sleep(1.0)  # the accept backlog worked off, the threads asleep
     before = process_ticks(pid)
     time.sleep(seconds)
     return process_ticks(pid) - before
