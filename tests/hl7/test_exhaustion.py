@@ -130,3 +130,20 @@ def _try_ack(port: int) -> bool:
         return ris_ack(port, "BACK") == "AA"
     except OSError:
         return False
+
+
+def _soft_limit_below_hard() -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, 1024))
+
+
+def test_mwl_serve_raises_its_open_file_limit_to_the_hard_one(tmp_path):
+    broker = start_limited_broker(
+        broker_env(f"sqlite:///{tmp_path / 'mwl.db'}"), tmp_path, _soft_limit_below_hard
+    )
+    try:
+        with open(f"/proc/{broker.process.pid}/limits") as limits:
+            (row,) = [line for line in limits if line.startswith("Max open files")]
+        assert row.split()[3:5] == ["1024", "1024"]
+        assert broker.lines_with("open-file limit raised from 256 to 1024")
+    finally:
+        broker.stop()
