@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mwl import __version__
 from mwl.config import Settings, load_settings
+from mwl.descriptors import raise_open_file_limit
 from mwl.errors import MwlError, SettingsError, UserError
 from mwl.store.engine import make_engine, make_session_factory
 
@@ -384,6 +385,8 @@ def serve(settings: Settings) -> int:
 
     for key, value in settings.redacted().items():
         logger.info("setting %s = %r", key, value)
+    # Every connection costs a descriptor: as many as the system allows (mwl.descriptors).
+    raise_open_file_limit()
     engine = make_engine(settings.database_url)
     stop = threading.Event()
 
@@ -426,6 +429,9 @@ def serve(settings: Settings) -> int:
             services.append(housekeeper)
         host, port = hl7.address[:2]
         print(f"HL7 MLLP listening on {host}:{port}", flush=True)
+        if hl7.tls_address is not None:
+            host, port = hl7.tls_address
+            print(f"HL7 MLLP over TLS listening on {host}:{port}", flush=True)
         for host, port, tls in scp.server.addresses:
             over = " over TLS" if tls else ""
             print(

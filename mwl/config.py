@@ -139,6 +139,20 @@ def _hl7_accepted_senders(value: Any) -> tuple[str, ...]:
     return patterns
 
 
+def _hl7_allowed_peers(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [part for part in value.split(",") if part.strip()]
+    if not isinstance(value, list):
+        raise ValueError('expected a list of IP addresses or networks ("10.1.2.0/24")')
+    networks = []
+    for item in value:
+        try:
+            networks.append(str(ipaddress.ip_network(str(item).strip(), strict=False)))
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IP address or network") from None
+    return tuple(networks)
+
+
 def _hl7_station_rules(value: Any) -> tuple[Hl7StationRule, ...]:
     if not isinstance(value, list):
         raise ValueError("expected a list of tables")
@@ -209,6 +223,23 @@ class Settings:
     web_secure_cookies: bool = False
     hl7_max_frame_bytes: int = 1_048_576
     hl7_idle_timeout_seconds: float = 300.0
+    # Seconds from the first byte of a frame to its end, however often bytes come (the
+    # idle timeout restarts with each byte); also bounds a TLS handshake.
+    hl7_frame_timeout_seconds: float = 30.0
+    # Connections served at once, in all and from one IP address; beyond either a new
+    # connection is closed at accept. A silent connection costs a thread but no CPU.
+    hl7_max_connections: int = 200
+    hl7_max_connections_per_address: int = 20
+    # Peers that may connect (IP addresses or CIDR networks): ["10.1.2.0/24"]. Empty: any.
+    # Others are closed at accept.
+    hl7_allowed_peers: tuple[str, ...] = field(default=(), metadata={"convert": _hl7_allowed_peers})
+    # MLLP over TLS (BCP 195, TLS 1.2 at least) on a port of its own, on while a
+    # certificate is set: PEM chain and key; with a CA file, client certificates are
+    # required and verified against it. The files are reloaded when they change.
+    hl7_tls_port: int = 2576
+    hl7_tls_cert: str = ""
+    hl7_tls_key: str = ""
+    hl7_tls_ca: str = ""
     # Charset of HL7 messages without MSH-18. Many RIS send Latin-1 unlabelled.
     hl7_default_charset: str = "8859/1"
     # HL7 mapping choices (docs/hl7-interface.md). Sent modality -> DICOM modality
@@ -296,6 +327,11 @@ class Settings:
     ris_receiving_application: str = ""
     ris_receiving_facility: str = ""
     ris_ack_timeout_seconds: float = 30.0
+    # MLLP over TLS to the RIS while a CA file is set (the RIS certificate is verified
+    # against it and ris_host); a client certificate and key when the RIS asks for one.
+    ris_tls_ca: str = ""
+    ris_tls_cert: str = ""
+    ris_tls_key: str = ""
     # Retry delay after a failed attempt: initial, doubled per attempt up to the maximum.
     ris_retry_initial_seconds: float = 5.0
     ris_retry_max_seconds: float = 300.0
@@ -356,7 +392,7 @@ def _validate(settings: Settings) -> None:
 
 
 def _validate_listeners(settings: Settings) -> None:
-    for name in ("hl7_port", "dicom_port", "dicom_tls_port", "web_port"):
+    for name in ("hl7_port", "hl7_tls_port", "dicom_port", "dicom_tls_port", "web_port"):
         port = getattr(settings, name)
         if not 0 <= port <= 65535:
             raise SettingsError(name, f"{port} is not a TCP port (0-65535)")
@@ -385,6 +421,13 @@ def _validate_hl7(settings: Settings) -> None:
         raise SettingsError("hl7_max_frame_bytes", "must be at least 1024")
     if settings.hl7_idle_timeout_seconds <= 0:
         raise SettingsError("hl7_idle_timeout_seconds", "must be positive")
+    if settings.hl7_frame_timeout_seconds <= 0:
+        raise SettingsError("hl7_frame_timeout_seconds", "must be positive")
+    if not 1 <= settings.hl7_max_connections <= 100_000:
+        raise SettingsError("hl7_max_connections", "must be between 1 and 100000")
+    if settings.hl7_max_connections_per_address < 1:
+        raise SettingsError("hl7_max_connections_per_address", "must be positive")
+    _validate_tls_files(settings, "hl7_tls")
     if settings.hl7_missing_start not in ("now", "reject"):
         raise SettingsError("hl7_missing_start", 'must be "now" or "reject"')
     if settings.hl7_protocol_code_component not in (1, 4):
@@ -440,6 +483,23 @@ def _validate_dicom_network(settings: Settings) -> None:
             raise SettingsError(name, f"{path!r} is not a readable file")
 
 
+def _validate_tls_files(settings: Settings, prefix: str) -> None:
+    cert, key, ca = (getattr(settings, f"{prefix}_{n}") for n in ("cert", "key", "ca"))
+    if bool(cert) != bool(key):
+        raise SettingsError(
+            f"{prefix}_cert" if not cert else f"{prefix}_key",
+            f"TLS needs both {prefix}_cert and {prefix}_key",
+        )
+    if prefix == "hl7_tls" and ca and not cert:
+        raise SettingsError(f"{prefix}_ca", f"needs {prefix}_cert and {prefix}_key")
+    if prefix == "ris_tls" and cert and not ca:
+        raise SettingsError("ris_tls_cert", "needs ris_tls_ca (TLS to the RIS is on with it)")
+    for name in ("cert", "key", "ca"):
+        path = getattr(settings, f"{prefix}_{name}")
+        if path and not Path(path).is_file():
+            raise SettingsError(f"{prefix}_{name}", f"{path!r} is not a readable file")
+
+
 def _validate_mpps_ris_retention(settings: Settings) -> None:
     from mwl.domain import SpsStatus
 
@@ -447,6 +507,7 @@ def _validate_mpps_ris_retention(settings: Settings) -> None:
         raise SettingsError("ris_port", f"{settings.ris_port} is not a TCP port (0-65535)")
     if settings.ris_host and not settings.ris_port:
         raise SettingsError("ris_port", "is needed when ris_host is set")
+    _validate_tls_files(settings, "ris_tls")
     if settings.ris_message_type not in {"ORM^O01", "OMI^O23"}:
         raise SettingsError("ris_message_type", "must be ORM^O01 or OMI^O23")
     for name in (

@@ -43,6 +43,9 @@ TLS12_CIPHERS = ":".join(
 EXPIRY_WARNING = dt.timedelta(days=30)
 # How often the files' modification times are looked at (at a connection, never idle).
 _CHECK_INTERVAL = 1.0
+# A certificate within EXPIRY_WARNING of its end is named again this often while in use
+# (at a connection), not only when it is loaded.
+EXPIRY_REMINDER_SECONDS = 86400.0
 
 
 @dataclass(frozen=True)
@@ -124,7 +127,7 @@ class ReloadingContext:
         self._stamp = self._stamps()
         self._context = server_context(files)
         self.certificate = self._log_loaded("loaded")
-        self._checked = time.monotonic()
+        self._checked = self._reminded = time.monotonic()
 
     def _stamps(self) -> tuple[tuple[int, int], ...]:
         paths = [self.files.cert, self.files.key] + ([self.files.ca] if self.files.ca else [])
@@ -158,6 +161,10 @@ class ReloadingContext:
         """The context for a new connection: reloaded first when a file changed."""
         now = time.monotonic()
         with self._lock:
+            if now - self._reminded >= EXPIRY_REMINDER_SECONDS:
+                self._reminded = now
+                if self.certificate.days_left < EXPIRY_WARNING.days:
+                    self._log_loaded("in use")
             if now - self._checked < _CHECK_INTERVAL:
                 return self._context
             self._checked = now
@@ -177,4 +184,99 @@ class ReloadingContext:
                 )
                 return self._context
             self._context, self.certificate = context, certificate
+            return context
+
+
+@dataclass(frozen=True)
+class ClientTlsFiles:
+    """The PEM files of a TLS client: the CA that signs the server, an optional own certificate."""
+
+    ca: Path
+    cert: Path | None = None
+    key: Path | None = None
+
+
+def client_context(files: ClientTlsFiles) -> ssl.SSLContext:
+    """A client-side context: TLS 1.2 at least, the server verified against ``files.ca``.
+
+    Raises
+    ------
+    ssl.SSLError, OSError
+        A file cannot be read, or the key does not fit the certificate.
+    """
+    context = ssl.create_default_context(cafile=files.ca)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(TLS12_CIPHERS)
+    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+    if files.cert is not None and files.key is not None:
+        context.load_cert_chain(files.cert, files.key)
+    return context
+
+
+class ReloadingClientContext:
+    """The current client context, rebuilt when one of its files changed since the last use.
+
+    Built when a connection is opened; the own certificate's expiry is logged at
+    every load (WARNING within :data:`EXPIRY_WARNING`, ERROR once expired).
+
+    Raises
+    ------
+    ssl.SSLError, OSError
+        The files do not load at start.
+    """
+
+    def __init__(self, files: ClientTlsFiles, service: str) -> None:
+        self.files = files
+        self.service = service
+        self._lock = threading.Lock()
+        self._stamp = self._stamps()
+        self._context = client_context(files)
+        self._log_loaded("loaded")
+
+    def _stamps(self) -> tuple[tuple[int, int], ...]:
+        out = []
+        for path in (self.files.ca, self.files.cert, self.files.key):
+            try:
+                st = os.stat(path) if path is not None else None
+                out.append((st.st_mtime_ns, st.st_size) if st else (0, 0))
+            except OSError:
+                out.append((0, 0))
+        return tuple(out)
+
+    def _log_loaded(self, verb: str) -> None:
+        if self.files.cert is None:
+            logger.info("%s TLS CA %s: %s", self.service, verb, self.files.ca)
+            return
+        info = certificate_info(self.files.cert)
+        level = logging.WARNING if info.days_left < EXPIRY_WARNING.days else logging.INFO
+        if info.days_left < 0:
+            level = logging.ERROR
+        logger.log(
+            level,
+            "%s TLS client certificate %s: %s, valid until %s (%.0f days left)",
+            self.service,
+            verb,
+            info.subject,
+            info.not_after.strftime("%Y-%m-%d %H:%M UTC"),
+            info.days_left,
+        )
+
+    def current(self) -> ssl.SSLContext:
+        """The context for a new connection: reloaded first when a file changed."""
+        with self._lock:
+            stamp = self._stamps()
+            if stamp == self._stamp:
+                return self._context
+            self._stamp = stamp
+            try:
+                context = client_context(self.files)
+                self._log_loaded("reloaded")
+            except (ssl.SSLError, OSError, ValueError) as exc:
+                logger.error(
+                    "%s TLS files changed but do not load (%s); the previous ones stay in use",
+                    self.service,
+                    exc,
+                )
+                return self._context
+            self._context = context
             return context

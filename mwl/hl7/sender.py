@@ -15,6 +15,7 @@ import logging
 import socket
 import threading
 import time
+from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -25,6 +26,7 @@ from mwl.hl7.mllp import FramingError, MllpFramer, frame
 from mwl.hl7.outbound import OutboundOptions, render
 from mwl.operations.outbox import NO_ACK, OutboxItem, RetryPolicy, due_messages, record_attempt
 from mwl.store.leases import SingletonLease
+from mwl.tls import ClientTlsFiles, ReloadingClientContext
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +68,17 @@ class OutboxSender:
         with session_factory() as session:
             self._lease = SingletonLease(session.get_bind().engine, "ris-sender")
         self._standing_by = False
+        # MLLP over TLS while a CA is set; the files are looked at again per connection.
+        self._tls: ReloadingClientContext | None = None
+        if settings.ris_tls_ca:
+            self._tls = ReloadingClientContext(
+                ClientTlsFiles(
+                    Path(settings.ris_tls_ca),
+                    Path(settings.ris_tls_cert) if settings.ris_tls_cert else None,
+                    Path(settings.ris_tls_key) if settings.ris_tls_key else None,
+                ),
+                service="RIS",
+            )
 
     @property
     def destination(self) -> tuple[str, int]:
@@ -84,12 +97,15 @@ class OutboxSender:
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="mwl-outbox-sender", daemon=True)
         self._thread.start()
-        logger.info("RIS sender started for %s:%d", *self.destination)
+        logger.info(
+            "RIS sender started for %s:%d%s", *self.destination, " over TLS" if self._tls else ""
+        )
 
     def shutdown(self) -> None:
         """Stop after the exchange in progress (never between a send and its ACK). Idempotent."""
         thread, self._thread = self._thread, None
         if thread is None:
+            self._close()  # a connection left open by run_once() called directly
             return
         self._stop.set()
         # An exchange in progress ends within the ACK timeout; it is let finish so
@@ -196,6 +212,14 @@ class OutboxSender:
                 (host, port), timeout=self._settings.ris_ack_timeout_seconds
             )
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self._tls is not None:
+                try:
+                    # The handshake (within the ACK timeout) checks the certificate
+                    # against the CA and ris_host.
+                    sock = self._tls.current().wrap_socket(sock, server_hostname=host)
+                except OSError:
+                    sock.close()
+                    raise
             self._sock = sock
             self._framer = MllpFramer(_MAX_ACK_BYTES)
             self._frames = []

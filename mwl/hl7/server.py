@@ -1,69 +1,87 @@
-"""The MLLP listener: accepts connections, reads frames, writes back each message's ACK.
+"""The MLLP listener: accepts connections (plain and TLS), reads frames, writes back each ACK.
 
-One thread per connection (``socketserver.ThreadingTCPServer``, the model pynetdicom
-uses for associations); messages on a connection are processed one after another and
-each is acknowledged before the next is read, as dcm4che does. What happens to a
-message between its frame and its ACK is :mod:`mwl.hl7.intake`'s business; this
-module keeps the transport: accepting and closing connections, MLLP framing, the
-idle timeout and the frame size limit.
+One thread waits in ``poll`` on the listening sockets and a wake-up pipe, so it
+costs nothing between connections. Each admitted connection gets a thread of its
+own that blocks in ``recv`` with a timeout: a silent connection costs a thread and
+a descriptor but no CPU. Messages on a connection are processed one after another
+and each is acknowledged before the next is read, as dcm4che does. What happens to
+a message between its frame and its ACK is :mod:`mwl.hl7.intake`'s business; this
+module keeps the transport and its limits:
+
+- ``hl7_allowed_peers``: only these addresses or networks may connect;
+- ``hl7_max_connections`` and ``hl7_max_connections_per_address``: connections
+  served at once, in all and from one IP address;
+- a reserve of file descriptors for the rest of the process (:mod:`mwl.descriptors`);
+- ``hl7_idle_timeout_seconds``: silence on a connection;
+- ``hl7_frame_timeout_seconds``: a whole frame, from its first byte, however slowly
+  it drips in (and a TLS handshake);
+- ``hl7_max_frame_bytes``: the size of a frame.
+
+A connection over a limit is closed at accept, before it costs a thread; each kind
+of refusal writes one rate-limited log line.
 """
 
 from __future__ import annotations
 
+import errno
+import ipaddress
 import logging
+import os
+import select
 import socket
-import socketserver
+import ssl
 import threading
-from typing import Any
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from mwl import descriptors
 from mwl.admin.overrides import LiveSettings
 from mwl.config import Settings
 from mwl.hl7.intake import Intake
 from mwl.hl7.mllp import FramingError, MllpFramer, frame
+from mwl.ratelog import RateLimitedLog
+from mwl.tls import ReloadingContext, TlsFiles, peer_subject
 
 logger = logging.getLogger(__name__)
 
 _RECV_BYTES = 65536
+# Back-off when accept fails for want of descriptors or memory: the accept thread
+# sleeps instead of spinning on a listening socket that stays readable.
+_ACCEPT_BACKOFF = 0.1
+_RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+_STOP_JOIN_SECONDS = 30.0
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-class _TcpServer(socketserver.ThreadingTCPServer):
-    allow_reuse_address = True
-    daemon_threads = True
-    block_on_close = True  # server_close() joins the connection threads
-
-    def __init__(self, address: tuple[str, int], listener: Hl7Server, family: int) -> None:
-        self.address_family = family
-        self.listener = listener
-        super().__init__(address, _ConnectionHandler)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        # Registered here, in the accepting thread, so that shutdown() sees every
-        # connection accepted before the accept loop stopped.
-        self.listener._register(request)
-        super().process_request(request, client_address)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # The handler catches everything it expects; whatever escapes is a bug.
-        logger.exception("unexpected error on HL7 connection from %s", _peer(client_address))
+@dataclass
+class _Listener:
+    sock: socket.socket
+    tls: ReloadingContext | None
 
 
-class _ConnectionHandler(socketserver.BaseRequestHandler):
-    server: _TcpServer
+@dataclass(eq=False)
+class _Connection:
+    """One connection being served; ``sock`` becomes the TLS socket after the handshake."""
 
-    def handle(self) -> None:
-        self.server.listener._serve_connection(self.request, _peer(self.client_address))
+    sock: socket.socket
+    host: str
+    port: int
 
-    def finish(self) -> None:
-        self.server.listener._unregister(self.request)
+    @property
+    def peer(self) -> str:
+        return f"{self.host}:{self.port}"
 
 
-def _peer(address: Any) -> str:
-    try:
-        return f"{address[0]}:{address[1]}"
-    except (TypeError, IndexError):
-        return str(address)
+def _address_of(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    address = ipaddress.ip_address(host.split("%", 1)[0])
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
 
 
 class Hl7Server:
@@ -72,8 +90,9 @@ class Hl7Server:
     Parameters
     ----------
     settings
-        ``bind_address``, ``hl7_port`` (0: any free port), ``hl7_idle_timeout_seconds``
-        and ``hl7_max_frame_bytes`` are used here; the rest is the intake's.
+        ``bind_address``, ``hl7_port`` (0: any free port), the ``hl7_tls_*`` files and
+        port, and the limits listed in the module's description are used here; the
+        rest is the intake's.
     session_factory, live_settings
         Passed on to the :class:`~mwl.hl7.intake.Intake` that handles each message.
 
@@ -92,65 +111,130 @@ class Hl7Server:
     ) -> None:
         self.settings = settings
         self.intake = Intake(settings, session_factory, live_settings=live_settings)
-        self._server: _TcpServer | None = None
-        self._thread: threading.Thread | None = None
-        self._stopping = threading.Event()
-        self._connections: set[socket.socket] = set()
+        # Lines a peer can provoke at will: at most one per kind and minute.
+        self.rate_log = RateLimitedLog(logger)
+        self._allowed: tuple[Network, ...] = tuple(
+            ipaddress.ip_network(peer) for peer in settings.hl7_allowed_peers
+        )
+        self._listeners: list[_Listener] = []
         self._lock = threading.Lock()
+        self._connections: set[_Connection] = set()
+        self._by_address: Counter[str] = Counter()
+        self._threads: set[threading.Thread] = set()
+        self._stopping = threading.Event()
+        self._accept_thread: threading.Thread | None = None
+        self._wake_r = self._wake_w = -1
+        self._serial = 0
 
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
-        """Bind and serve in a background thread; return once the socket listens.
+        """Bind and serve in a background thread; return once the sockets listen.
 
         Raises
         ------
         OSError
-            When the address cannot be bound (port in use, no such address).
+            When an address cannot be bound (port in use, no such address).
+        ssl.SSLError
+            When the TLS files do not load.
         """
-        if self._server is not None:
+        if self._accept_thread is not None:
             raise RuntimeError("HL7 server already started")
-        host = self.settings.bind_address
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        # Binding happens in the constructor: when it returns, the port accepts.
-        self._server = _TcpServer((host, self.settings.hl7_port), self, family)
+        settings = self.settings
+        tls = None
+        if settings.hl7_tls_cert:
+            files = TlsFiles(
+                Path(settings.hl7_tls_cert),
+                Path(settings.hl7_tls_key),
+                Path(settings.hl7_tls_ca) if settings.hl7_tls_ca else None,
+            )
+            tls = ReloadingContext(files, service="HL7")
+        try:
+            self._listen(settings.bind_address, settings.hl7_port, None)
+            if tls is not None:
+                self._listen(settings.bind_address, settings.hl7_tls_port, tls)
+        except OSError:
+            for listener in self._listeners:
+                listener.sock.close()
+            self._listeners.clear()
+            raise
         self._stopping.clear()
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.2},
-            name=f"hl7-listener-{self.address[1]}",
-            daemon=True,
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        self._accept_thread = threading.Thread(
+            target=self._accept_loop, name=f"hl7-listener-{self.address[1]}", daemon=True
         )
-        self._thread.start()
+        self._accept_thread.start()
         logger.info("HL7 listener on %s:%d", *self.address)
+        if self.tls_address is not None:
+            logger.info("HL7 listener over TLS on %s:%d", *self.tls_address)
+
+    def _listen(self, host: str, port: int, tls: ReloadingContext | None) -> None:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+            sock.listen(min(socket.SOMAXCONN, 1024))
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        self._listeners.append(_Listener(sock, tls))
 
     @property
     def address(self) -> tuple[str, int]:
-        """The (host, port) actually bound; the port is the real one when 0 was asked."""
-        if self._server is None:
+        """The (host, port) of the plain port; the real port when 0 was asked."""
+        if not self._listeners:
             raise RuntimeError("HL7 server not started")
-        host, port = self._server.server_address[:2]
+        host, port = self._listeners[0].sock.getsockname()[:2]
         return str(host), int(port)
+
+    @property
+    def tls_address(self) -> tuple[str, int] | None:
+        """The (host, port) of the TLS port, or None without TLS."""
+        for listener in self._listeners:
+            if listener.tls is not None:
+                host, port = listener.sock.getsockname()[:2]
+                return str(host), int(port)
+        return None
+
+    @property
+    def open_connections(self) -> int:
+        """Connections being served now."""
+        with self._lock:
+            return len(self._connections)
 
     def shutdown(self) -> None:
         """Stop accepting, close open connections, wait for their threads to end."""
-        server, thread = self._server, self._thread
-        if server is None:
+        thread = self._accept_thread
+        if thread is None:
             return
         self._stopping.set()
-        server.shutdown()  # the accept loop has ended when this returns
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass
+        thread.join(_STOP_JOIN_SECONDS)
+        for listener in self._listeners:
+            listener.sock.close()
+        self._listeners.clear()
         with self._lock:
             connections = list(self._connections)
+            threads = list(self._threads)
         for connection in connections:
             try:
-                # Wakes the handler blocked in recv(); it then closes the socket.
-                connection.shutdown(socket.SHUT_RDWR)
+                # Wakes the handler blocked in recv() (under TLS too: the TCP socket
+                # itself); the handler then closes it.
+                socket.socket.shutdown(connection.sock, socket.SHUT_RDWR)
             except OSError:
                 pass  # already closed by the peer
-        server.server_close()  # joins the connection threads (block_on_close)
-        if thread is not None:
-            thread.join()
-        self._server = self._thread = None
+        deadline = time.monotonic() + _STOP_JOIN_SECONDS
+        for connection_thread in threads:
+            connection_thread.join(max(0.0, deadline - time.monotonic()))
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        self._accept_thread = None
         logger.info("HL7 listener stopped")
 
     def __enter__(self) -> Hl7Server:
@@ -160,30 +244,190 @@ class Hl7Server:
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
 
-    def _register(self, connection: socket.socket) -> None:
-        with self._lock:
-            self._connections.add(connection)
+    # ------------------------------------------------------------------ accepting
 
-    def _unregister(self, connection: socket.socket) -> None:
+    def _accept_loop(self) -> None:
+        poller = select.poll()
+        poller.register(self._wake_r, select.POLLIN)
+        by_fd = {}
+        for listener in self._listeners:
+            poller.register(listener.sock.fileno(), select.POLLIN)
+            by_fd[listener.sock.fileno()] = listener
+        while not self._stopping.is_set():
+            for fd, _events in poller.poll():
+                if fd != self._wake_r and not self._stopping.is_set():
+                    self._accept(by_fd[fd])
+
+    def _accept(self, listener: _Listener) -> None:
+        try:
+            sock, address = listener.sock.accept()
+        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+            return
+        except OSError as exc:
+            resources = exc.errno in _RESOURCE_ERRORS
+            self.rate_log.warning(
+                "accept:resources" if resources else "accept:error",
+                "HL7 listener cannot accept a connection: %s; backing off",
+                os.strerror(exc.errno) if exc.errno else exc,
+            )
+            # Sleeping here is the back-off; the pending connection stays queued.
+            self._stopping.wait(_ACCEPT_BACKOFF)
+            return
+        connection = _Connection(sock, str(address[0]), int(address[1]))
+        host = connection.host
+        refusal = self._admit(connection)
+        if refusal is not None:
+            key, why = refusal
+            sock.close()
+            self.rate_log.warning(key, "HL7 connection from %s closed at once: %s", host, why)
+            return
         with self._lock:
-            self._connections.discard(connection)
+            self._serial += 1
+            thread = threading.Thread(
+                target=self._run_connection,
+                args=(connection, listener.tls),
+                name=f"hl7-connection-{self._serial}",
+                daemon=True,
+            )
+            self._threads.add(thread)
+        try:
+            thread.start()
+        except RuntimeError:  # no thread to be had (memory, a process limit)
+            self._forget(connection, thread)
+            sock.close()
+            self.rate_log.warning(
+                "accept:thread", "HL7 connection from %s closed at once: no thread", host
+            )
+
+    def _admit(self, connection: _Connection) -> tuple[str, str] | None:
+        """Count a new connection; or (log key, reason) when it is refused."""
+        settings, host = self.settings, connection.host
+        if self._allowed:
+            try:
+                address = _address_of(host)
+            except ValueError:
+                return f"peer:{host}", "not an IP address"
+            if not any(address in network for network in self._allowed):
+                return f"peer:{host}", "not in hl7_allowed_peers"
+        if descriptors.reserve_reached(connection.sock.fileno()):
+            return "descriptors", "file descriptors of the process nearly used up"
+        with self._lock:
+            if self._stopping.is_set():
+                return "stopping", "the listener is stopping"
+            if len(self._connections) >= settings.hl7_max_connections:
+                return (
+                    "total",
+                    f"{settings.hl7_max_connections} connections open (hl7_max_connections)",
+                )
+            if self._by_address[host] >= settings.hl7_max_connections_per_address:
+                return (
+                    f"address:{host}",
+                    f"{settings.hl7_max_connections_per_address} connections from {host} open "
+                    "(hl7_max_connections_per_address)",
+                )
+            self._by_address[host] += 1
+            self._connections.add(connection)
+        return None
+
+    def _forget(self, connection: _Connection, thread: threading.Thread | None = None) -> None:
+        with self._lock:
+            if connection in self._connections:
+                self._connections.discard(connection)
+                host = connection.host
+                self._by_address[host] -= 1
+                if self._by_address[host] <= 0:
+                    del self._by_address[host]
+            if thread is not None:
+                self._threads.discard(thread)
 
     # ------------------------------------------------------------------ connection
 
+    def _run_connection(self, connection: _Connection, tls: ReloadingContext | None) -> None:
+        try:
+            connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if tls is None or self._handshake(connection, tls):
+                self._serve_connection(connection.sock, connection.peer)
+        except Exception:
+            # The handler catches everything it expects; whatever escapes is a bug.
+            logger.exception("unexpected error on HL7 connection from %s", connection.peer)
+        finally:
+            self._forget(connection, threading.current_thread())
+            connection.sock.close()
+
+    def _handshake(self, connection: _Connection, tls: ReloadingContext) -> bool:
+        """The TLS handshake, within ``hl7_frame_timeout_seconds`` all told; whether it worked.
+
+        A handshake that drips in byte by byte is bounded as a frame is; it runs on a
+        non-blocking socket so that the deadline covers it whole.
+        """
+        host, peer = connection.host, connection.peer
+        deadline = time.monotonic() + self.settings.hl7_frame_timeout_seconds
+        try:
+            # The TCP socket object hands its descriptor to the TLS one.
+            sock = tls.current().wrap_socket(
+                connection.sock, server_side=True, do_handshake_on_connect=False
+            )
+        except (ssl.SSLError, OSError) as exc:
+            self.rate_log.warning(
+                f"tls:{host}", "HL7 TLS connection from %s refused: %s", host, _reason(exc)
+            )
+            return False
+        connection.sock = sock
+        sock.setblocking(False)
+        try:
+            while True:
+                try:
+                    sock.do_handshake()
+                    break
+                except ssl.SSLWantReadError:
+                    wanted = select.POLLIN
+                except ssl.SSLWantWriteError:
+                    wanted = select.POLLOUT
+                remaining = deadline - time.monotonic()
+                poller = select.poll()
+                poller.register(sock.fileno(), wanted)
+                if remaining <= 0 or not poller.poll(remaining * 1000):
+                    raise TimeoutError(
+                        f"no handshake within {self.settings.hl7_frame_timeout_seconds}s"
+                    )
+        except (ssl.SSLError, OSError) as exc:
+            self.rate_log.warning(
+                f"tls:{host}", "HL7 TLS handshake with %s failed: %s", peer, _reason(exc)
+            )
+            return False
+        sock.setblocking(True)
+        if logger.isEnabledFor(logging.DEBUG):
+            cipher = sock.cipher()
+            logger.debug(
+                "HL7 TLS connection from %s: %s %s%s",
+                peer,
+                sock.version(),
+                cipher[0] if cipher else "",
+                f", client {peer_subject(sock)}" if tls.files.ca else "",
+            )
+        return True
+
     def _serve_connection(self, connection: socket.socket, peer: str) -> None:
-        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        connection.settimeout(self.settings.hl7_idle_timeout_seconds)
         framer = MllpFramer(self.settings.hl7_max_frame_bytes)
         logger.debug("HL7 connection from %s", peer)
+        # When the frame in progress (or the bytes outside a frame) began to arrive.
+        frame_started: float | None = None
         while not self._stopping.is_set():
-            data = self._receive(connection, framer, peer)
+            data = self._receive(connection, framer, peer, frame_started)
             if not data:
                 return
+            now = time.monotonic()
+            if frame_started is None:
+                frame_started = now
             try:
                 frames = framer.feed(data)
             except FramingError as exc:
                 self._reject_oversized(connection, peer, exc)
                 return
+            if frames:
+                # The next frame's clock starts with its first byte; a start block
+                # already read counts as now.
+                frame_started = now if framer.in_frame else None
             for payload in frames:
                 if not payload.strip(b"\r\n\x00 "):
                     logger.debug("empty MLLP frame from %s ignored", peer)
@@ -195,20 +439,45 @@ class Hl7Server:
                     logger.info("ACK to %s not delivered: %s", peer, exc.strerror or exc)
                     return
 
-    def _receive(self, connection: socket.socket, framer: MllpFramer, peer: str) -> bytes:
+    def _receive(
+        self,
+        connection: socket.socket,
+        framer: MllpFramer,
+        peer: str,
+        frame_started: float | None,
+    ) -> bytes:
         """The next bytes from the peer; empty when the connection is to be closed."""
+        settings = self.settings
+        timeout = settings.hl7_idle_timeout_seconds
+        frame_left = None
+        if frame_started is not None:
+            frame_left = frame_started + settings.hl7_frame_timeout_seconds - time.monotonic()
+            timeout = min(timeout, max(frame_left, 0.0))
         try:
+            if timeout <= 0:
+                raise TimeoutError
+            connection.settimeout(timeout)
             data = connection.recv(_RECV_BYTES)
         except TimeoutError:
-            logger.info(
-                "HL7 connection from %s idle for %ss%s; closing",
-                peer,
-                self.settings.hl7_idle_timeout_seconds,
-                " in the middle of a frame" if framer.in_frame else "",
-            )
+            if frame_left is not None and frame_left <= settings.hl7_idle_timeout_seconds:
+                self.rate_log.info(
+                    f"frame:{peer.rsplit(':', 1)[0]}",
+                    "HL7 connection from %s did not complete a frame within %ss "
+                    "(hl7_frame_timeout_seconds, %d bytes dropped); closing",
+                    peer,
+                    settings.hl7_frame_timeout_seconds,
+                    framer.buffered,
+                )
+            else:
+                logger.info(
+                    "HL7 connection from %s idle for %ss%s; closing",
+                    peer,
+                    settings.hl7_idle_timeout_seconds,
+                    " in the middle of a frame" if framer.in_frame else "",
+                )
             return b""
         except OSError as exc:
-            logger.info("HL7 connection from %s failed: %s", peer, exc.strerror or exc)
+            logger.info("HL7 connection from %s failed: %s", peer, _reason(exc))
             return b""
         if not data:
             if framer.in_frame:
@@ -233,3 +502,9 @@ class Hl7Server:
     def handle_message(self, raw: bytes, peer: str = "") -> bytes:
         """The ACK for one frame payload (:meth:`mwl.hl7.intake.Intake.handle`); never raises."""
         return self.intake.handle(raw, peer)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        return str(exc.reason)
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
