@@ -437,6 +437,21 @@ def run_findscu_clients(
     return result
 
 
+def server_side_find_ms(url: str) -> list[float]:
+    """The broker's own time per C-FIND, as its query log recorded it."""
+    from sqlalchemy import select
+
+    from mwl.store.engine import make_engine
+    from mwl.store.models import QueryLogEntry
+
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            return [ms / 1000.0 for ms in conn.execute(select(QueryLogEntry.duration_ms)).scalars()]
+    finally:
+        engine.dispose()
+
+
 # --------------------------------------------------------------------------- pynetdicom client
 
 
@@ -628,6 +643,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         hl7_thread.start()
         started = time.perf_counter()
+        cpu_before = mwl.cpu_seconds()
+        load_before = os.getloadavg()[0]
         if args.client == "findscu":
             total = run_findscu_clients(
                 args, mwl.dicom_port, mwl.ae_title, time.monotonic() + args.budget_s
@@ -635,9 +652,12 @@ def main(argv: list[str] | None = None) -> int:
         else:
             total = run_pynetdicom_clients(args, mwl.dicom_port, mwl.ae_title, args.budget_s)
         elapsed = time.perf_counter() - started
+        server_cpu = (mwl.cpu_seconds() - cpu_before) / elapsed
+        load_after = os.getloadavg()[0]
         stop.set()
         hl7_thread.join(timeout=120)
         rss_peak = mwl.vm_hwm_mb()
+        server_side = server_side_find_ms(url)
     finally:
         stop.set()
         if hl7_thread is not None:
@@ -687,6 +707,16 @@ def main(argv: list[str] | None = None) -> int:
             f"{summary.get('median_ms')} / {summary.get('p95_ms')} / {summary.get('p99_ms')} / "
             f"{summary.get('max_ms')}",
         ),
+    ]
+    server = benchlib.summary_ms(server_side)
+    rows += [
+        (
+            "server-side C-FIND p50 / p95 / p99 / max ms (the query log)",
+            f"{server.get('median_ms')} / {server.get('p95_ms')} / {server.get('p99_ms')} / "
+            f"{server.get('max_ms')}",
+        ),
+        ("mwl serve CPU during the load (of one core)", f"{server_cpu:.0%}"),
+        ("machine load (1 min) before / after", f"{load_before:.1f} / {load_after:.1f}"),
     ]
     if hl7_result:
         rows.append(("HL7 during the load", hl7_result[0].line()))
