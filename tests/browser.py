@@ -48,14 +48,16 @@ def serving(app: Any, tls: Any = None) -> Iterator[str]:
 
 
 @contextmanager
-def chromium() -> Iterator[Any]:
+def chromium(*extra_args: str) -> Iterator[Any]:
     """A headless Debian Chromium through Playwright; skips when it is not installed."""
     if not CHROMIUM.exists():
         pytest.skip(f"Debian's Chromium is not installed at {CHROMIUM}")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=[*CHROMIUM_ARGS, *extra_args]
+        )
         try:
             yield browser
         finally:
