@@ -108,7 +108,7 @@ def _count(session: Session, scope: str, value: str, policy: LoginPolicy, now: d
         .where(LoginFailure.scope == scope, LoginFailure.key_hash == key)
         .values(
             failures=case(
-                (LoginFailure.last_failure_at < cutoff, 1), else_=LoginFailure.failures + 1
+                (LoginFailure.last_failure_at <= cutoff, 1), else_=LoginFailure.failures + 1
             ),
             last_failure_at=now,
         )
@@ -166,6 +166,6 @@ def purge_forgotten(session: Session, policy: LoginPolicy, now: dt.datetime | No
     """Delete counts no longer in force; the caller commits."""
     now = now or utcnow()
     result = session.execute(
-        delete(LoginFailure).where(LoginFailure.last_failure_at < now - policy.forget_after)
+        delete(LoginFailure).where(LoginFailure.last_failure_at <= now - policy.forget_after)
     )
     return int(getattr(result, "rowcount", 0) or 0)
