@@ -292,3 +292,27 @@ def test_chromium_over_https_loses_its_session_when_the_password_changes(https, 
         finally:
             first.close()
             second.close()
+
+
+def test_web_tls_and_proxy_settings_are_checked(pki, tmp_path):
+    from mwl.config import load_settings
+    from mwl.errors import SettingsError
+
+    cert = str(pki["server"].cert)
+    with pytest.raises(SettingsError, match="web_tls_key"):
+        Settings(web_tls_cert=cert)
+    with pytest.raises(SettingsError, match="web_tls_cert"):
+        Settings(web_tls_cert=str(tmp_path / "missing.crt"), web_tls_key=cert)
+    with pytest.raises(SettingsError, match="MWL_WEB_TRUSTED_PROXIES"):
+        load_settings(environ={"MWL_WEB_TRUSTED_PROXIES": '["proxy.example"]'})
+    with pytest.raises(SettingsError, match="web_session_idle_minutes"):
+        Settings(web_session_idle_minutes=0)
+    loaded = load_settings(
+        environ={
+            "MWL_WEB_TRUSTED_PROXIES": '["10.0.0.5", "192.0.2.0/24"]',
+            "MWL_WEB_SESSION_IDLE_MINUTES": "15",
+            "MWL_WEB_SESSION_LIFETIME_HOURS": "8",
+        }
+    )
+    assert loaded.web_trusted_proxies == ("10.0.0.5/32", "192.0.2.0/24")
+    assert (loaded.web_session_idle_minutes, loaded.web_session_lifetime_hours) == (15, 8)

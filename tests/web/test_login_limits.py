@@ -154,3 +154,30 @@ def test_delays_double_per_failure_up_to_the_cap_and_are_forgotten(session_facto
     with session_factory() as session:
         # The count started again: one failure, below the free ones.
         assert login_limits.retry_after(session, "alice", "10.4.4.4", policy, now=later) == 0
+
+
+def test_failures_counted_at_the_same_moment_by_two_brokers_are_all_counted(database_url, engine):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mwl.store.engine import make_engine, make_session_factory
+    from mwl.store.models import LoginFailure
+
+    policy = LoginPolicy()
+    other = make_engine(database_url)  # the second broker's own connection pool
+    factories = [
+        make_session_factory(engine, writer=True),
+        make_session_factory(other, writer=True),
+    ]
+
+    def fail(n: int) -> None:
+        with factories[n % 2].begin() as session:
+            login_limits.record_failure(session, "carol", "10.5.5.5", policy)
+
+    try:
+        with ThreadPoolExecutor(max_workers=6) as pool:
+            list(pool.map(fail, range(24)))
+        with factories[0]() as session:
+            counts = sorted(row.failures for row in session.scalars(select(LoginFailure)))
+    finally:
+        other.dispose()
+    assert counts == [24, 24]  # the user name's row and the address's row
