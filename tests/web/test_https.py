@@ -316,3 +316,25 @@ def test_web_tls_and_proxy_settings_are_checked(pki, tmp_path):
     )
     assert loaded.web_trusted_proxies == ("10.0.0.5/32", "192.0.2.0/24")
     assert (loaded.web_session_idle_minutes, loaded.web_session_lifetime_hours) == (15, 8)
+
+
+def test_mwl_serve_serves_https_when_the_certificate_is_set(pki, tmp_path):
+    from tests.serve import broker_env, start_broker
+
+    env = broker_env(
+        f"sqlite:///{tmp_path / 'serve.db'}",
+        MWL_WEB_TLS_CERT=str(pki["server"].cert),
+        MWL_WEB_TLS_KEY=str(pki["server"].key),
+    )
+    broker = start_broker(env, tmp_path)
+    try:
+        base = f"https://127.0.0.1:{broker.web_port}"
+        assert f"web page on {base}/" in broker.output
+        assert any("web TLS certificate loaded: CN=mwl-web" in line for line in broker.output)
+        page = trusting(pki["ca"]).get(f"{base}/login", timeout=10)
+        assert page.status_code == 200
+        assert page.headers["Strict-Transport-Security"] == "max-age=31536000"
+        with pytest.raises(requests.ConnectionError):
+            requests.get(f"http://127.0.0.1:{broker.web_port}/login", timeout=10)
+    finally:
+        assert broker.stop() == 0
