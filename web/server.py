@@ -59,6 +59,28 @@ class ReloadingTlsAdapter(BuiltinSSLAdapter):  # type: ignore[misc]
         return wrapped, {"wsgi.url_scheme": "https", "HTTPS": "on"}
 
 
+class _Server(wsgi.Server):  # type: ignore[misc]
+    """cheroot's WSGI server, but a new connection waits for its first bytes unattended.
+
+    cheroot hands a just-accepted connection straight to a worker thread, which
+    then waits up to the timeout for the request (or the TLS handshake): a few
+    clients that connect and send nothing would occupy every worker. Here a new
+    connection is parked in cheroot's selector, as a keep-alive one is between
+    requests, and reaches a worker only once it has sent something; a silent one
+    is closed after the timeout.
+    """
+
+    # Waiting connections kept open (parked new ones count too); beyond it cheroot
+    # answers with "Connection: close". The selector (epoll) holds many cheaply.
+    keep_alive_conn_limit = 200
+
+    def process_conn(self, conn: Any) -> None:
+        if conn.last_used is None:  # never seen by the selector: just accepted
+            self.put_conn(conn)
+            return
+        super().process_conn(conn)
+
+
 class WebServer:
     """The admin page on cheroot, in a daemon thread.
 
@@ -82,7 +104,7 @@ class WebServer:
         threads: int = 8,
         tls: ReloadingContext | None = None,
     ) -> None:
-        self._server = wsgi.Server(
+        self._server = _Server(
             (host, port),
             app,
             numthreads=threads,

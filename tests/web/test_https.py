@@ -338,3 +338,29 @@ def test_mwl_serve_serves_https_when_the_certificate_is_set(pki, tmp_path):
             requests.get(f"http://127.0.0.1:{broker.web_port}/login", timeout=10)
     finally:
         assert broker.stop() == 0
+
+
+def _waits_behind_silent_clients(base: str, client: requests.Session) -> float:
+    """Seconds a request takes while three connections to ``base`` say nothing."""
+    port = int(base.rsplit(":", 1)[1])
+    silent = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(3)]
+    try:
+        time.sleep(0.5)  # accepted by now
+        start = time.monotonic()
+        page = client.get(f"{base}/healthz", timeout=10)
+        elapsed = time.monotonic() - start
+    finally:
+        for sock in silent:
+            sock.close()
+    assert page.status_code == 200
+    return elapsed
+
+
+def test_clients_that_connect_and_say_nothing_hold_up_nobody(https, pki, engine, writers):
+    # Three silent connections against two worker threads (tests.browser.serving):
+    # cheroot as it comes would give each a worker until its 10 s timeout (and shake
+    # hands on the accepting thread), so every other client would wait.
+    assert _waits_behind_silent_clients(https, trusting(pki["ca"])) < 5
+    settings = Settings(database_url=str(engine.url))
+    with serving(create_app(settings, make_session_factory(engine))) as base:
+        assert _waits_behind_silent_clients(base, requests.Session()) < 5
