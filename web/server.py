@@ -7,6 +7,7 @@ through the same code; bench/web_server.py measured the change.
 
 from __future__ import annotations
 
+import logging
 import ssl
 import threading
 from typing import Any
@@ -14,7 +15,13 @@ from typing import Any
 from cheroot import wsgi
 from cheroot.ssl.builtin import BuiltinSSLAdapter
 
+from mwl.ratelog import RateLimitedLog
 from mwl.tls import ReloadingContext
+
+logger = logging.getLogger(__name__)
+# cheroot reports what clients cause (failed handshakes, broken connections): any
+# client can cause them in a loop, so each kind is logged once a minute at most.
+_client_errors = RateLimitedLog(logger)
 
 # Seconds a connection may stay silent (TLS handshake, request, keep-alive) before
 # it is closed, so that a client that connects and says nothing frees its thread.
@@ -79,6 +86,18 @@ class _Server(wsgi.Server):  # type: ignore[misc]
             self.put_conn(conn)
             return
         super().process_conn(conn)
+
+    def error_log(self, msg: str = "", level: int = logging.INFO, traceback: bool = False) -> None:
+        """cheroot's messages into logging (not stderr), rate-limited; tracebacks at DEBUG.
+
+        At WARNING at most: what cheroot reports is about connections (a client that
+        hangs up mid-handshake is an "unhandled error" to it); errors of the app
+        itself are logged by the app.
+        """
+        text = str(msg)
+        _client_errors.log(min(level, logging.WARNING), text[:48], "web server: %s", text)
+        if traceback:
+            logger.debug("web server: traceback", exc_info=True)
 
 
 class WebServer:
