@@ -24,6 +24,7 @@ from mwl.config import Settings, load_settings
 from mwl.descriptors import raise_open_file_limit
 from mwl.errors import MwlError, SettingsError, UserError
 from mwl.store.engine import make_engine, make_session_factory
+from mwl.tls import ReloadingContext, TlsFiles
 
 if TYPE_CHECKING:
     # The adapters load only with the command that needs them (start-up of `mwl user`
@@ -373,6 +374,20 @@ def web_app(
     )
 
 
+def web_tls(settings: Settings) -> ReloadingContext | None:
+    """The web port's certificate (HTTPS), or None while ``web_tls_cert`` is not set.
+
+    Raises
+    ------
+    ssl.SSLError, OSError
+        The files do not load (then the broker does not start).
+    """
+    if not settings.web_tls_cert:
+        return None
+    files = TlsFiles(Path(settings.web_tls_cert), Path(settings.web_tls_key))
+    return ReloadingContext(files, service="web")
+
+
 def serve(settings: Settings) -> int:
     """``mwl serve``: migrate, start HL7, DICOM and web, run until SIGTERM or SIGINT."""
     from mwl.admin.overrides import LiveSettings
@@ -413,7 +428,10 @@ def serve(settings: Settings) -> int:
         scp.start()
         services.append(scp)
         web = WebServer(
-            web_app(settings, readers, writers, live), settings.bind_address, settings.web_port
+            web_app(settings, readers, writers, live),
+            settings.bind_address,
+            settings.web_port,
+            tls=web_tls(settings),
         )
         web.start()
         services.append(web)
@@ -439,7 +457,7 @@ def serve(settings: Settings) -> int:
                 flush=True,
             )
         host, port = web.address[:2]
-        print(f"web page on http://{host}:{port}/", flush=True)
+        print(f"web page on {web.scheme}://{host}:{port}/", flush=True)
         print("mwl is ready", flush=True)
         stop.wait()
     except OSError as exc:

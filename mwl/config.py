@@ -202,6 +202,20 @@ def _retention_days(value: Any) -> tuple[tuple[str, float], ...]:
     return tuple(rows)
 
 
+def _web_trusted_proxies(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list):
+        raise ValueError("expected a list of IP addresses or networks")
+    proxies = []
+    for item in value:
+        try:
+            proxies.append(str(ipaddress.ip_network(str(item).strip(), strict=False)))
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IP address or network") from None
+    return tuple(proxies)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every setting of the broker.
@@ -219,8 +233,27 @@ class Settings:
     # Signs session cookies; when empty, a random key is made per process (sessions
     # then end with a restart, which is safe but tiresome: set it in production).
     web_secret_key: str = field(default="", repr=False)
-    # Cookies marked Secure: set when the web page is served behind TLS.
+    # Cookies marked Secure: set when a reverse proxy terminates TLS in front of the
+    # page (with web_tls_cert set they are Secure anyway).
     web_secure_cookies: bool = False
+    # HTTPS on web_port (TLS 1.2+, BCP 195) while both are set: PEM certificate chain
+    # and key, reloaded when the files change. Then HSTS is sent and cookies are Secure.
+    web_tls_cert: str = ""
+    web_tls_key: str = ""
+    # Reverse proxies (addresses or networks) whose X-Forwarded-For/-Proto/-Host/-Port
+    # are believed; from anyone else these headers are ignored. Empty: no proxy.
+    web_trusted_proxies: tuple[str, ...] = field(
+        default=(), metadata={"convert": _web_trusted_proxies}
+    )
+    # A login ends after this long without a request, and this long after it began.
+    web_session_idle_minutes: float = 30.0
+    web_session_lifetime_hours: float = 12.0
+    # Failed logins: free ones per user name (from any address) and per address (for
+    # any names); then each attempt waits first_delay, doubled per failure, capped.
+    web_login_failures_per_user: int = 5
+    web_login_failures_per_address: int = 20
+    web_login_first_delay_seconds: float = 5.0
+    web_login_max_delay_seconds: float = 900.0
     hl7_max_frame_bytes: int = 1_048_576
     hl7_idle_timeout_seconds: float = 300.0
     # Seconds from the first byte of a frame to its end, however often bytes come (the
@@ -387,6 +420,7 @@ def _validate(settings: Settings) -> None:
     _validate_dicom_access(settings)
     _validate_mpps_ris_retention(settings)
     _validate_order_entry(settings)
+    _validate_web(settings)
     if settings.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise SettingsError("log_level", f"{settings.log_level!r} is not DEBUG/INFO/WARNING/ERROR")
 
@@ -537,6 +571,31 @@ def _validate_mpps_ris_retention(settings: Settings) -> None:
             raise SettingsError(name, "must be 0 (off) or positive")
     if settings.retention_batch_size < 1:
         raise SettingsError("retention_batch_size", "must be at least 1")
+
+
+def _validate_web(settings: Settings) -> None:
+    tls_files = (settings.web_tls_cert, settings.web_tls_key)
+    if any(tls_files) and not all(tls_files):
+        raise SettingsError(
+            "web_tls_cert" if not settings.web_tls_cert else "web_tls_key",
+            "HTTPS needs both web_tls_cert and web_tls_key",
+        )
+    for name in ("web_tls_cert", "web_tls_key"):
+        path = getattr(settings, name)
+        if path and not Path(path).is_file():
+            raise SettingsError(name, f"{path!r} is not a readable file")
+    for name in ("web_session_idle_minutes", "web_session_lifetime_hours"):
+        if not 0 < getattr(settings, name) <= 24 * 366:
+            raise SettingsError(name, "must be positive (at most a year)")
+    for name in ("web_login_failures_per_user", "web_login_failures_per_address"):
+        if not 1 <= getattr(settings, name) <= 10_000:
+            raise SettingsError(name, "must be between 1 and 10000")
+    if not 0 < settings.web_login_first_delay_seconds <= settings.web_login_max_delay_seconds:
+        raise SettingsError(
+            "web_login_first_delay_seconds", "must be positive and not above the maximum delay"
+        )
+    if settings.web_login_max_delay_seconds > 86400:
+        raise SettingsError("web_login_max_delay_seconds", "must be at most a day (86400)")
 
 
 # Characters of generated identifiers: no C-FIND wildcard (* ?), no backslash, no space.

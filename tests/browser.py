@@ -1,4 +1,4 @@
-"""Shared pieces of the browser tests: serve an app on waitress, drive Debian's Chromium.
+"""Shared pieces of the browser tests: serve an app as mwl serve does, drive Debian's Chromium.
 
 Usage::
 
@@ -34,25 +34,30 @@ ARTIFACTS = REPO / "tests" / "artifacts"
 
 
 @contextmanager
-def serving(app: Any) -> Iterator[str]:
-    """Serve ``app`` as ``mwl serve`` does (waitress) on a loopback ephemeral port."""
-    server = WebServer(app, "127.0.0.1", 0, threads=2)
+def serving(app: Any, tls: Any = None) -> Iterator[str]:
+    """Serve ``app`` as ``mwl serve`` does on a loopback ephemeral port; HTTPS with ``tls``.
+
+    ``tls`` is a :class:`mwl.tls.ReloadingContext`; the base URL says the scheme.
+    """
+    server = WebServer(app, "127.0.0.1", 0, threads=2, tls=tls)
     server.start()
     try:
-        yield f"http://127.0.0.1:{server.address[1]}"
+        yield f"{server.scheme}://127.0.0.1:{server.address[1]}"
     finally:
         server.shutdown()
 
 
 @contextmanager
-def chromium() -> Iterator[Any]:
+def chromium(*extra_args: str) -> Iterator[Any]:
     """A headless Debian Chromium through Playwright; skips when it is not installed."""
     if not CHROMIUM.exists():
         pytest.skip(f"Debian's Chromium is not installed at {CHROMIUM}")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=[*CHROMIUM_ARGS, *extra_args]
+        )
         try:
             yield browser
         finally:

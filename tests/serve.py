@@ -25,7 +25,7 @@ AE_TITLE = "MWLTEST"
 _LISTENING = {
     "hl7": re.compile(r"HL7 MLLP listening on [\d.]+:(\d+)"),
     "dicom": re.compile(r"DICOM worklist SCP \S+ listening on [\d.]+:(\d+)"),
-    "web": re.compile(r"web page on http://[\d.]+:(\d+)/"),
+    "web": re.compile(r"web page on https?://[\d.]+:(\d+)/"),
 }
 
 

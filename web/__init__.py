@@ -8,18 +8,20 @@ import secrets
 from collections.abc import Mapping
 from typing import Any
 
-from flask import Flask, Response, render_template
+from flask import Flask, Response, render_template, request
 from flask.typing import ResponseReturnValue
 from flask_babel import gettext, lazy_gettext
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from sqlalchemy.orm import Session, sessionmaker
 from werkzeug.exceptions import HTTPException
 
+from mwl.admin.login_limits import LoginPolicy
+from mwl.admin.sessions import SessionPolicy
 from mwl.config import Settings
 from mwl.store.engine import make_engine, make_session_factory
 from web import admin, api, auth, display, i18n, items, messages, scanners, status, worklist
 from web import tokens as token_page
-from web.ratelimit import LoginRateLimiter
+from web.proxies import TrustedProxies
 from web.store import (
     Hl7Describer,
     Hl7Reprocessor,
@@ -72,20 +74,24 @@ def create_app(
     Returns
     -------
     Flask
-        The WSGI application, ready for waitress.
+        The WSGI application, ready for :class:`web.server.WebServer`.
     """
     app = Flask(__name__)
+    sessions = session_policy(settings)
     app.config.update(
-        # Without a configured key, sessions are signed with a key that dies with the
-        # process: safe, only tiresome (everyone logs in again after a restart).
+        # Signs the cookie that carries the session id, the CSRF token and the
+        # language. Without a configured key, one that dies with the process: safe,
+        # only tiresome (everyone logs in again after a restart), and brokers sharing
+        # a database need the same key to accept each other's cookies.
         SECRET_KEY=settings.web_secret_key or secrets.token_hex(32),
         SESSION_COOKIE_NAME="mwl_session",
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
-        SESSION_COOKIE_SECURE=settings.web_secure_cookies,
-        # A login lasts a shift without use; every request restarts the clock, so a
-        # console showing today's self-refreshing list stays logged in.
-        PERMANENT_SESSION_LIFETIME=dt.timedelta(hours=12),
+        # Served over HTTPS, cookies never travel in the clear.
+        SESSION_COOKIE_SECURE=settings.web_secure_cookies or bool(settings.web_tls_cert),
+        # The cookie expires with the absolute lifetime; the idle timeout and every
+        # revocation are enforced on the server (mwl.admin.sessions).
+        PERMANENT_SESSION_LIFETIME=sessions.lifetime,
         # The token lives in the signed session cookie, which ends with the browser
         # session; a time limit would only break the logout button of a console left
         # open all day.
@@ -105,7 +111,8 @@ def create_app(
     app.extensions["mwl"] = WebState(
         settings=settings,
         session_factory=session_factory,
-        limiter=LoginRateLimiter(),
+        login_policy=login_policy(settings),
+        session_policy=sessions,
         writer_factory=writer_factory,
         owned_engine=owned_engine,
         hl7_reprocessor=hl7_reprocessor,
@@ -140,7 +147,27 @@ def create_app(
     app.register_error_handler(CSRFError, _csrf_error)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _server_error)
+    if settings.web_trusted_proxies:
+        app.wsgi_app = TrustedProxies(app.wsgi_app, settings.web_trusted_proxies)  # type: ignore[method-assign]
     return app
+
+
+def session_policy(settings: Settings) -> SessionPolicy:
+    """The session lifetimes of ``settings``."""
+    return SessionPolicy(
+        idle=dt.timedelta(minutes=settings.web_session_idle_minutes),
+        lifetime=dt.timedelta(hours=settings.web_session_lifetime_hours),
+    )
+
+
+def login_policy(settings: Settings) -> LoginPolicy:
+    """The failed-login delays of ``settings``."""
+    return LoginPolicy(
+        free_per_user=settings.web_login_failures_per_user,
+        free_per_address=settings.web_login_failures_per_address,
+        first_delay=dt.timedelta(seconds=settings.web_login_first_delay_seconds),
+        max_delay=dt.timedelta(seconds=settings.web_login_max_delay_seconds),
+    )
 
 
 def _security_headers(response: Response) -> Response:
@@ -153,6 +180,10 @@ def _security_headers(response: Response) -> Response:
         "default-src 'self'; script-src 'none'; object-src 'none'; frame-ancestors 'none';"
         " base-uri 'none'; form-action 'self'",
     )
+    if request.is_secure:
+        # Over HTTPS (directly, or from a trusted proxy that says so): browsers keep
+        # to HTTPS for a year. Not over plain HTTP: browsers ignore it there (RFC 6797 8.1).
+        response.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
     if response.mimetype in {"text/html", "application/json"}:
         # Pages show patient data: the back button after logout must not show them
         # again from the cache.

@@ -1,10 +1,15 @@
-"""Login and logout: the form, the session user, and the failed-login limit."""
+"""Login and logout: the form, the server-side session, and the failed-login delays.
+
+Flask-Login keeps, in the signed cookie, only a random session id; the session
+itself is a database row (:mod:`mwl.admin.sessions`), so logging out, a password
+or role change and a removed account end it on every broker at once, and a copied
+cookie is worth nothing afterwards.
+"""
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from flask import (
@@ -24,9 +29,10 @@ from flask_wtf import FlaskForm
 from wtforms import PasswordField, StringField
 from wtforms.validators import DataRequired, Length
 
-from mwl.admin.users import USERNAME_MAX_LENGTH, authenticate, get_user, normalize_username
-from mwl.store.models import User
-from web.store import db_session, state
+from mwl.admin import login_limits, sessions
+from mwl.admin.users import USERNAME_MAX_LENGTH, authenticate, normalize_username
+from mwl.store.models import utcnow
+from web.store import db_session, state, writer
 
 logger = logging.getLogger(__name__)
 
@@ -42,22 +48,12 @@ class LoginUser(UserMixin):
     key: int
     username: str
     role: str
-    # Changes when the password does, so a password change ends the other sessions.
-    stamp: str
-
-    @classmethod
-    def from_user(cls, user: User) -> LoginUser:
-        """Copy what the views need out of the ORM row."""
-        return cls(user.id, user.username, user.role, password_stamp(user.password_hash))
+    # The random id in the cookie; the database has only its hash.
+    session_id: str = field(repr=False)
 
     def get_id(self) -> str:
-        """Flask-Login's session identifier: database key and password stamp."""
-        return f"{self.key}.{self.stamp}"
-
-
-def password_stamp(password_hash: str) -> str:
-    """A short digest of the stored hash; reveals nothing usable about the password."""
-    return hashlib.sha256(password_hash.encode("utf-8")).hexdigest()[:16]
+        """Flask-Login's session identifier: the opaque session id, nothing else."""
+        return self.session_id
 
 
 class LoginForm(FlaskForm):
@@ -79,19 +75,23 @@ def init_login(app: Flask) -> None:
     # Made text when flashed, so in the language of the request that needs the login.
     manager.localize_callback = str
     manager.login_message_category = "info"
-    # The session is dropped when the client's address or browser changes.
-    manager.session_protection = "strong"
+    # Not "strong": it does nothing for a permanent session, and tying a login to
+    # an address would log out users behind proxies that change. Sessions end on
+    # the server instead.
+    manager.session_protection = None
     manager.user_loader(_load_user)
 
 
 def _load_user(identifier: str) -> LoginUser | None:
-    key, _, stamp = identifier.partition(".")
-    if not key.isdigit():
+    policy = state().session_policy
+    now = utcnow()
+    found = sessions.session_user(db_session(), identifier, policy, now)
+    if found is None:
         return None
-    user = get_user(db_session(), int(key))
-    if user is None or password_stamp(user.password_hash) != stamp:
-        return None
-    return LoginUser.from_user(user)
+    if sessions.needs_touch(found, policy, now):
+        with writer().begin() as changes:
+            sessions.touch_session(changes, found.session_key, now)
+    return LoginUser(found.user_key, found.username, found.role, identifier)
 
 
 def _fresh_session() -> None:
@@ -123,40 +123,55 @@ def login() -> ResponseReturnValue:
         return render_template("login.html", form=form, next_url=next_url)
 
     username = normalize_username(form.username.data or "")
-    limiter = state().limiter
-    key = (username, request.remote_addr or "")
-    wait = limiter.retry_after(key)
+    address = request.remote_addr or ""
+    policy = state().login_policy
+    wait = login_limits.retry_after(db_session(), username, address, policy)
     if wait > 0:
-        minutes = max(1, round(wait / 60))
-        logger.warning("login refused for %r from %s: too many failures", username, key[1])
-        error = ngettext(
-            "Too many failed logins. Try again in %(num)s minute.",
-            "Too many failed logins. Try again in %(num)s minutes.",
-            minutes,
-        )
-        page = render_template("login.html", form=form, next_url=next_url, error=error)
-        return page, 429, {"Retry-After": str(int(wait) + 1)}
+        with writer().begin() as changes:
+            login_limits.record_refusal(changes, username, address, wait)
+        logger.warning("login refused for %r from %s: too many failures", username, address)
+        return _delayed(form, next_url, wait)
 
     user = authenticate(db_session(), username, form.password.data or "")
     if user is None:
-        limiter.record_failure(key)
-        logger.warning("failed login for %r from %s", username, key[1])
+        with writer().begin() as changes:
+            login_limits.record_failure(changes, username, address, policy)
+        logger.warning("failed login for %r from %s", username, address)
         return render_template("login.html", form=form, next_url=next_url, error=LOGIN_FAILED)
 
-    limiter.reset(key)
+    with writer().begin() as changes:
+        login_limits.record_success(changes, username)
+        # Logins are rare enough to carry the clean-up of what has expired.
+        sessions.purge_expired(changes, state().session_policy)
+        login_limits.purge_forgotten(changes, policy)
+        session_id = sessions.start_session(changes, user.id)
     # A fresh session at login: nothing from before (an attacker-planted session
     # included) carries over into the authenticated one, but the chosen language.
     _fresh_session()
-    session.permanent = True  # expires after PERMANENT_SESSION_LIFETIME without use
-    login_user(LoginUser.from_user(user))
-    logger.info("user %r logged in from %s", user.username, key[1])
+    session.permanent = True  # the cookie expires with the absolute lifetime
+    login_user(LoginUser(user.id, user.username, user.role, session_id))
+    logger.info("user %r logged in from %s", user.username, address)
     return redirect(next_url)
+
+
+def _delayed(form: LoginForm, next_url: str, wait: float) -> ResponseReturnValue:
+    # The same answer whether the password was right, wrong or the user unknown.
+    minutes = max(1, round(wait / 60))
+    error = ngettext(
+        "Too many failed logins. Try again in %(num)s minute.",
+        "Too many failed logins. Try again in %(num)s minutes.",
+        minutes,
+    )
+    page = render_template("login.html", form=form, next_url=next_url, error=error)
+    return page, 429, {"Retry-After": str(int(wait) + 1)}
 
 
 @bp.post("/logout")
 def logout() -> ResponseReturnValue:
     """End the session (POST only, with CSRF token, so no link can log anyone out)."""
     if current_user.is_authenticated:
+        with writer().begin() as changes:
+            sessions.end_session(changes, current_user.get_id())
         logger.info("user %r logged out", current_user.username)
     logout_user()
     _fresh_session()

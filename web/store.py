@@ -10,11 +10,12 @@ from flask import current_app, g
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from mwl.admin.login_limits import LoginPolicy
+from mwl.admin.sessions import SessionPolicy
 from mwl.config import Settings
 from mwl.domain import WorklistItem
 from mwl.operations.message_view import MessageView, ReprocessOutcome
 from mwl.orders.history import AttributeRow
-from web.ratelimit import LoginRateLimiter
 
 # What the composition root lends the web page from the other adapters, so that the
 # web package never imports mwl.hl7 or mwl.dicom itself (see ARCHITECTURE.md):
@@ -61,7 +62,9 @@ class WebState:
 
     settings: Settings
     session_factory: sessionmaker[Session]
-    limiter: LoginRateLimiter
+    # Failed-login delays and session lifetimes, from the settings.
+    login_policy: LoginPolicy
+    session_policy: SessionPolicy
     # Writer sessions (BEGIN IMMEDIATE on SQLite) for edits, new orders and settings.
     writer_factory: sessionmaker[Session]
     # Set only when create_app built the engine itself; its owner disposes it.

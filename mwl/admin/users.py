@@ -12,6 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from mwl.admin.sessions import end_user_sessions
 from mwl.errors import UserError
 from mwl.store.models import User
 
@@ -218,7 +219,10 @@ def authenticate(session: Session, username: str, password: str) -> User | None:
 
 
 def set_password(session: Session, username: str, password: str) -> User:
-    """Give ``username`` a new password; the caller commits.
+    """Give ``username`` a new password and end its web sessions; the caller commits.
+
+    A session opened with the old password (perhaps by whoever learnt it) must not
+    outlive it.
 
     Raises
     ------
@@ -227,12 +231,16 @@ def set_password(session: Session, username: str, password: str) -> User:
     """
     user = _existing(session, username)
     user.password_hash = hash_password(password)
+    end_user_sessions(session, user.id)
     session.flush()
     return user
 
 
 def set_role(session: Session, username: str, role: str | Role) -> User:
-    """Give ``username`` another role; the caller commits.
+    """Give ``username`` another role and end its web sessions; the caller commits.
+
+    The user logs in again under the new role, so no page opened under the old one
+    keeps working as if nothing had changed.
 
     Raises
     ------
@@ -241,6 +249,7 @@ def set_role(session: Session, username: str, role: str | Role) -> User:
     """
     user = _existing(session, username)
     user.role = _valid_role(role).value
+    end_user_sessions(session, user.id)
     session.flush()
     return user
 
@@ -251,14 +260,18 @@ def list_users(session: Session) -> list[User]:
 
 
 def remove_user(session: Session, username: str) -> None:
-    """Delete the account ``username``; the caller commits.
+    """Delete the account ``username`` and its web sessions; the caller commits.
+
+    The foreign key cascades too; ending them here first keeps that visible.
 
     Raises
     ------
     UserError
         Unknown user.
     """
-    session.delete(_existing(session, username))
+    user = _existing(session, username)
+    end_user_sessions(session, user.id)
+    session.delete(user)
     session.flush()
 
 

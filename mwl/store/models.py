@@ -402,3 +402,36 @@ class Hl7MessageLink(Base):
     )
     patient_key: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
     procedure_key: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+
+
+class WebSession(Base):
+    """A login to the admin page; the browser holds only a random id, this row its hash.
+
+    Ending a session is deleting its row: a copied cookie is worth nothing after
+    logout, and every broker on the same database sees the end at once.
+    """
+
+    __tablename__ = "web_session"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # SHA-256 of the id in the cookie (256 random bits: a slow hash buys nothing).
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_key: Mapped[int] = mapped_column(ForeignKey("app_user.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    # Updated at a coarse resolution (mwl.admin.sessions), not on every request.
+    last_seen_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class LoginFailure(Base):
+    """Failed logins counted per typed user name and per client address, for all brokers.
+
+    ``key_hash`` is the SHA-256 of the user name or the address: a password typed
+    into the user name field is not kept in clear.
+    """
+
+    __tablename__ = "login_failure"
+
+    scope: Mapped[str] = mapped_column(String(8), primary_key=True)  # "user" or "address"
+    key_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    last_failure_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, index=True)

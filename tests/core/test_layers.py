@@ -115,11 +115,11 @@ RULES = [
     Rule(
         "the core imports no adapter (mwl.hl7, mwl.dicom, web), not the composition root "
         "(mwl.cli), and no protocol or web library (pynetdicom, pydicom, hl7apy, flask "
-        "and its extensions, waitress)",
+        "and its extensions, the web server)",
         _is_core,
         lambda i: (
             _within(i.target, "mwl.hl7", "mwl.dicom", "mwl.cli", "web")
-            or _top(i.target) in {"pynetdicom", "pydicom", "hl7apy", "waitress"}
+            or _top(i.target) in {"pynetdicom", "pydicom", "hl7apy", "waitress", "cheroot"}
             or _top(i.target) == "flask"
             or _top(i.target).startswith("flask_")
         ),

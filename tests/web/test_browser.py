@@ -1,4 +1,4 @@
-"""A real browser against the app on waitress: log in, see the day list, keep a screenshot."""
+"""A real browser against the app as mwl serve runs it: log in, see the day list, screenshot."""
 
 from __future__ import annotations
 

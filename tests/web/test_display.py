@@ -8,7 +8,6 @@ import pytest
 
 from mwl.domain import Code
 from web.display import code_text, dicom_date, hl7_text, local_time, person_name
-from web.ratelimit import LoginRateLimiter
 from web.scanners import local_midnight_utc
 
 
@@ -59,38 +58,3 @@ def test_local_midnight_utc_is_the_start_of_the_local_day():
     local = midnight.replace(tzinfo=dt.UTC).astimezone()
     assert (local.hour, local.minute) == (0, 0)
     assert local.date() == now.astimezone().date()
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def test_limiter_blocks_after_max_failures_within_the_window():
-    clock = FakeClock()
-    limiter = LoginRateLimiter(max_failures=3, window_seconds=60, clock=clock)
-    key = ("alice", "10.0.0.1")
-    for _ in range(3):
-        assert limiter.retry_after(key) == 0
-        limiter.record_failure(key)
-        clock.now += 10
-    assert limiter.retry_after(key) == pytest.approx(30)  # first failure at t=0 expires at 60
-    assert limiter.retry_after(("alice", "10.0.0.2")) == 0
-    clock.now += 30
-    assert limiter.retry_after(key) == 0  # the first failure left the window
-
-
-def test_limiter_reset_and_bounded_memory():
-    clock = FakeClock()
-    limiter = LoginRateLimiter(max_failures=1, window_seconds=60, clock=clock, max_keys=2)
-    limiter.record_failure("a")
-    assert limiter.retry_after("a") > 0
-    limiter.reset("a")
-    assert limiter.retry_after("a") == 0
-    for key in ("x", "y", "z"):
-        limiter.record_failure(key)
-    assert limiter.retry_after("x") == 0  # forgotten: only the two newest keys are kept
-    assert limiter.retry_after("y") > 0 and limiter.retry_after("z") > 0
