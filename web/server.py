@@ -28,7 +28,7 @@ _client_errors = RateLimitedLog(logger)
 _TIMEOUT_SECONDS = 10
 
 
-class ReloadingTlsAdapter(BuiltinSSLAdapter):  # type: ignore[misc]
+class ReloadingTlsAdapter(BuiltinSSLAdapter):
     """cheroot's TLS adapter on :class:`mwl.tls.ReloadingContext`: BCP 195, reloaded files.
 
     Each new connection gets the current context, so a renewed certificate is in use
@@ -66,7 +66,7 @@ class ReloadingTlsAdapter(BuiltinSSLAdapter):  # type: ignore[misc]
         return wrapped, {"wsgi.url_scheme": "https", "HTTPS": "on"}
 
 
-class _Server(wsgi.Server):  # type: ignore[misc]
+class _Server(wsgi.Server):
     """cheroot's WSGI server, but a new connection waits for its first bytes unattended.
 
     cheroot hands a just-accepted connection straight to a worker thread, which

@@ -59,7 +59,8 @@ class LoginPolicy:
         if failures < free:
             return dt.timedelta(0)
         # Past 2**20 the cap applies anyway; the exponent is bounded so it never overflows.
-        return min(self.first_delay * 2 ** min(failures - free, 20), self.max_delay)
+        factor: int = 2 ** min(failures - free, 20)
+        return min(self.first_delay * factor, self.max_delay)
 
 
 def _key_hash(value: str) -> str:
