@@ -1,10 +1,13 @@
 """Shared fixtures: settings, and a migrated database on SQLite and on PostgreSQL.
 
 Database tests take the ``database_url`` fixture (directly or through ``engine`` /
-``session_factory``) and so run once per backend. PostgreSQL is the server at
+``session_factory``) and so run once per backend: a database migrated to the newest
+revision and holding no rows, copied from one migrated per test process
+(tests/databases.py says how). Tests of the migrations and of a first start take
+``empty_database_url`` instead: no tables at all. PostgreSQL is the server at
 ``MWL_TEST_POSTGRES_URL`` (default: 127.0.0.1:5432, user postgres, database test);
-where none answers, those runs skip with the reason. Each PostgreSQL test gets a
-schema of its own (``mwl_test_<pid>``), dropped afterwards, so it touches neither
+where none answers, those runs skip with the reason. PostgreSQL tests use a schema
+of this process's own (``mwl_test_<pid>``), dropped at the end, so they touch neither
 other tables of that database nor another test run's.
 """
 
@@ -19,8 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mwl.config import Settings
 from mwl.store.engine import make_engine, make_session_factory
-from mwl.store.migrate import upgrade
-from tests.databases import fresh_database_url
+from tests.databases import drop_kept_databases, fresh_database_url, migrated_database_url
 
 # scrypt at the production cost (N=2**15) takes 0.1-0.6 s per hash on the shared
 # 2-core machine, and hundreds of tests create users and log in. In-process tests
@@ -53,17 +55,29 @@ def cheap_password_hashing(request: pytest.FixtureRequest, monkeypatch: pytest.M
         monkeypatch.setattr("mwl.admin.users._dummy_hash", None)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def kept_databases_dropped() -> Iterator[None]:
+    """The migrated databases this process kept for reuse are dropped at its end."""
+    yield
+    drop_kept_databases()
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """An empty database (not yet migrated), once on SQLite and once on PostgreSQL."""
+    """A database migrated to head, without rows; once on SQLite, once on PostgreSQL."""
+    yield from migrated_database_url(request.param, tmp_path)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database without any tables, for tests of the migrations and of a first start."""
     yield from fresh_database_url(request.param, tmp_path)
 
 
 @pytest.fixture
 def engine(database_url: str) -> Iterator[Engine]:
-    """An engine on a database migrated to head with the project's migrations."""
+    """An engine on the migrated test database."""
     engine = make_engine(database_url)
-    upgrade(engine)
     yield engine
     engine.dispose()
 

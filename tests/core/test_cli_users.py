@@ -7,7 +7,6 @@ from pathlib import Path
 from mwl.admin.tokens import authenticate_token, list_tokens
 from mwl.admin.users import add_user, authenticate, list_users
 from mwl.store.engine import make_engine, make_session_factory
-from mwl.store.migrate import upgrade
 from tests.serve import broker_env, run_mwl
 
 
@@ -32,7 +31,6 @@ def _rows(stdout: str) -> list[list[str]]:
 def _add_user(database_url: str, name: str, password: str, role: str = "viewer") -> None:
     engine = make_engine(database_url)
     try:
-        upgrade(engine)
         with make_session_factory(engine, writer=True).begin() as session:
             add_user(session, name, password, role)
     finally:

@@ -19,8 +19,8 @@ from mwl.domain import Order, PatientDemographics, RequestedProcedure, Scheduled
 from mwl.errors import SettingsError
 from mwl.orders.apply import apply_order
 from mwl.store.engine import make_engine, make_session_factory
-from mwl.store.migrate import upgrade
 from mwl.store.models import QueryLogEntry
+from tests.databases import migrated_sqlite_url
 from tests.rawscu import association_rejection
 
 pytestmark = pytest.mark.e2e
@@ -194,9 +194,8 @@ def test_by_default_fifty_modalities_and_their_reconnects_are_all_accepted(tmp_p
     # association still counts: 50 modalities need a margin above 50. Each modality
     # is a host of its own (127.0.0.2, .3, ...), as in a department, so the limit per
     # address does not apply. No query is sent, so one database backend is enough.
-    url = f"sqlite:///{tmp_path / 'mwl.db'}"
+    url = migrated_sqlite_url(tmp_path)
     engine = make_engine(url)
-    upgrade(engine)
     scp = WorklistScp(
         Settings(
             database_url=url, bind_address="127.0.0.1", dicom_port=0, dicom_ae_title="MWLTEST"

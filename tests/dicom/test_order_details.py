@@ -29,7 +29,6 @@ from mwl.hl7.client import ack_summary, send_messages
 from mwl.hl7.server import Hl7Server
 from mwl.orders.apply import apply_order
 from mwl.store.engine import make_engine, make_session_factory
-from mwl.store.migrate import upgrade
 
 from .conftest import c_find
 
@@ -88,7 +87,6 @@ def _order(patient_id: str, accession: str, sps_id: str, *, detailed: bool) -> O
 def module_engine(module_database_url: str) -> Iterator[Engine]:
     """Overrides the package's: a worklist of one detailed and one bare order."""
     engine = make_engine(module_database_url)
-    upgrade(engine)
     factory = make_session_factory(engine, writer=True)
     for order in (
         _order("PDET", "ACCDET", "SDET", detailed=True),

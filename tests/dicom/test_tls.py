@@ -27,9 +27,9 @@ from sqlalchemy.engine import Engine
 from mwl.config import DicomAeProfile, Settings
 from mwl.dicom.scp import WorklistScp
 from mwl.store.engine import make_engine, make_session_factory
-from mwl.store.migrate import upgrade
 from mwl.tls import TLS12_CIPHERS
 from tests.certificates import Issued, issue, make_ca
+from tests.databases import migrated_sqlite_url
 from tests.factories import load_steps
 from tests.rawscu import AbortedError, AssociationRejectedError, RawScu, close_all
 
@@ -71,9 +71,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Issued]:
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
-    url = f"sqlite:///{tmp_path_factory.mktemp('tlsdb') / 'mwl.db'}"
-    engine = make_engine(url)
-    upgrade(engine)
+    engine = make_engine(migrated_sqlite_url(tmp_path_factory.mktemp("tlsdb")))
     load_steps(make_session_factory(engine, writer=True), 30, modality="CT", station="CT01")
     yield engine
     engine.dispose()

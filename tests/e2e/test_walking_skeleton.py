@@ -205,8 +205,8 @@ def test_bad_input_gets_an_error_answer_and_the_broker_keeps_serving(broker: Bro
     assert broker.stop() == 0
 
 
-def test_db_upgrade_is_repeatable(database_url: str, tmp_path: Path):
-    env = broker_env(database_url)
+def test_db_upgrade_is_repeatable(empty_database_url: str, tmp_path: Path):
+    env = broker_env(empty_database_url)
     for _ in range(2):
         result = run_mwl(["db", "upgrade"], env, tmp_path)
         assert result.returncode == 0, result.stderr
