@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +28,7 @@ from mwl.hl7.client import ack_summary, send_messages
 from mwl.hl7.server import Hl7Server
 from mwl.orders.apply import apply_order
 from mwl.store.engine import make_engine, make_session_factory
+from tests.peers import FINDSCU
 
 from .conftest import c_find
 
@@ -189,10 +189,10 @@ def test_only_the_asked_detail_keys_are_returned(scp: WorklistScp) -> None:
         assert keyword not in found
 
 
-@pytest.mark.skipif(shutil.which("findscu") is None, reason="DCMTK findscu not installed")
+@FINDSCU.required
 def test_dcmtk_findscu_matches_and_reads_the_detail_keys(scp: WorklistScp, tmp_path: Path) -> None:
     """A client nobody here wrote: DCMTK ``findscu -W`` (a subprocess on loopback)."""
-    args = ["findscu", "-W", "-aet", "DCMTKSCU", "-aec", "MWLTEST", "-X", "-od", str(tmp_path)]
+    args = [str(FINDSCU), "-W", "-aet", "DCMTKSCU", "-aec", "MWLTEST", "-X", "-od", str(tmp_path)]
     args += ["-to", "20", "-ta", "20", "-td", "20", scp.address[0], str(scp.address[1])]
     for key in (
         "SpecificCharacterSet=ISO_IR 192",

@@ -13,7 +13,6 @@ import ssl
 import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from pydicom.dataset import Dataset
@@ -31,13 +30,11 @@ from mwl.tls import TLS12_CIPHERS
 from tests.certificates import Issued, issue, make_ca
 from tests.databases import migrated_sqlite_url
 from tests.factories import load_steps
+from tests.peers import ECHOSCU, FINDSCU, NMAP, OPENSSL
 from tests.rawscu import AbortedError, AssociationRejectedError, RawScu, close_all
 
 pytestmark = pytest.mark.e2e
 
-FINDSCU = "/usr/bin/findscu"
-ECHOSCU = "/usr/bin/echoscu"
-NMAP = shutil.which("nmap") or "/usr/bin/nmap"
 # The TLS 1.2 suites RFC 9325 recommends (the server's list, in IANA names as nmap prints).
 ALLOWED_TLS12 = {
     "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
@@ -165,7 +162,7 @@ def test_tls_1_1_is_refused_and_1_2_and_1_3_are_accepted(scp, pki):
 
     def handshake(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            ["/usr/bin/openssl", "s_client", "-connect", f"{host}:{port}", *client, *args],
+            [str(OPENSSL), "s_client", "-connect", f"{host}:{port}", *client, *args],
             input="",
             capture_output=True,
             text=True,
@@ -184,7 +181,7 @@ def test_tls_1_1_is_refused_and_1_2_and_1_3_are_accepted(scp, pki):
         assert f"New, {version}, Cipher is " in done.stdout
 
 
-@pytest.mark.skipif(not Path(NMAP).exists(), reason="nmap is not installed")
+@NMAP.required
 def test_the_tls_1_2_suites_offered_are_only_the_bcp_195_ones(engine, pki):
     # Without a client CA, so that nmap's handshakes complete; with an RSA and an EC
     # certificate the server could offer both families, so both are tried.
@@ -199,7 +196,7 @@ def test_the_tls_1_2_suites_offered_are_only_the_bcp_195_ones(engine, pki):
         with WorklistScp(settings, make_session_factory(engine)) as scp:
             host, port = scp.tls_address
             scan = subprocess.run(
-                [NMAP, "-Pn", "-n", "--script", "ssl-enum-ciphers", "-p", str(port), host],
+                [str(NMAP), "-Pn", "-n", "--script", "ssl-enum-ciphers", "-p", str(port), host],
                 capture_output=True,
                 text=True,
                 timeout=180,
