@@ -13,6 +13,7 @@ other tables of that database nor another test run's.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,6 +30,70 @@ from tests.databases import drop_kept_databases, fresh_database_url, migrated_da
 # hash at N=2**10 instead; tests marked ``production_password_cost`` (and every
 # `mwl` subprocess) use the real cost, and tests/web/test_users.py checks it.
 CHEAP_SCRYPT_N = 2**10
+
+# Fixtures that start a server on a loopback port (in this process or as a
+# subprocess): a test that takes one, directly or through another fixture, is ``e2e``.
+SERVER_FIXTURES = frozenset(
+    {
+        "broker",  # tests/e2e: `mwl serve` as a subprocess
+        "fuzz_server",
+        "hl7_server",
+        "orthanc",
+        "profiled_scp",
+        "ris",  # tests/mpps: the test RIS, an MLLP listener
+        "scp",
+        "server",
+        "servers",
+        "start_broker",
+        "tls_orthanc",
+        "tls_scp",
+    }
+)
+# Marked tests the default run leaves out (pyproject.toml's addopts); they count as
+# slow too, so that a hand-written ``-m`` for the fast subset leaves them out as well.
+LONG_RUNS = ("soak", "cluster", "sweep")
+# The tests allowed to listen on a socket: everything else is the fast subset's.
+SERVER_MARKERS = ("e2e", "browser")
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by these markers
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``e2e`` every test that takes a server fixture; ``slow`` every long run."""
+    for item in items:
+        if SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.e2e)
+        if any(item.get_closest_marker(name) for name in LONG_RUNS):
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(autouse=True)
+def listening_only_in_e2e_tests(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
+    """Fail a test that opens a listening socket without being marked ``e2e``.
+
+    The fast subset (``-m "not e2e and not browser and not slow"``) is the tests that
+    start no server; this holds the markers to that instead of trusting them. Servers
+    started before the test (module fixtures) are caught by :data:`SERVER_FIXTURES`.
+    """
+    if any(request.node.get_closest_marker(name) for name in SERVER_MARKERS):
+        yield
+        return
+    opened: list[object] = []
+    listen = socket.socket.listen
+
+    def recording_listen(sock: socket.socket, *args: int) -> None:
+        opened.append(sock.getsockname())
+        listen(sock, *args)
+
+    monkeypatch.setattr(socket.socket, "listen", recording_listen)
+    yield
+    if opened:
+        pytest.fail(
+            f"listened on {opened[0]} without the e2e marker: mark the test e2e, or add "
+            "its server fixture to SERVER_FIXTURES in tests/conftest.py",
+            pytrace=False,
+        )
 
 
 @pytest.fixture(autouse=True, scope="session")

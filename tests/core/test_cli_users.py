@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from mwl.admin.tokens import authenticate_token, list_tokens
 from mwl.admin.users import add_user, authenticate, list_users
 from mwl.store.engine import make_engine, make_session_factory
 from tests.serve import broker_env, run_mwl
+
+# Each command is a fresh interpreter (about two seconds): not for the fast subset.
+pytestmark = pytest.mark.slow
 
 
 def _ok(args: list[str], env: dict[str, str], cwd: Path, stdin: str = "") -> str:

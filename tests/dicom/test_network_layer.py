@@ -37,6 +37,8 @@ from tests.databases import migrated_sqlite_url
 from tests.factories import load_steps
 from tests.rawscu import DEFLATED, AbortedError, AssociationRejectedError, RawScu, close_all
 
+pytestmark = pytest.mark.e2e
+
 STEPS = 6000
 CANCEL, PENDING = 0xFE00, 0xFF00
 
