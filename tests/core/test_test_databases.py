@@ -37,38 +37,32 @@ def _check_migrated_and_empty(url: str) -> None:
         engine.dispose()
 
 
+# What a test may leave behind: rows, a changed table, a missing index, a missing table.
+DIRT = (
+    "ALTER TABLE patient ADD COLUMN left_behind INTEGER",
+    "DROP INDEX ix_audit_event_at",
+    "DROP TABLE hl7_message_link",
+)
+
+
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_each_copy_is_at_head_and_empty_whatever_the_last_test_did(backend, tmp_path: Path):
-    first = tmp_path / "first"
-    first.mkdir()
     try:
-        for url in migrated_database_url(backend, first, SCHEMA):
-            _check_migrated_and_empty(url)
-            engine = make_engine(url)
-            try:
-                with make_session_factory(engine, writer=True).begin() as session:
-                    add_user(session, "ada", "pw", "admin")
-                with engine.begin() as connection:
-                    connection.exec_driver_sql("DROP TABLE hl7_message_link")
-            finally:
-                engine.dispose()
-
-        second = tmp_path / "second"
-        second.mkdir()
-        for url in migrated_database_url(backend, second, SCHEMA):
-            _check_migrated_and_empty(url)
-            engine = make_engine(url)
-            try:
-                with make_session_factory(engine, writer=True).begin() as session:
-                    add_user(session, "bob", "pw", "viewer")
-                    # Row numbers start again at 1, as in a new database.
-                    assert session.scalar(select(User.id)) == 1
-            finally:
-                engine.dispose()
-
-        third = tmp_path / "third"
-        third.mkdir()
-        for url in migrated_database_url(backend, third, SCHEMA):
-            _check_migrated_and_empty(url)  # rows of the last test gone, table kept
+        for number, dirt in enumerate((*DIRT, None)):
+            folder = tmp_path / str(number)
+            folder.mkdir()
+            for url in migrated_database_url(backend, folder, SCHEMA):
+                _check_migrated_and_empty(url)
+                engine = make_engine(url)
+                try:
+                    with make_session_factory(engine, writer=True).begin() as session:
+                        add_user(session, f"user{number}", "pw", "viewer")
+                        # Row numbers start at 1 every time, as in a new database.
+                        assert session.scalar(select(User.id)) == 1
+                    if dirt is not None:
+                        with engine.begin() as connection:
+                            connection.exec_driver_sql(dirt)
+                finally:
+                    engine.dispose()
     finally:
         drop_kept_schema(SCHEMA)
