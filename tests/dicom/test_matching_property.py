@@ -273,6 +273,7 @@ queries = st.builds(
 )
 
 
+@pytest.mark.slow  # 250 queries on each backend
 @settings(
     max_examples=250,
     deadline=None,
