@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from flask import Flask
+from jinja2.bccache import Bucket, BytecodeCache
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -110,6 +112,41 @@ def pydicom_reads_without_checks() -> Iterator[None]:
     config.settings.reading_validation_mode = config.IGNORE
     yield
     config.settings.reading_validation_mode = before
+
+
+class _CompiledTemplates(BytecodeCache):
+    """Compiled Jinja templates kept in memory, for every app of the test process.
+
+    ``mwl serve`` compiles each template once; the tests build a new app per test, and
+    compiling the templates again was a fifth of the web tests' time. Jinja checks
+    each template's source against the cached code's checksum, so an edited template
+    is compiled afresh; the key holds the environment's extensions, so an app set up
+    otherwise never gets another's code.
+    """
+
+    def __init__(self) -> None:
+        self._code: dict[tuple[str, tuple[str, ...]], bytes] = {}
+
+    @staticmethod
+    def _key(bucket: Bucket) -> tuple[str, tuple[str, ...]]:
+        return bucket.key, tuple(sorted(bucket.environment.extensions))
+
+    def load_bytecode(self, bucket: Bucket) -> None:
+        if (code := self._code.get(self._key(bucket))) is not None:
+            bucket.bytecode_from_string(code)
+
+    def dump_bytecode(self, bucket: Bucket) -> None:
+        self._code[self._key(bucket)] = bucket.bytecode_to_string()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def templates_compiled_once() -> Iterator[None]:
+    """Every Flask app of this process shares :class:`_CompiledTemplates`."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(
+            Flask, "jinja_options", {**Flask.jinja_options, "bytecode_cache": _CompiledTemplates()}
+        )
+        yield
 
 
 @pytest.fixture(autouse=True)
