@@ -45,6 +45,7 @@ DIRT = (
 )
 
 
+@pytest.mark.slow  # migrates again after each change, on purpose
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_each_copy_is_at_head_and_empty_whatever_the_last_test_did(backend, tmp_path: Path):
     try:
