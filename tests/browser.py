@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
+from tests.peers import CHROMIUM
 from web.server import WebServer
 
-CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -50,8 +50,8 @@ def serving(app: Any, tls: Any = None) -> Iterator[str]:
 @contextmanager
 def chromium(*extra_args: str) -> Iterator[Any]:
     """A headless Debian Chromium through Playwright; skips when it is not installed."""
-    if not CHROMIUM.exists():
-        pytest.skip(f"Debian's Chromium is not installed at {CHROMIUM}")
+    if CHROMIUM.missing:
+        pytest.skip(CHROMIUM.missing)
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:

@@ -1,32 +1,101 @@
 """Shared fixtures: settings, and a migrated database on SQLite and on PostgreSQL.
 
 Database tests take the ``database_url`` fixture (directly or through ``engine`` /
-``session_factory``) and so run once per backend. PostgreSQL is the server at
+``session_factory``) and so run once per backend: a database migrated to the newest
+revision and holding no rows, copied from one migrated per test process
+(tests/databases.py says how). Tests of the migrations and of a first start take
+``empty_database_url`` instead: no tables at all. PostgreSQL is the server at
 ``MWL_TEST_POSTGRES_URL`` (default: 127.0.0.1:5432, user postgres, database test);
-where none answers, those runs skip with the reason. Each PostgreSQL test gets a
-schema of its own (``mwl_test_<pid>``), dropped afterwards, so it touches neither
+where none answers, those runs skip with the reason. PostgreSQL tests use a schema
+of this process's own (``mwl_test_<pid>``), dropped at the end, so they touch neither
 other tables of that database nor another test run's.
 """
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from flask import Flask
+from jinja2.bccache import Bucket, BytecodeCache
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from mwl.config import Settings
 from mwl.store.engine import make_engine, make_session_factory
-from mwl.store.migrate import upgrade
-from tests.databases import fresh_database_url
+from tests.databases import drop_kept_databases, fresh_database_url, migrated_database_url
 
 # scrypt at the production cost (N=2**15) takes 0.1-0.6 s per hash on the shared
 # 2-core machine, and hundreds of tests create users and log in. In-process tests
 # hash at N=2**10 instead; tests marked ``production_password_cost`` (and every
 # `mwl` subprocess) use the real cost, and tests/web/test_users.py checks it.
 CHEAP_SCRYPT_N = 2**10
+
+# Fixtures that start a server on a loopback port (in this process or as a
+# subprocess): a test that takes one, directly or through another fixture, is ``e2e``.
+SERVER_FIXTURES = frozenset(
+    {
+        "broker",  # tests/e2e: `mwl serve` as a subprocess
+        "fuzz_server",
+        "hl7_server",
+        "orthanc",
+        "profiled_scp",
+        "ris",  # tests/mpps: the test RIS, an MLLP listener
+        "scp",
+        "server",
+        "servers",
+        "start_broker",
+        "tls_orthanc",
+        "tls_scp",
+    }
+)
+# Marked tests the default run leaves out (pyproject.toml's addopts); they count as
+# slow too, so that a hand-written ``-m`` for the fast subset leaves them out as well.
+LONG_RUNS = ("soak", "cluster", "sweep")
+# The tests allowed to listen on a socket: everything else is the fast subset's.
+SERVER_MARKERS = ("e2e", "browser")
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by these markers
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``e2e`` every test that takes a server fixture; ``slow`` every long run."""
+    for item in items:
+        if SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.e2e)
+        if any(item.get_closest_marker(name) for name in LONG_RUNS):
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(autouse=True)
+def listening_only_in_e2e_tests(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
+    """Fail a test that opens a listening socket without being marked ``e2e``.
+
+    The fast subset (``-m "not e2e and not browser and not slow"``) is the tests that
+    start no server; this holds the markers to that instead of trusting them. Servers
+    started before the test (module fixtures) are caught by :data:`SERVER_FIXTURES`.
+    """
+    if any(request.node.get_closest_marker(name) for name in SERVER_MARKERS):
+        yield
+        return
+    opened: list[object] = []
+    listen = socket.socket.listen
+
+    def recording_listen(sock: socket.socket, *args: int) -> None:
+        opened.append(sock.getsockname())
+        listen(sock, *args)
+
+    monkeypatch.setattr(socket.socket, "listen", recording_listen)
+    yield
+    if opened:
+        pytest.fail(
+            f"listened on {opened[0]} without the e2e marker: mark the test e2e, or add "
+            "its server fixture to SERVER_FIXTURES in tests/conftest.py",
+            pytrace=False,
+        )
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -45,6 +114,41 @@ def pydicom_reads_without_checks() -> Iterator[None]:
     config.settings.reading_validation_mode = before
 
 
+class _CompiledTemplates(BytecodeCache):
+    """Compiled Jinja templates kept in memory, for every app of the test process.
+
+    ``mwl serve`` compiles each template once; the tests build a new app per test, and
+    compiling the templates again was a fifth of the web tests' time. Jinja checks
+    each template's source against the cached code's checksum, so an edited template
+    is compiled afresh; the key holds the environment's extensions, so an app set up
+    otherwise never gets another's code.
+    """
+
+    def __init__(self) -> None:
+        self._code: dict[tuple[str, tuple[str, ...]], bytes] = {}
+
+    @staticmethod
+    def _key(bucket: Bucket) -> tuple[str, tuple[str, ...]]:
+        return bucket.key, tuple(sorted(bucket.environment.extensions))
+
+    def load_bytecode(self, bucket: Bucket) -> None:
+        if (code := self._code.get(self._key(bucket))) is not None:
+            bucket.bytecode_from_string(code)
+
+    def dump_bytecode(self, bucket: Bucket) -> None:
+        self._code[self._key(bucket)] = bucket.bytecode_to_string()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def templates_compiled_once() -> Iterator[None]:
+    """Every Flask app of this process shares :class:`_CompiledTemplates`."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(
+            Flask, "jinja_options", {**Flask.jinja_options, "bytecode_cache": _CompiledTemplates()}
+        )
+        yield
+
+
 @pytest.fixture(autouse=True)
 def cheap_password_hashing(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     """Hash passwords cheaply unless the test is marked ``production_password_cost``."""
@@ -53,17 +157,29 @@ def cheap_password_hashing(request: pytest.FixtureRequest, monkeypatch: pytest.M
         monkeypatch.setattr("mwl.admin.users._dummy_hash", None)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def kept_databases_dropped() -> Iterator[None]:
+    """The migrated databases this process kept for reuse are dropped at its end."""
+    yield
+    drop_kept_databases()
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """An empty database (not yet migrated), once on SQLite and once on PostgreSQL."""
+    """A database migrated to head, without rows; once on SQLite, once on PostgreSQL."""
+    yield from migrated_database_url(request.param, tmp_path)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database without any tables, for tests of the migrations and of a first start."""
     yield from fresh_database_url(request.param, tmp_path)
 
 
 @pytest.fixture
 def engine(database_url: str) -> Iterator[Engine]:
-    """An engine on a database migrated to head with the project's migrations."""
+    """An engine on the migrated test database."""
     engine = make_engine(database_url)
-    upgrade(engine)
     yield engine
     engine.dispose()
 

@@ -7,10 +7,59 @@ from collections.abc import Iterator
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from mwl.domain import Order, PatientDemographics, RequestedProcedure, ScheduledStep
+from mwl.domain import Code, Order, PatientDemographics, RequestedProcedure, ScheduledStep
 from mwl.orders.apply import apply_order
 
 DAY = dt.datetime(2026, 12, 7, 7, 0)
+
+
+def one_step_order(
+    accession: str,
+    start: dt.datetime | None,
+    *,
+    patient_id: str = "PAT1",
+    patient_name: str = "Doe^Jane",
+    birth_date: str = "",
+    sex: str = "",
+    modality: str = "CT",
+    station: str = "CT01",
+    description: str = "",
+    protocol: tuple[Code, ...] = (),
+    procedure_id: str | None = None,
+    placer: str | None = None,
+    sps_id: str | None = None,
+    control: str = "NW",
+    status: str = "SC",
+) -> Order:
+    """An order of one requested procedure with one step, from the sending facility HOSP.
+
+    The requested procedure ID defaults to the accession number, the placer order
+    number to ``PL-<accession>``, the step ID to ``S-<accession>``; ``description``
+    describes both the procedure and the step.
+    """
+    step = ScheduledStep(
+        sps_id if sps_id is not None else f"S-{accession}",
+        modality=modality,
+        scheduled_station_ae_title=station,
+        start=start,
+        scheduled_procedure_step_description=description,
+        scheduled_protocol_codes=protocol,
+    )
+    procedure = RequestedProcedure(
+        study_instance_uid="",
+        requested_procedure_id=procedure_id if procedure_id is not None else accession,
+        accession_number=accession,
+        requested_procedure_description=description,
+        placer_order_number=placer if placer is not None else f"PL-{accession}",
+        steps=(step,),
+    )
+    return Order(
+        order_control=control,
+        order_status=status,
+        patient=PatientDemographics(patient_id, "HOSP", patient_name, birth_date, sex),
+        procedures=(procedure,),
+        sending_facility="HOSP",
+    )
 
 
 def order_with_steps(

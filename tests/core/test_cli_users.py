@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from mwl.admin.tokens import authenticate_token, list_tokens
 from mwl.admin.users import add_user, authenticate, list_users
 from mwl.store.engine import make_engine, make_session_factory
-from mwl.store.migrate import upgrade
 from tests.serve import broker_env, run_mwl
+
+# Each command is a fresh interpreter (about two seconds): not for the fast subset.
+pytestmark = pytest.mark.slow
 
 
 def _ok(args: list[str], env: dict[str, str], cwd: Path, stdin: str = "") -> str:
@@ -32,7 +36,6 @@ def _rows(stdout: str) -> list[list[str]]:
 def _add_user(database_url: str, name: str, password: str, role: str = "viewer") -> None:
     engine = make_engine(database_url)
     try:
-        upgrade(engine)
         with make_session_factory(engine, writer=True).begin() as session:
             add_user(session, name, password, role)
     finally:

@@ -9,8 +9,8 @@ from mwl.store.engine import make_engine
 from mwl.store.migrate import alembic_config, downgrade, upgrade
 
 
-def test_upgrade_check_downgrade_upgrade(database_url: str):
-    engine = make_engine(database_url)
+def test_upgrade_check_downgrade_upgrade(empty_database_url: str):
+    engine = make_engine(empty_database_url)
     try:
         upgrade(engine)
         config = alembic_config(engine)

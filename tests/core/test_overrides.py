@@ -34,7 +34,7 @@ from mwl.errors import SettingsError
 from mwl.operations.audit import events_for_subject
 from mwl.store.engine import make_session_factory
 from mwl.store.models import AuditEvent, SettingOverride
-from tests.databases import fresh_database_url
+from tests.databases import migrated_database_url
 
 RICH = Settings(
     dicom_ae_profiles=(
@@ -58,9 +58,9 @@ RICH = Settings(
 def database_url(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
-    """One database per backend for the module: migrating per test is the slow part."""
+    """One database per backend for the module."""
     directory = tmp_path_factory.mktemp("overrides")
-    yield from fresh_database_url(request.param, directory, f"mwl_overrides_{os.getpid()}")
+    yield from migrated_database_url(request.param, directory, f"mwl_overrides_{os.getpid()}")
 
 
 @pytest.fixture(autouse=True)

@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+# Builds the wheel (ten seconds and more): not for the fast subset.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

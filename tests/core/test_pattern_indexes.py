@@ -31,8 +31,10 @@ def operator_classes(engine: Engine) -> dict[str, tuple[list[str], dict[str, str
     return found
 
 
-def test_pattern_ops_on_postgresql_plain_index_elsewhere_and_back_down(database_url: str):
-    engine = make_engine(database_url)
+def test_pattern_ops_on_postgresql_plain_index_elsewhere_and_back_down(
+    empty_database_url: str,
+):
+    engine = make_engine(empty_database_url)
     try:
         upgrade(engine)
         postgres = engine.dialect.name == "postgresql"

@@ -9,14 +9,13 @@ import pytest
 from sqlalchemy import event, text
 
 from mwl.store.engine import make_engine, make_session_factory
-from mwl.store.migrate import upgrade
 from mwl.store.models import AuditEvent
+from tests.databases import migrated_sqlite_url
 
 
 @pytest.fixture
 def sqlite_engine(tmp_path: Path):
-    engine = make_engine(f"sqlite:///{tmp_path / 'mwl.db'}")
-    upgrade(engine)
+    engine = make_engine(migrated_sqlite_url(tmp_path))
     yield engine
     engine.dispose()
 

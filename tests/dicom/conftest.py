@@ -25,8 +25,7 @@ from mwl.dicom.scp import WorklistScp
 from mwl.domain import Code, Order, PatientDemographics, RequestedProcedure, ScheduledStep
 from mwl.orders.apply import apply_order
 from mwl.store.engine import make_engine, make_session_factory
-from mwl.store.migrate import upgrade
-from tests.databases import fresh_database_url
+from tests.databases import migrated_database_url
 
 CLIENT_TIMEOUT = 20.0
 
@@ -169,16 +168,15 @@ def load_samples(factory: sessionmaker[Session]) -> None:
 def module_database_url(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
-    """An empty database per test module, on SQLite and on PostgreSQL."""
+    """A migrated database without rows per test module, on SQLite and on PostgreSQL."""
     directory = tmp_path_factory.mktemp("dicomdb")
-    yield from fresh_database_url(request.param, directory, f"mwl_dicom_{os.getpid()}")
+    yield from migrated_database_url(request.param, directory, f"mwl_dicom_{os.getpid()}")
 
 
 @pytest.fixture(scope="module")
 def module_engine(module_database_url: str) -> Iterator[Engine]:
-    """A migrated engine holding the sample worklist, shared by one module's tests."""
+    """An engine on the module's database holding the sample worklist."""
     engine = make_engine(module_database_url)
-    upgrade(engine)
     load_samples(make_session_factory(engine, writer=True))
     yield engine
     engine.dispose()

@@ -7,7 +7,6 @@ The client is tests/node/mwl_find.js on dcmjs-dimse, installed by ``.ci/run``
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,20 +16,20 @@ import pytest
 from mwl.dicom.scp import WorklistScp
 from mwl.store.engine import make_session_factory
 from tests.certificates import Issued, issue, make_ca
+from tests.peers import NODE
 
 pytestmark = pytest.mark.e2e
 
 NODE_DIR = Path(__file__).resolve().parents[1] / "node"
-NODE = shutil.which("node") or "/usr/bin/node"
-if not Path(NODE).exists():
-    pytest.skip("Node.js is not installed", allow_module_level=True)
+if NODE.missing:
+    pytest.skip(NODE.missing, allow_module_level=True)
 if not (NODE_DIR / "node_modules" / "dcmjs-dimse").is_dir():
     pytest.skip("dcmjs-dimse is not installed: npm ci --prefix tests/node", allow_module_level=True)
 
 
 def dcmjs(address: tuple[str, int], query: object, tls: dict[str, Issued] | None = None):
     args = [
-        NODE,
+        str(NODE),
         str(NODE_DIR / "mwl_find.js"),
         address[0],
         str(address[1]),

@@ -19,8 +19,9 @@ from mwl.domain import Order, PatientDemographics, RequestedProcedure, Scheduled
 from mwl.errors import SettingsError
 from mwl.orders.apply import apply_order
 from mwl.store.engine import make_engine, make_session_factory
-from mwl.store.migrate import upgrade
 from mwl.store.models import QueryLogEntry
+from tests.databases import migrated_sqlite_url
+from tests.factories import one_step_order
 from tests.rawscu import association_rejection
 
 pytestmark = pytest.mark.e2e
@@ -129,16 +130,16 @@ def test_concurrent_queries_while_orders_are_written(engine, settings, find, ide
 
     def write_orders() -> int:
         for i in range(30):
-            step = ScheduledStep(f"SC{i}", modality="MR", start=start + dt.timedelta(minutes=i))
-            procedure = RequestedProcedure(
-                "", f"RPC{i}", f"ACCC{i}", placer_order_number=f"PLC{i}", steps=(step,)
-            )
-            order = Order(
-                "NW",
-                "SC",
-                PatientDemographics(f"PC{i}", "HOSP", f"Concurrent^{i}"),
-                (procedure,),
-                sending_facility="HOSP",
+            order = one_step_order(
+                f"ACCC{i}",
+                start + dt.timedelta(minutes=i),
+                patient_id=f"PC{i}",
+                patient_name=f"Concurrent^{i}",
+                modality="MR",
+                station="",
+                procedure_id=f"RPC{i}",
+                placer=f"PLC{i}",
+                sps_id=f"SC{i}",
             )
             with writers.begin() as session:
                 apply_order(session, order)
@@ -194,9 +195,8 @@ def test_by_default_fifty_modalities_and_their_reconnects_are_all_accepted(tmp_p
     # association still counts: 50 modalities need a margin above 50. Each modality
     # is a host of its own (127.0.0.2, .3, ...), as in a department, so the limit per
     # address does not apply. No query is sent, so one database backend is enough.
-    url = f"sqlite:///{tmp_path / 'mwl.db'}"
+    url = migrated_sqlite_url(tmp_path)
     engine = make_engine(url)
-    upgrade(engine)
     scp = WorklistScp(
         Settings(
             database_url=url, bind_address="127.0.0.1", dicom_port=0, dicom_ae_title="MWLTEST"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -12,10 +11,11 @@ import pytest
 from pydicom import dcmread
 
 from tests.dicom.key_cases import KEY_CASES, SPS_PATH, command_line_keys
+from tests.peers import DUMP2DCM, FINDSCU
 
 pytestmark = [
     pytest.mark.e2e,
-    pytest.mark.skipif(shutil.which("findscu") is None, reason="DCMTK findscu not installed"),
+    FINDSCU.required,
 ]
 
 TIMEOUT = 30
@@ -37,7 +37,7 @@ def findscu(
 ) -> tuple[str, list]:
     """Run ``findscu -W``; return the final status text and the responses, in order."""
     out.mkdir(parents=True, exist_ok=True)
-    args = ["findscu", "-v", "-W", "-aet", "DCMTKSCU", "-aec", "MWLTEST"]
+    args = [str(FINDSCU), "-v", "-W", "-aet", "DCMTKSCU", "-aec", "MWLTEST"]
     args += ["-to", "20", "-ta", "20", "-td", "20", "-X", "-od", str(out)]
     args += [address[0], str(address[1])]
     for key in keys:
@@ -115,7 +115,7 @@ def test_findscu_query_file_in_latin1(scp, tmp_path):
         "(fffe,e0dd) na (SequenceDelimitationItem)\n".encode("latin-1")
     )
     query = tmp_path / "query.dcm"
-    subprocess.run(["dump2dcm", str(dump), str(query)], check=True, timeout=TIMEOUT)
+    subprocess.run([str(DUMP2DCM), str(dump), str(query)], check=True, timeout=TIMEOUT)
     status, responses = findscu(scp.address, tmp_path / "out", query_file=query)
     assert status == "Success"
     (response,) = responses

@@ -19,9 +19,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from mwl.admin.overrides import LiveSettings
 from mwl.config import Settings
 from mwl.dicom.scp import WorklistScp
-from mwl.domain import Order, PatientDemographics, RequestedProcedure, ScheduledStep
+from mwl.domain import Order
 from mwl.orders.apply import apply_order
 from mwl.store.engine import make_session_factory
+from tests.factories import one_step_order
 from tests.rawscu import association_rejection
 from tests.settings_page import form_values, log_in_as, submit
 from web import create_app
@@ -35,27 +36,12 @@ REJECTED_CALLING_AE = (0x01, 0x01, 0x03)
 
 def ct_order(accession: str, day: dt.date) -> Order:
     start = dt.datetime.combine(day, dt.time(12, 0))
-    return Order(
-        "NW",
-        "SC",
-        PatientDemographics(f"P{accession}", "HOSP", "Doe^Jane"),
-        (
-            RequestedProcedure(
-                "",
-                accession,
-                accession,
-                placer_order_number=f"PL{accession}",
-                steps=(
-                    ScheduledStep(
-                        f"S{accession}",
-                        modality="CT",
-                        scheduled_station_ae_title="CT01",
-                        start=start,
-                    ),
-                ),
-            ),
-        ),
-        sending_facility="HOSP",
+    return one_step_order(
+        accession,
+        start,
+        patient_id=f"P{accession}",
+        placer=f"PL{accession}",
+        sps_id=f"S{accession}",
     )
 
 

@@ -26,7 +26,6 @@ from mwl.domain import (
     WorklistQuery,
 )
 from mwl.store.engine import make_engine, make_session_factory
-from mwl.store.migrate import upgrade
 from mwl.store.models import Patient, RequestedProcedure, ScheduledProcedureStep
 from mwl.worklist.matching import PATIENT_NAME, START_TIME, STATUS, find_items
 from mwl.worklist.names import name_search_key
@@ -79,7 +78,6 @@ POOL = _pool()
 def pool_engine(module_database_url: str) -> Iterator[Engine]:
     """The pool, stored straight through the models (it needs statuses orders cannot make)."""
     engine = make_engine(module_database_url)
-    upgrade(engine)
     with make_session_factory(engine, writer=True).begin() as session:
         for i, row in enumerate(POOL):
             patient = Patient(
@@ -275,6 +273,7 @@ queries = st.builds(
 )
 
 
+@pytest.mark.slow  # 250 queries on each backend
 @settings(
     max_examples=250,
     deadline=None,

@@ -32,10 +32,12 @@ from mwl.dicom import keys as keytable
 from mwl.dicom.find import FAILURE_IDENTIFIER_DOES_NOT_MATCH
 from mwl.dicom.scp import WorklistScp
 from mwl.store.engine import make_engine, make_session_factory
-from mwl.store.migrate import upgrade
 from mwl.store.models import QueryLogEntry
+from tests.databases import migrated_sqlite_url
 from tests.factories import load_steps
 from tests.rawscu import DEFLATED, AbortedError, AssociationRejectedError, RawScu, close_all
+
+pytestmark = pytest.mark.e2e
 
 STEPS = 6000
 CANCEL, PENDING = 0xFE00, 0xFF00
@@ -77,9 +79,7 @@ def wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
-    url = f"sqlite:///{tmp_path_factory.mktemp('netdb') / 'mwl.db'}"
-    engine = make_engine(url)
-    upgrade(engine)
+    engine = make_engine(migrated_sqlite_url(tmp_path_factory.mktemp("netdb")))
     load_steps(make_session_factory(engine, writer=True), STEPS, steps_per_order=50)
     yield engine
     engine.dispose()

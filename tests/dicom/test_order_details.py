@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,7 +28,7 @@ from mwl.hl7.client import ack_summary, send_messages
 from mwl.hl7.server import Hl7Server
 from mwl.orders.apply import apply_order
 from mwl.store.engine import make_engine, make_session_factory
-from mwl.store.migrate import upgrade
+from tests.peers import FINDSCU
 
 from .conftest import c_find
 
@@ -88,7 +87,6 @@ def _order(patient_id: str, accession: str, sps_id: str, *, detailed: bool) -> O
 def module_engine(module_database_url: str) -> Iterator[Engine]:
     """Overrides the package's: a worklist of one detailed and one bare order."""
     engine = make_engine(module_database_url)
-    upgrade(engine)
     factory = make_session_factory(engine, writer=True)
     for order in (
         _order("PDET", "ACCDET", "SDET", detailed=True),
@@ -191,10 +189,10 @@ def test_only_the_asked_detail_keys_are_returned(scp: WorklistScp) -> None:
         assert keyword not in found
 
 
-@pytest.mark.skipif(shutil.which("findscu") is None, reason="DCMTK findscu not installed")
+@FINDSCU.required
 def test_dcmtk_findscu_matches_and_reads_the_detail_keys(scp: WorklistScp, tmp_path: Path) -> None:
     """A client nobody here wrote: DCMTK ``findscu -W`` (a subprocess on loopback)."""
-    args = ["findscu", "-W", "-aet", "DCMTKSCU", "-aec", "MWLTEST", "-X", "-od", str(tmp_path)]
+    args = [str(FINDSCU), "-W", "-aet", "DCMTKSCU", "-aec", "MWLTEST", "-X", "-od", str(tmp_path)]
     args += ["-to", "20", "-ta", "20", "-td", "20", scp.address[0], str(scp.address[1])]
     for key in (
         "SpecificCharacterSet=ISO_IR 192",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import socket
 import subprocess
 import urllib.error
@@ -18,10 +17,11 @@ from mwl.dicom.scp import WorklistScp
 from mwl.store.engine import make_session_factory
 from tests.certificates import Issued, issue, make_ca
 from tests.dicom.key_cases import KEY_CASES
+from tests.peers import ORTHANC
 
 pytestmark = [
     pytest.mark.e2e,
-    pytest.mark.skipif(shutil.which("Orthanc") is None, reason="Orthanc not installed"),
+    ORTHANC.required,
 ]
 
 STARTUP_SECONDS = 30.0
@@ -83,7 +83,7 @@ class Orthanc:
     def start(self) -> None:
         self._log = self.log.open("wb")
         self.process = subprocess.Popen(
-            ["Orthanc", str(self.config)], stdout=self._log, stderr=subprocess.STDOUT
+            [str(ORTHANC), str(self.config)], stdout=self._log, stderr=subprocess.STDOUT
         )
         deadline = STARTUP_SECONDS
         while deadline > 0:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import shutil
 import subprocess
 from collections.abc import Iterator
 
@@ -21,6 +20,7 @@ from mwl.domain import KeyMatch, MatchKind, SpsStatus, WorklistQuery
 from mwl.errors import SettingsError
 from mwl.store.engine import make_session_factory
 from mwl.worklist.matching import START_TIME
+from tests.peers import FINDSCU
 from tests.rawscu import association_rejection
 
 PROFILES = (
@@ -147,10 +147,10 @@ def test_bad_charset_or_status_fails_at_start(module_settings):
         WorklistScp(bad, sessionmaker())
 
 
-@pytest.mark.skipif(shutil.which("findscu") is None, reason="DCMTK findscu not installed")
+@FINDSCU.required
 def test_latin1_profile_through_dcmtk(profiled_scp, tmp_path):
     """Non-ASCII names reach DCMTK in ISO_IR 100 for a caller whose profile asks for it."""
-    args = ["findscu", "-W", "-aet", "LATIN1", "-aec", "MWLTEST", "-to", "20", "-X"]
+    args = [str(FINDSCU), "-W", "-aet", "LATIN1", "-aec", "MWLTEST", "-to", "20", "-X"]
     args += ["-od", str(tmp_path), *profiled_scp.address[:1], str(profiled_scp.address[1])]
     args += ["-k", "PatientName", "-k", "PatientID=P3", "-k", "ReferringPhysicianName"]
     subprocess.run(

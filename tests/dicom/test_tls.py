@@ -13,7 +13,6 @@ import ssl
 import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from pydicom.dataset import Dataset
@@ -27,17 +26,15 @@ from sqlalchemy.engine import Engine
 from mwl.config import DicomAeProfile, Settings
 from mwl.dicom.scp import WorklistScp
 from mwl.store.engine import make_engine, make_session_factory
-from mwl.store.migrate import upgrade
 from mwl.tls import TLS12_CIPHERS
 from tests.certificates import Issued, issue, make_ca
+from tests.databases import migrated_sqlite_url
 from tests.factories import load_steps
+from tests.peers import ECHOSCU, FINDSCU, NMAP, OPENSSL
 from tests.rawscu import AbortedError, AssociationRejectedError, RawScu, close_all
 
 pytestmark = pytest.mark.e2e
 
-FINDSCU = "/usr/bin/findscu"
-ECHOSCU = "/usr/bin/echoscu"
-NMAP = shutil.which("nmap") or "/usr/bin/nmap"
 # The TLS 1.2 suites RFC 9325 recommends (the server's list, in IANA names as nmap prints).
 ALLOWED_TLS12 = {
     "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
@@ -71,9 +68,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Issued]:
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
-    url = f"sqlite:///{tmp_path_factory.mktemp('tlsdb') / 'mwl.db'}"
-    engine = make_engine(url)
-    upgrade(engine)
+    engine = make_engine(migrated_sqlite_url(tmp_path_factory.mktemp("tlsdb")))
     load_steps(make_session_factory(engine, writer=True), 30, modality="CT", station="CT01")
     yield engine
     engine.dispose()
@@ -167,7 +162,7 @@ def test_tls_1_1_is_refused_and_1_2_and_1_3_are_accepted(scp, pki):
 
     def handshake(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            ["/usr/bin/openssl", "s_client", "-connect", f"{host}:{port}", *client, *args],
+            [str(OPENSSL), "s_client", "-connect", f"{host}:{port}", *client, *args],
             input="",
             capture_output=True,
             text=True,
@@ -186,7 +181,7 @@ def test_tls_1_1_is_refused_and_1_2_and_1_3_are_accepted(scp, pki):
         assert f"New, {version}, Cipher is " in done.stdout
 
 
-@pytest.mark.skipif(not Path(NMAP).exists(), reason="nmap is not installed")
+@NMAP.required
 def test_the_tls_1_2_suites_offered_are_only_the_bcp_195_ones(engine, pki):
     # Without a client CA, so that nmap's handshakes complete; with an RSA and an EC
     # certificate the server could offer both families, so both are tried.
@@ -201,7 +196,7 @@ def test_the_tls_1_2_suites_offered_are_only_the_bcp_195_ones(engine, pki):
         with WorklistScp(settings, make_session_factory(engine)) as scp:
             host, port = scp.tls_address
             scan = subprocess.run(
-                [NMAP, "-Pn", "-n", "--script", "ssl-enum-ciphers", "-p", str(port), host],
+                [str(NMAP), "-Pn", "-n", "--script", "ssl-enum-ciphers", "-p", str(port), host],
                 capture_output=True,
                 text=True,
                 timeout=180,

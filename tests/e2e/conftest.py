@@ -1,4 +1,4 @@
-"""A real ``mwl serve`` process with a web user ``admin``, per test."""
+"""A real ``mwl serve`` process on a new database with a web user ``admin``, per test."""
 
 from __future__ import annotations
 
@@ -11,9 +11,13 @@ from tests.serve import ADMIN_PASSWORD, Broker, broker_env, run_mwl, start_broke
 
 
 @pytest.fixture
-def broker(database_url: str, tmp_path: Path) -> Iterator[Broker]:
-    """``mwl serve`` as a subprocess, with a web user ``admin``; stopped afterwards."""
-    env = broker_env(database_url)
+def broker(empty_database_url: str, tmp_path: Path) -> Iterator[Broker]:
+    """``mwl serve`` as a subprocess, with a web user ``admin``; stopped afterwards.
+
+    Its database starts without tables, as after installation: ``mwl user add``
+    migrates it.
+    """
+    env = broker_env(empty_database_url)
     added = run_mwl(
         ["user", "add", "admin", "--role", "admin"], env, tmp_path, ADMIN_PASSWORD + "\n"
     )

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from pynetdicom.status import Status
 
 from mwl.hl7.client import send_messages
 from tests import scu
+from tests.peers import FINDSCU
 from tests.serve import ADMIN_PASSWORD, Broker, WebClient, broker_env, run_mwl
 
 pytestmark = pytest.mark.e2e
@@ -97,14 +97,13 @@ def test_order_reaches_worklist_findscu_and_web_page(broker: Broker, tmp_path: P
     assert (none, final) == ([], Status.SUCCESS)
 
     # DCMTK findscu as the modality: a date range, answers written as files.
-    findscu = shutil.which("findscu")
-    if findscu is None:
-        pytest.fail("DCMTK findscu is not installed (apt-get install dcmtk)")
+    if FINDSCU.missing:
+        pytest.fail(FINDSCU.missing)
     out = tmp_path / "findscu"
     out.mkdir()
     result = subprocess.run(
         [
-            findscu,
+            str(FINDSCU),
             "-W",
             "-aet",
             "MR01",
@@ -205,8 +204,8 @@ def test_bad_input_gets_an_error_answer_and_the_broker_keeps_serving(broker: Bro
     assert broker.stop() == 0
 
 
-def test_db_upgrade_is_repeatable(database_url: str, tmp_path: Path):
-    env = broker_env(database_url)
+def test_db_upgrade_is_repeatable(empty_database_url: str, tmp_path: Path):
+    env = broker_env(empty_database_url)
     for _ in range(2):
         result = run_mwl(["db", "upgrade"], env, tmp_path)
         assert result.returncode == 0, result.stderr

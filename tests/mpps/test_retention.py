@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from pydicom.uid import generate_uid
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -154,6 +155,7 @@ def _mwl(args: list[str], database_url: str, cwd: Path) -> subprocess.CompletedP
     )
 
 
+@pytest.mark.slow  # an `mwl purge` subprocess
 def test_mwl_purge_command(writers, database_url, tmp_path):
     _age_steps(writers, 3, S1="CANCELED")
 
@@ -172,6 +174,7 @@ def test_mwl_purge_command(writers, database_url, tmp_path):
     assert "\r[" not in real.stderr
 
 
+@pytest.mark.slow  # an `mwl purge` subprocess
 def test_mwl_purge_shows_a_progress_bar_on_a_terminal(writers, database_url, tmp_path):
     _age_steps(writers, 3, S1="CANCELED", S2="CANCELED")
     env = {k: v for k, v in os.environ.items() if not k.startswith("MWL_")}

@@ -13,9 +13,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mwl.admin.users import add_user
 from mwl.config import Settings
-from mwl.domain import Code, Order, PatientDemographics, RequestedProcedure, ScheduledStep
+from mwl.domain import Code
 from mwl.orders.apply import apply_order
 from mwl.store.engine import make_session_factory
+from tests.factories import one_step_order
 from web import create_app
 
 PASSWORD = "correct horse battery staple"
@@ -89,30 +90,19 @@ def add_order(session_factory: sessionmaker[Session]) -> AddOrder:
         order_status: str = "SC",
         protocol: tuple[Code, ...] = (),
     ) -> str:
-        order = Order(
-            order_control=control,
-            order_status=order_status,
-            patient=PatientDemographics(patient_id, "HOSP", patient_name, birth_date, sex),
-            procedures=(
-                RequestedProcedure(
-                    study_instance_uid="",
-                    requested_procedure_id=accession,
-                    accession_number=accession,
-                    requested_procedure_description=description,
-                    placer_order_number=f"PL-{accession}",
-                    steps=(
-                        ScheduledStep(
-                            f"S-{accession}",
-                            modality=modality,
-                            scheduled_station_ae_title=station,
-                            start=start,
-                            scheduled_procedure_step_description=description,
-                            scheduled_protocol_codes=protocol,
-                        ),
-                    ),
-                ),
-            ),
-            sending_facility="HOSP",
+        order = one_step_order(
+            accession,
+            start,
+            patient_id=patient_id,
+            patient_name=patient_name,
+            birth_date=birth_date,
+            sex=sex,
+            modality=modality,
+            station=station,
+            description=description,
+            protocol=protocol,
+            control=control,
+            status=order_status,
         )
         with session_factory.begin() as session:
             apply_order(session, order)

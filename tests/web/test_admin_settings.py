@@ -17,7 +17,7 @@ from mwl.admin.overrides import apply_overrides, load_overrides
 from mwl.config import Settings
 from mwl.operations.audit import events_for_subject
 from mwl.store.models import AuditEvent, SettingOverride, User
-from tests.databases import fresh_database_url
+from tests.databases import migrated_database_url
 from tests.settings_page import add_account, form_values, log_in, submit
 
 PAGES = ["/admin", "/admin/aes", "/admin/hl7"]
@@ -27,9 +27,9 @@ PAGES = ["/admin", "/admin/aes", "/admin/hl7"]
 def database_url(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
-    """One database per backend for the module: migrating per test is slow on PostgreSQL."""
+    """One database per backend for the module."""
     directory = tmp_path_factory.mktemp("admin")
-    yield from fresh_database_url(request.param, directory, f"mwl_admin_{os.getpid()}")
+    yield from migrated_database_url(request.param, directory, f"mwl_admin_{os.getpid()}")
 
 
 @pytest.fixture(autouse=True)

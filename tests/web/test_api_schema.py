@@ -85,6 +85,7 @@ def api_app(csrf_app: Flask, session_factory, add_order) -> Iterator[Flask]:
     _app_under_test.app = None
 
 
+@pytest.mark.slow  # schemathesis draws many requests per operation
 @schema.parametrize()
 @settings(
     max_examples=MAX_EXAMPLES,

@@ -33,9 +33,8 @@ from mwl.operations.querylog import (
 )
 from mwl.orders.apply import apply_order
 from mwl.store.engine import make_engine, make_session_factory
-from mwl.store.migrate import upgrade
 from mwl.store.models import AuditEvent, QueryLogEntry
-from tests.databases import fresh_database_url
+from tests.databases import migrated_database_url
 from web import create_app
 
 PASSWORD = "correct horse battery staple"
@@ -66,13 +65,12 @@ def module_url(
 ) -> Iterator[str]:
     """One database per backend for this module: its tests only read it."""
     directory = tmp_path_factory.mktemp("scanners")
-    yield from fresh_database_url(request.param, directory, f"mwl_scanners_{os.getpid()}")
+    yield from migrated_database_url(request.param, directory, f"mwl_scanners_{os.getpid()}")
 
 
 @pytest.fixture(scope="module")
 def module_engine(module_url: str) -> Iterator[Engine]:
     engine = make_engine(module_url)
-    upgrade(engine)
     yield engine
     engine.dispose()
 
