@@ -122,6 +122,8 @@ def test_an_account_change_ends_every_session_of_that_user_only(
         assert len(session.scalars(select(WebSession)).all()) == 1
 
 
+# Waits out real timeouts of a few seconds: not for the inner loop.
+@pytest.mark.slow
 def test_a_session_ends_after_the_idle_timeout_but_use_keeps_it(
     settings, reader_factory, user, password
 ):
@@ -139,6 +141,8 @@ def test_a_session_ends_after_the_idle_timeout_but_use_keeps_it(
     assert refused.headers["Location"].startswith("/login")
 
 
+# Waits out real timeouts of a few seconds: not for the inner loop.
+@pytest.mark.slow
 def test_a_session_ends_after_its_lifetime_even_in_use(
     settings, reader_factory, user, password, session_factory
 ):
