@@ -17,7 +17,7 @@ from flask_babel import lazy_gettext as _l
 from flask_login import current_user, login_required, login_user, user_logged_in
 from flask_wtf import FlaskForm
 from wtforms import PasswordField
-from wtforms.validators import DataRequired, EqualTo, Length
+from wtforms.validators import EqualTo, InputRequired, Length
 
 from mwl.admin.passwords import MAX_LENGTH, MIN_LENGTH, PasswordRule, WeakPasswordError
 from mwl.admin.users import authenticate, get_user, require_new_password_if_weak, set_password
@@ -54,12 +54,13 @@ class PasswordForm(FlaskForm):
     """Current password, new password twice (with Flask-WTF's CSRF token)."""
 
     # Not named "password": that is the login form's field, which the login hook reads.
+    # InputRequired, not DataRequired: a password of spaces is checked by the policy.
     current_password = PasswordField(
-        _l("Current password"), validators=[DataRequired(), Length(max=_FIELD_MAX)]
+        _l("Current password"), validators=[InputRequired(), Length(max=_FIELD_MAX)]
     )
     new_password = PasswordField(
         _l("New password"),
-        validators=[DataRequired(), Length(max=_FIELD_MAX)],
+        validators=[InputRequired(), Length(max=_FIELD_MAX)],
         description=_l(
             "At least %(min)s characters; spaces and any letters, digits or signs are"
             " allowed. A common password or one containing your user name is refused.",
@@ -69,7 +70,7 @@ class PasswordForm(FlaskForm):
     repeat_password = PasswordField(
         _l("New password again"),
         validators=[
-            DataRequired(),
+            InputRequired(),
             EqualTo("new_password", message=_l("The two new passwords are not the same.")),
         ],
     )
