@@ -28,6 +28,7 @@ from web import (
     i18n,
     items,
     messages,
+    params,
     scanners,
     status,
     worklist,
@@ -133,6 +134,8 @@ def create_app(
         item_lister=item_lister,
     )
 
+    # Before any blueprint adds its rules: every <int:...> in a URL is a database key.
+    app.url_map.converters["int"] = params.KeyConverter
     csrf = CSRFProtect(app)
     # The API authenticates by bearer token only, never by the session cookie, so a
     # cross-site form cannot act through it.
