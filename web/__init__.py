@@ -134,8 +134,6 @@ def create_app(
         item_lister=item_lister,
     )
 
-    # Before any blueprint adds its rules: every <int:...> in a URL is a database key.
-    app.url_map.converters["int"] = params.KeyConverter
     csrf = CSRFProtect(app)
     # The API authenticates by bearer token only, never by the session cookie, so a
     # cross-site form cannot act through it.
@@ -159,6 +157,7 @@ def create_app(
     # Lets the navigation show links only to pages that exist.
     app.jinja_env.globals["url_endpoints"] = app.view_functions
 
+    app.url_value_preprocessor(params.reject_keys_out_of_range)
     app.teardown_appcontext(close_session)
     app.after_request(_security_headers)
     app.register_error_handler(CSRFError, _csrf_error)

@@ -12,7 +12,6 @@ from typing import Any
 
 from flask import abort
 from flask_babel import gettext as _
-from werkzeug.routing import IntegerConverter, Map
 
 from web.openapi import KEY_MAX
 
@@ -23,17 +22,18 @@ FIRST_DAY = dt.date(1900, 1, 1)
 LAST_DAY = dt.date(2999, 12, 31)
 
 
-class KeyConverter(IntegerConverter):
-    """``<int:key>`` for database keys: 1 to :data:`KEY_MAX`, else the route does not match.
+def reject_keys_out_of_range(_endpoint: str | None, values: dict[str, Any] | None) -> None:
+    """404 for a URL whose ``<int:...>`` part is no database key (1 to :data:`KEY_MAX`).
 
-    Keys are 32-bit integers on PostgreSQL; a larger number names nothing, and the
-    drivers refuse numbers beyond 64 bits with an exception rather than an answer.
+    Registered with ``app.url_value_preprocessor``, so it covers every route, the
+    API's included. Keys are 32-bit integers on PostgreSQL: a larger number names
+    nothing, and the drivers refuse one beyond 64 bits with an exception. (A bounded
+    URL converter would do the same, but werkzeug then answers 405 instead of 404
+    where two rules share a path with different methods.)
     """
-
-    def __init__(self, url_map: Map, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("min", 1)
-        kwargs.setdefault("max", KEY_MAX)
-        super().__init__(url_map, *args, **kwargs)
+    for value in (values or {}).values():
+        if isinstance(value, int) and not 1 <= value <= KEY_MAX:
+            abort(404)
 
 
 def key_of(text: str) -> int | None:
