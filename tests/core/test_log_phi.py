@@ -1,8 +1,9 @@
 """``MWL_LOG_PHI=true`` puts patient data in the log at DEBUG only, never at INFO.
 
 A real ``mwl serve`` gets a synthetic order over MLLP, a C-FIND and an MPPS N-CREATE
-for its patient; every line it logs at INFO and above is searched for the patient's
-name and ID. The same run at DEBUG shows that the search would see them.
+for its patient, and its web pages are searched for the patient; every line it logs
+at INFO and above is searched for the patient's name and ID. The same run at DEBUG
+shows that the search would see them.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pynetdicom.sop_class import (
     ModalityWorklistInformationFind,
 )
 
-from tests.serve import Broker, broker_env, run_mwl, start_broker
+from tests.serve import ADMIN_PASSWORD, Broker, WebClient, broker_env, run_mwl, start_broker
 
 pytestmark = pytest.mark.e2e
 
@@ -76,6 +77,16 @@ def _exercise(broker: Broker, tmp_path: Path) -> None:
     finally:
         assoc.release()
 
+    # The web page: a search by name, the item, and the scanner test by patient ID.
+    web = WebClient(f"http://127.0.0.1:{broker.web_port}")
+    assert web.login("admin", ADMIN_PASSWORD)[0] == 200
+    status, _, page = web.get(f"/?date=2026-11-21&q={FAMILY}")
+    assert status == 200 and FAMILY in page
+    key = re.search(r'href="/items/(\d+)"', page)
+    assert key, "the day list links the item"
+    assert web.get(f"/items/{key[1]}")[0] == 200
+    assert web.get(f"/scanners/test?ae=CT01&patient_id={PATIENT_ID}")[0] == 200
+
 
 def _phi_lines(output: list[str], levels: set[str]) -> list[str]:
     found = []
@@ -89,6 +100,8 @@ def _phi_lines(output: list[str], levels: set[str]) -> list[str]:
 @pytest.mark.parametrize("level", ["INFO", "DEBUG"])
 def test_patient_data_is_logged_at_debug_only(database_url: str, tmp_path: Path, level: str):
     env = broker_env(database_url, MWL_LOG_PHI="true", MWL_LOG_LEVEL=level)
+    added = run_mwl(["user", "add", "admin", "--role", "admin"], env, tmp_path, ADMIN_PASSWORD)
+    assert added.returncode == 0, added.stderr
     broker = start_broker(env, tmp_path)
     try:
         _exercise(broker, tmp_path)
