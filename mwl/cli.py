@@ -94,12 +94,16 @@ def _build_parser() -> argparse.ArgumentParser:
     user = commands.add_parser("user", help="web users")
     user_commands = user.add_subparsers(dest="user_command", metavar="ACTION", required=True)
     add = user_commands.add_parser(
-        "add", help="create a user; the password is prompted for, or read from standard input"
+        "add",
+        help="create a user; the password (15 or more characters, not a common one, not"
+        " containing the user name) is prompted for, or read from standard input",
     )
     add.add_argument("name")
     add.add_argument("--role", choices=ROLES, default="viewer")
     passwd = user_commands.add_parser(
-        "passwd", help="set a new password; prompted for, or read from standard input"
+        "passwd",
+        help="set a new password (the rules of `user add`); prompted for, or read from"
+        " standard input",
     )
     passwd.add_argument("name")
     user_commands.add_parser("list", help="list the users with their role")

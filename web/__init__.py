@@ -19,7 +19,20 @@ from mwl.admin.login_limits import LoginPolicy
 from mwl.admin.sessions import SessionPolicy
 from mwl.config import Settings
 from mwl.store.engine import make_engine, make_session_factory
-from web import admin, api, auth, display, i18n, items, messages, scanners, status, worklist
+from web import (
+    account,
+    admin,
+    api,
+    auth,
+    display,
+    i18n,
+    items,
+    messages,
+    params,
+    scanners,
+    status,
+    worklist,
+)
 from web import tokens as token_page
 from web.proxies import TrustedProxies
 from web.store import (
@@ -126,6 +139,7 @@ def create_app(
     # cross-site form cannot act through it.
     csrf.exempt(api.bp)
     auth.init_login(app)
+    account.init_password_change(app)
     i18n.init_i18n(app)
     display.register_filters(app)
     app.register_blueprint(auth.bp)
@@ -138,10 +152,12 @@ def create_app(
     app.register_blueprint(api.bp)
     app.register_blueprint(admin.bp)
     app.register_blueprint(token_page.bp)
+    app.register_blueprint(account.bp)
 
     # Lets the navigation show links only to pages that exist.
     app.jinja_env.globals["url_endpoints"] = app.view_functions
 
+    app.url_value_preprocessor(params.reject_keys_out_of_range)
     app.teardown_appcontext(close_session)
     app.after_request(_security_headers)
     app.register_error_handler(CSRFError, _csrf_error)

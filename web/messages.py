@@ -28,6 +28,7 @@ from mwl.operations.message_view import (
     ReprocessRefusal,
     reprocess_subject,
 )
+from web.params import key_of
 from web.roles import has_role, role_required
 from web.store import db_session, state
 
@@ -91,8 +92,9 @@ def read_filter(args: Mapping[str, str]) -> LogFilter:
         form.errors["until"] = _("The end of the period must be after its start.")
     before = args.get("before", "")
     if before:
-        if before.isdigit() and 0 < int(before) < 2**63:
-            form.before = int(before)
+        key = key_of(before)
+        if key is not None:
+            form.before = key
         else:
             form.errors["before"] = _("The page link is not valid; start again from the newest.")
     if not form.errors:

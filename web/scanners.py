@@ -37,6 +37,7 @@ from mwl.operations.querylog import (
 )
 from mwl.worklist.daylist import items_for_day
 from mwl.worklist.matching import find_items
+from web.params import cursor, day_in_range, day_range_error
 from web.store import QueryPreviewer, db_session, state
 
 bp = Blueprint("scanners", __name__)
@@ -163,6 +164,11 @@ def _printable_field(label: Any, max_length: int) -> StringField:
     )
 
 
+def _within_calendar(_form: FlaskForm, field: DateField) -> None:
+    if field.data and not day_in_range(field.data):
+        raise ValidationError(day_range_error())
+
+
 class ScannerTestForm(FlaskForm):
     """Run a worklist query as a calling AE (a GET form: it changes nothing)."""
 
@@ -194,10 +200,12 @@ class ScannerTestForm(FlaskForm):
     station = _printable_field(_l("Scheduled station AE title"), 64)
     date_from = DateField(
         _l("SPS start date from"),
-        validators=[Optional()],
+        validators=[Optional(), _within_calendar],
         format="%Y-%m-%d",
     )
-    date_to = DateField(_l("SPS start date to"), validators=[Optional()], format="%Y-%m-%d")
+    date_to = DateField(
+        _l("SPS start date to"), validators=[Optional(), _within_calendar], format="%Y-%m-%d"
+    )
     patient_id = _printable_field(_l("Patient ID"), 64)
     patient_name = _printable_field(_l("Patient's name"), 200)
     accession = _printable_field(_l("Accession number"), 64)
@@ -451,7 +459,7 @@ def index() -> str:
 def history() -> str:
     """One calling AE: its queries, newest first (``?before=KEY`` pages), and the test form."""
     ae = _checked_ae(request.args.get("ae"))
-    before = request.args.get("before", type=int)
+    before = cursor(request.args.get("before"))
     session = db_session()
     found = ae_history(session, ae, limit=HISTORY_PAGE + 1, before_key=before)
     if not found and before is None:

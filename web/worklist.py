@@ -18,6 +18,7 @@ from flask_login import login_required
 
 from mwl.domain import SpsStatus
 from mwl.worklist.daylist import ModalityCount, items_for_day, modality_counts
+from web.params import day_in_range, day_range_error
 from web.store import db_session
 
 bp = Blueprint("worklist", __name__)
@@ -128,12 +129,15 @@ def parse_day(value: str | None, today: dt.date) -> dt.date:
     try:
         if len(value) != 10:
             raise ValueError(value)
-        return dt.datetime.strptime(value, "%Y-%m-%d").date()
+        day = dt.datetime.strptime(value, "%Y-%m-%d").date()
     except ValueError:
         abort(
             400,
             description=_("The date must be a calendar date written YYYY-MM-DD, e.g. 2026-11-21."),
         )
+    if not day_in_range(day):
+        abort(400, description=day_range_error())
+    return day
 
 
 def parse_filters(args: Mapping[str, str]) -> DayFilters:

@@ -12,6 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from mwl.admin.passwords import check_password_policy, password_problem
 from mwl.admin.sessions import end_user_sessions
 from mwl.errors import UserError
 from mwl.store.models import User
@@ -157,11 +158,13 @@ def add_user(
     Raises
     ------
     UserError
-        Empty or invalid username, empty password, unknown role, or a username that
-        is already taken.
+        Empty or invalid username, unknown role, or a username that is already
+        taken; :class:`~mwl.admin.passwords.WeakPasswordError` for a password the
+        policy refuses.
     """
     name = _valid_username(username)
     checked_role = _valid_role(role)
+    check_password_policy(password, name)
     password_hash = hash_password(password)
     if session.scalar(select(User.id).where(User.username == name)) is not None:
         raise UserError(f"user {name!r} already exists", name)
@@ -224,16 +227,52 @@ def set_password(session: Session, username: str, password: str) -> User:
     A session opened with the old password (perhaps by whoever learnt it) must not
     outlive it.
 
+    The password must pass today's policy; a user told to change their password
+    (:func:`require_new_password_if_weak`) no longer is.
+
     Raises
     ------
     UserError
-        Unknown user or empty password.
+        Unknown user; :class:`~mwl.admin.passwords.WeakPasswordError` for a password
+        the policy refuses.
     """
     user = _existing(session, username)
+    check_password_policy(password, user.username)
     user.password_hash = hash_password(password)
+    user.must_change_password = False
     end_user_sessions(session, user.id)
     session.flush()
     return user
+
+
+def require_new_password_if_weak(session: Session, user_id: int, password: str) -> bool:
+    """Mark the user ``user_id`` to change their password when ``password`` is weak.
+
+    Called at login, the only time the clear-text password is known: accounts made
+    before the policy (or under an older one) keep working, but their owner is sent
+    to the change-password form until the password passes. The caller commits.
+
+    Parameters
+    ----------
+    session
+        A writer unit of work.
+    user_id
+        The database key of the user who just logged in with ``password``.
+    password
+        The password that matched.
+
+    Returns
+    -------
+    bool
+        Whether the user must now change their password.
+    """
+    user = session.get(User, user_id)
+    if user is None:
+        return False
+    if not user.must_change_password and password_problem(password, user.username) is not None:
+        user.must_change_password = True
+        session.flush()
+    return user.must_change_password
 
 
 def set_role(session: Session, username: str, role: str | Role) -> User:

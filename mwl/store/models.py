@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 
 from sqlalchemy import (
+    Boolean,
     Column,
     DateTime,
     Float,
@@ -20,6 +21,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -250,6 +252,11 @@ class User(Base):
     password_hash: Mapped[str] = mapped_column(String(255))
     role: Mapped[str] = mapped_column(String(16), default="viewer")
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    # Set at login when the password fails today's policy (mwl.admin.passwords); the
+    # web page then shows only the change-password form until a new one is set.
+    must_change_password: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=false()
+    )
 
 
 # Which scheduled steps an MPPS performed (PS3.4 F.7.2.1: the Scheduled Step Attributes

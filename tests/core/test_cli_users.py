@@ -47,10 +47,12 @@ def _add_user(database_url: str, name: str, password: str, role: str = "viewer")
 
 def test_user_passwd_role_list_and_remove(database_url: str, tmp_path: Path):
     env = broker_env(database_url)
-    _ok(["user", "add", "Zed", "--role", "editor"], env, tmp_path, "first pw\n")
-    _add_user(database_url, "amy", "amy pw")
+    _ok(["user", "add", "Zed", "--role", "editor"], env, tmp_path, "the first pass phrase\n")
+    _add_user(database_url, "amy", "her own pass phrase")
 
-    assert "password of zed changed" in _ok(["user", "passwd", "ZED"], env, tmp_path, "second\n")
+    assert "password of zed changed" in _ok(
+        ["user", "passwd", "ZED"], env, tmp_path, "the second pass phrase\n"
+    )
     assert "zed now has role admin" in _ok(["user", "role", "zed", "admin"], env, tmp_path)
     listed = _ok(["user", "list"], env, tmp_path)
     assert listed.splitlines()[0].split() == ["NAME", "ROLE", "CREATED"]
@@ -62,15 +64,15 @@ def test_user_passwd_role_list_and_remove(database_url: str, tmp_path: Path):
     try:
         with make_session_factory(engine)() as session:
             assert [u.username for u in list_users(session)] == ["zed"]
-            assert authenticate(session, "zed", "second") is not None
-            assert authenticate(session, "zed", "first pw") is None
+            assert authenticate(session, "zed", "the second pass phrase") is not None
+            assert authenticate(session, "zed", "the first pass phrase") is None
     finally:
         engine.dispose()
 
 
 def test_user_commands_refuse_bad_input_with_one_line(database_url: str, tmp_path: Path):
     env = broker_env(database_url)
-    _add_user(database_url, "amy", "amy pw")
+    _add_user(database_url, "amy", "her own pass phrase")
     assert "no user 'bob'" in _fails(["user", "passwd", "bob"], env, tmp_path)
     assert "must not be empty" in _fails(["user", "passwd", "amy"], env, tmp_path, "\n")
     # Nothing changed: amy keeps her role and her password.
@@ -79,14 +81,14 @@ def test_user_commands_refuse_bad_input_with_one_line(database_url: str, tmp_pat
         with make_session_factory(engine)() as session:
             (amy,) = list_users(session)
             assert amy.role == "viewer"
-            assert authenticate(session, "amy", "amy pw") is not None
+            assert authenticate(session, "amy", "her own pass phrase") is not None
     finally:
         engine.dispose()
 
 
 def test_token_add_list_and_revoke(database_url: str, tmp_path: Path):
     env = broker_env(database_url)
-    _add_user(database_url, "ris", "pw", "editor")
+    _add_user(database_url, "ris", "the import pass phrase", "editor")
     added = run_mwl(["token", "add", "RIS", "--name", "import"], env, tmp_path)
     assert added.returncode == 0, added.stderr
     token = added.stdout.strip()
@@ -121,3 +123,34 @@ def test_an_unknown_role_is_a_usage_error(tmp_path: Path):
     result = run_mwl(["user", "role", "amy", "root"], env, tmp_path)
     assert result.returncode == 2 and "invalid choice: 'root'" in result.stderr
     assert not (tmp_path / "never-created.db").exists()
+
+
+def test_weak_passwords_are_refused_by_user_add_and_passwd(database_url: str, tmp_path: Path):
+    env = broker_env(database_url)
+    # The three the issue found accepted for an admin, then the user's own name.
+    assert "shorter than 15" in _fails(
+        ["user", "add", "root", "--role", "admin"], env, tmp_path, "a\n"
+    )
+    assert "shorter than 15" in _fails(
+        ["user", "add", "root", "--role", "admin"], env, tmp_path, " \n"
+    )
+    assert "shorter than 15" in _fails(
+        ["user", "add", "root", "--role", "admin"], env, tmp_path, "password\n"
+    )
+    assert "common passwords" in _fails(
+        ["user", "add", "root", "--role", "admin"], env, tmp_path, "1Q2W3E4R5T6Y7U8I9O0P\n"
+    )
+    assert "user name" in _fails(
+        ["user", "add", "root", "--role", "admin"], env, tmp_path, "I am Root, and proud of it\n"
+    )
+    _ok(["user", "add", "root", "--role", "admin"], env, tmp_path, "the first pass phrase\n")
+    assert "shorter than 15" in _fails(["user", "passwd", "root"], env, tmp_path, "password\n")
+
+    engine = make_engine(database_url)
+    try:
+        with make_session_factory(engine)() as session:
+            assert [u.username for u in list_users(session)] == ["root"]
+            assert authenticate(session, "root", "the first pass phrase") is not None
+            assert authenticate(session, "root", "password") is None
+    finally:
+        engine.dispose()

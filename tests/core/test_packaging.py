@@ -61,3 +61,8 @@ def test_wheel_has_templates_and_static_files(wheel_names: set[str]):
     for path in (ROOT / "web").rglob("*"):
         if path.is_file() and path.suffix in {".html", ".css"}:
             assert path.relative_to(ROOT).as_posix() in wheel_names
+
+
+def test_wheel_has_the_common_password_list_and_its_licence(wheel_names: set[str]):
+    assert "mwl/admin/common_passwords.txt" in wheel_names
+    assert "mwl/admin/common_passwords.LICENSE" in wheel_names

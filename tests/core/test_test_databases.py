@@ -57,7 +57,7 @@ def test_each_copy_is_at_head_and_empty_whatever_the_last_test_did(backend, tmp_
                 engine = make_engine(url)
                 try:
                     with make_session_factory(engine, writer=True).begin() as session:
-                        add_user(session, f"user{number}", "pw", "viewer")
+                        add_user(session, f"user{number}", "a long enough pass phrase", "viewer")
                         # Row numbers start at 1 every time, as in a new database.
                         assert session.scalar(select(User.id)) == 1
                     if dirt is not None:

@@ -26,8 +26,8 @@ T0 = dt.datetime(2030, 5, 6, 7, 8, 9)
 @pytest.fixture
 def users(session_factory):
     with session_factory.begin() as session:
-        add_user(session, "alice", "pw", "viewer")
-        add_user(session, "bob", "pw", "editor")
+        add_user(session, "alice", "her own pass phrase", "viewer")
+        add_user(session, "bob", "his own pass phrase", "editor")
 
 
 def test_create_token_returns_it_once_and_stores_only_its_hash(session_factory, users):

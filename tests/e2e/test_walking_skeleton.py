@@ -209,10 +209,10 @@ def test_db_upgrade_is_repeatable(empty_database_url: str, tmp_path: Path):
     for _ in range(2):
         result = run_mwl(["db", "upgrade"], env, tmp_path)
         assert result.returncode == 0, result.stderr
-    duplicate = run_mwl(["user", "add", "Ann"], env, tmp_path, "pw1\n")
+    duplicate = run_mwl(["user", "add", "Ann"], env, tmp_path, "the first pass phrase\n")
     assert duplicate.returncode == 0, duplicate.stderr
-    again = run_mwl(["user", "add", "ann"], env, tmp_path, "pw2\n")
-    assert again.returncode == 1
+    again = run_mwl(["user", "add", "ann"], env, tmp_path, "the second pass phrase\n")
+    assert again.returncode == 1 and "already exists" in again.stderr
     assert again.stderr.startswith("mwl: ") and len(again.stderr.strip().splitlines()) == 1
 
 

@@ -156,7 +156,7 @@ def test_repeated_failures_are_limited_per_username_and_address(client, user, pa
 def test_a_password_change_ends_existing_sessions(logged_in, session_factory, user):
     assert logged_in.get("/").status_code == 200
     with session_factory.begin() as session:
-        set_password(session, user, "a new password")
+        set_password(session, user, "a new password, long enough")
     assert logged_in.get("/").status_code == 302
 
 

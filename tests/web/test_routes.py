@@ -49,6 +49,8 @@ ACCESS: dict[tuple[str, str], Role | str] = {
     ("tokens.index", "GET"): Role.VIEWER,
     ("tokens.create", "POST"): Role.VIEWER,
     ("tokens.revoke", "POST"): Role.VIEWER,
+    ("account.password", "GET"): Role.VIEWER,
+    ("account.password", "POST"): Role.VIEWER,
     ("admin.index", "GET"): Role.ADMIN,
     ("admin.aes", "GET"): Role.ADMIN,
     ("admin.aes", "POST"): Role.ADMIN,
