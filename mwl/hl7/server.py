@@ -43,6 +43,7 @@ from mwl.admin.overrides import LiveSettings
 from mwl.config import Settings
 from mwl.hl7.intake import Intake
 from mwl.hl7.mllp import FramingError, MllpFramer, frame
+from mwl.listening import Listener, Wakeup, listening_socket, ready_listeners
 from mwl.ratelog import RateLimitedLog
 from mwl.tls import ReloadingContext, TlsFiles, peer_subject
 
@@ -56,12 +57,6 @@ _RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 _STOP_JOIN_SECONDS = 30.0
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-@dataclass
-class _Listener:
-    sock: socket.socket
-    tls: ReloadingContext | None
 
 
 @dataclass(eq=False)
@@ -116,14 +111,14 @@ class Hl7Server:
         self._allowed: tuple[Network, ...] = tuple(
             ipaddress.ip_network(peer) for peer in settings.hl7_allowed_peers
         )
-        self._listeners: list[_Listener] = []
+        self._listeners: list[Listener] = []
         self._lock = threading.Lock()
         self._connections: set[_Connection] = set()
         self._by_address: Counter[str] = Counter()
         self._threads: set[threading.Thread] = set()
         self._stopping = threading.Event()
         self._accept_thread: threading.Thread | None = None
-        self._wake_r = self._wake_w = -1
+        self._wakeup: Wakeup | None = None
         self._serial = 0
 
     # ------------------------------------------------------------------ lifecycle
@@ -159,8 +154,7 @@ class Hl7Server:
             self._listeners.clear()
             raise
         self._stopping.clear()
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
+        self._wakeup = Wakeup()
         self._accept_thread = threading.Thread(
             target=self._accept_loop, name=f"hl7-listener-{self.address[1]}", daemon=True
         )
@@ -170,17 +164,7 @@ class Hl7Server:
             logger.info("HL7 listener over TLS on %s:%d", *self.tls_address)
 
     def _listen(self, host: str, port: int, tls: ReloadingContext | None) -> None:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((host, port))
-            sock.listen(min(socket.SOMAXCONN, 1024))
-            sock.setblocking(False)
-        except OSError:
-            sock.close()
-            raise
-        self._listeners.append(_Listener(sock, tls))
+        self._listeners.append(Listener(listening_socket(host, port), tls))
 
     @property
     def address(self) -> tuple[str, int]:
@@ -211,10 +195,8 @@ class Hl7Server:
         if thread is None:
             return
         self._stopping.set()
-        try:
-            os.write(self._wake_w, b"x")
-        except OSError:
-            pass
+        if self._wakeup is not None:
+            self._wakeup.wake()
         thread.join(_STOP_JOIN_SECONDS)
         for listener in self._listeners:
             listener.sock.close()
@@ -232,8 +214,9 @@ class Hl7Server:
         deadline = time.monotonic() + _STOP_JOIN_SECONDS
         for connection_thread in threads:
             connection_thread.join(max(0.0, deadline - time.monotonic()))
-        os.close(self._wake_r)
-        os.close(self._wake_w)
+        if self._wakeup is not None:
+            self._wakeup.close()
+            self._wakeup = None
         self._accept_thread = None
         logger.info("HL7 listener stopped")
 
@@ -247,18 +230,11 @@ class Hl7Server:
     # ------------------------------------------------------------------ accepting
 
     def _accept_loop(self) -> None:
-        poller = select.poll()
-        poller.register(self._wake_r, select.POLLIN)
-        by_fd = {}
-        for listener in self._listeners:
-            poller.register(listener.sock.fileno(), select.POLLIN)
-            by_fd[listener.sock.fileno()] = listener
-        while not self._stopping.is_set():
-            for fd, _events in poller.poll():
-                if fd != self._wake_r and not self._stopping.is_set():
-                    self._accept(by_fd[fd])
+        assert self._wakeup is not None  # made by start() before this thread
+        for listener in ready_listeners(self._listeners, self._wakeup, self._stopping):
+            self._accept(listener)
 
-    def _accept(self, listener: _Listener) -> None:
+    def _accept(self, listener: Listener) -> None:
         try:
             sock, address = listener.sock.accept()
         except (BlockingIOError, InterruptedError, ConnectionAbortedError):

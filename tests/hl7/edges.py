@@ -46,12 +46,22 @@ def message(control_id: str) -> bytes:
 
 
 def exchange(sock: socket.socket, payload: bytes, timeout: float = 10.0) -> bytes:
-    """Send one framed message and return the ACK payload (b"" when the peer closed)."""
+    """Send one framed message and return the ACK payload (b"" when the peer closed).
+
+    A peer that closes with our bytes unread makes the kernel answer them with a
+    reset, so a refusal shows as a reset as often as an end of stream: both are b"".
+    """
     sock.settimeout(timeout)
-    sock.sendall(frame(payload))
     framer = MllpFramer()
+    try:
+        sock.sendall(frame(payload))
+    except (BrokenPipeError, ConnectionResetError):
+        return b""
     while True:
-        data = sock.recv(65536)
+        try:
+            data = sock.recv(65536)
+        except ConnectionResetError:
+            return b""
         if not data:
             return b""
         frames = framer.feed(data)

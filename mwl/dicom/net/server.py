@@ -23,7 +23,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import select
 import socket
 import ssl
 import threading
@@ -42,6 +41,7 @@ from mwl.dicom.net.negotiation import (
     supported_contexts,
 )
 from mwl.dicom.net.service import Services
+from mwl.listening import Listener, Wakeup, listening_socket, ready_listeners
 from mwl.ratelog import RateLimitedLog
 from mwl.tls import ReloadingContext, peer_subject
 
@@ -73,12 +73,6 @@ class AssociationLimits:
 CallerPolicy = Callable[[Association, AssociateRequest], Rejection | None]
 
 
-@dataclass
-class _Listener:
-    sock: socket.socket
-    tls: ReloadingContext | None
-
-
 class AssociationServer:
     """Serves DICOM associations on one or more ports until :meth:`shutdown`.
 
@@ -108,7 +102,7 @@ class AssociationServer:
         # Lines a peer can provoke at will, at most one per kind and minute.
         self.rate_log = RateLimitedLog(logger)
         self._supported: list[PresentationContext] = supported_contexts(services.abstract_syntaxes)
-        self._listeners: list[_Listener] = []
+        self._listeners: list[Listener] = []
         self._lock = threading.Lock()
         self._open: set[Association] = set()
         self._threads: dict[Association, threading.Thread] = {}
@@ -116,8 +110,7 @@ class AssociationServer:
         self._established_by_address: Counter[str] = Counter()
         self._established_by_ae: Counter[str] = Counter()
         self._established: set[Association] = set()
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
+        self._wakeup = Wakeup()
         self._stopping = threading.Event()
         self._accept_thread: threading.Thread | None = None
         self._serial = 0
@@ -137,17 +130,8 @@ class AssociationServer:
         OSError
             The address cannot be bound.
         """
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((host, port))
-            sock.listen(min(socket.SOMAXCONN, 1024))
-            sock.setblocking(False)
-        except OSError:
-            sock.close()
-            raise
-        self._listeners.append(_Listener(sock, tls))
+        sock = listening_socket(host, port)
+        self._listeners.append(Listener(sock, tls))
         bound = sock.getsockname()
         return str(bound[0]), int(bound[1])
 
@@ -242,19 +226,10 @@ class AssociationServer:
     # -- accepting --------------------------------------------------------------------
 
     def _accept_loop(self) -> None:
-        poller = select.poll()
-        poller.register(self._wake_r, select.POLLIN)
-        by_fd = {}
-        for listener in self._listeners:
-            poller.register(listener.sock.fileno(), select.POLLIN)
-            by_fd[listener.sock.fileno()] = listener
-        while not self._stopping.is_set():
-            for fd, _events in poller.poll():
-                if fd == self._wake_r:
-                    continue
-                self._accept(by_fd[fd])
+        for listener in ready_listeners(self._listeners, self._wakeup, self._stopping):
+            self._accept(listener)
 
-    def _accept(self, listener: _Listener) -> None:
+    def _accept(self, listener: Listener) -> None:
         try:
             sock, address = listener.sock.accept()
         except (BlockingIOError, InterruptedError, ConnectionAbortedError):
@@ -339,10 +314,7 @@ class AssociationServer:
         if self._stopping.is_set():
             return
         self._stopping.set()
-        try:
-            os.write(self._wake_w, b"x")
-        except OSError:
-            pass
+        self._wakeup.wake()
         if self._accept_thread is not None:
             self._accept_thread.join(_STOP_JOIN_SECONDS)
         for listener in self._listeners:
@@ -355,8 +327,7 @@ class AssociationServer:
         deadline = time.monotonic() + _STOP_JOIN_SECONDS
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
-        os.close(self._wake_r)
-        os.close(self._wake_w)
+        self._wakeup.close()
 
 
 def _subject_if_verified(sock: socket.socket) -> str:
