@@ -130,6 +130,11 @@ def test_every_line_is_json_with_its_correlation(tmp_path: Path):
     )
     assert accepted["hl7_control_id"] == accepted["correlation_id"] == CONTROL_ID
     assert accepted["peer"].startswith("127.0.0.1:")
+    # The connection's own lines name the sender's address.
+    connected = _one(
+        [f for f in logged if f["message"].startswith("HL7 connection from")], "the connection"
+    )
+    assert connected["peer"] == accepted["peer"] and "hl7_control_id" not in connected
 
     # Each C-FIND line names its association, calling AE title and peer ...
     ids = {}
