@@ -23,7 +23,7 @@ from mwl import __version__
 from mwl.config import Settings, load_settings
 from mwl.descriptors import raise_open_file_limit
 from mwl.errors import MwlError, SettingsError, UserError
-from mwl.logs import ContextFilter, make_formatter
+from mwl.logs import ContextFilter, make_formatter, route_stray_output
 from mwl.store.engine import make_engine, make_session_factory
 from mwl.tls import ReloadingContext, TlsFiles
 
@@ -52,6 +52,7 @@ def configure_logging(settings: Settings) -> None:
     # The adapters' correlation context (association, MSH-10, request id): mwl.logs.
     handler.addFilter(ContextFilter())
     logging.basicConfig(level=settings.log_level.upper(), handlers=[handler], force=True)
+    route_stray_output()
     # Alembic announces its context on every start; the CLI says what it did instead.
     logging.getLogger("alembic").setLevel(logging.WARNING)
     # The broker's association layer uses pynetdicom's encoders only, which log

@@ -18,8 +18,10 @@ import datetime as dt
 import json
 import logging
 import secrets
+import sys
+import threading
 from collections.abc import Iterator, Mapping
-from types import MappingProxyType
+from types import MappingProxyType, TracebackType
 
 # One immutable mapping per context: a nested log_context extends it and its exit
 # restores the outer one, whatever the thread did in between.
@@ -42,6 +44,7 @@ _COMPONENTS = (
     ("mwl.store", "store"),
     ("sqlalchemy", "store"),
     ("alembic", "store"),
+    ("py.warnings", "python"),
     ("mwl.", ""),
 )
 
@@ -167,3 +170,34 @@ def make_formatter(log_format: str) -> logging.Formatter:
 def _rfc3339(created: float) -> str:
     moment = dt.datetime.fromtimestamp(created, dt.UTC)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def route_stray_output() -> None:
+    """Send warnings and uncaught exceptions through logging, not raw to stderr.
+
+    Otherwise a traceback of a thread that died, or a library's warning, would be
+    lines of their own between the JSON lines (and lines without a level in text).
+    """
+    logging.captureWarnings(True)
+    uncaught = logging.getLogger("mwl.uncaught")
+
+    def log_exception(
+        kind: type[BaseException], value: BaseException, trace: TracebackType | None
+    ) -> None:
+        if issubclass(kind, KeyboardInterrupt):
+            sys.__excepthook__(kind, value, trace)
+            return
+        uncaught.critical("uncaught exception", exc_info=(kind, value, trace))
+
+    def log_thread_exception(args: threading.ExceptHookArgs) -> None:
+        if args.exc_type is SystemExit:
+            return
+        name = args.thread.name if args.thread is not None else "?"
+        uncaught.error(
+            "uncaught exception in thread %s",
+            name,
+            exc_info=(args.exc_type, args.exc_value or args.exc_type(), args.exc_traceback),
+        )
+
+    sys.excepthook = log_exception
+    threading.excepthook = log_thread_exception

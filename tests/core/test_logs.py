@@ -6,6 +6,8 @@ import datetime as dt
 import io
 import json
 import logging
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -145,3 +147,35 @@ def test_log_format_setting():
     assert load_settings(None, {"MWL_LOG_FORMAT": "json"}).log_format == "json"
     with pytest.raises(SettingsError, match="log_format"):
         load_settings(None, {"MWL_LOG_FORMAT": "xml"})
+
+
+STRAY = """
+import threading, warnings
+from mwl.cli import configure_logging
+from mwl.config import load_settings
+
+configure_logging(load_settings(None, {"MWL_LOG_FORMAT": "json"}))
+warnings.warn("a library's warning", UserWarning)
+def crash():
+    raise RuntimeError("thread died")
+thread = threading.Thread(target=crash, name="worker-1")
+thread.start()
+thread.join()
+raise ValueError("main died")
+"""
+
+
+def test_warnings_and_uncaught_exceptions_are_json_lines_too(tmp_path):
+    # In a process of its own: the hooks are process-wide (pytest has its own).
+    ran = subprocess.run(
+        [sys.executable, "-c", STRAY], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    assert ran.returncode == 1
+    lines = [json.loads(line) for line in ran.stderr.splitlines()]
+    warning, thread, main = lines
+    assert (warning["level"], warning["component"]) == ("WARNING", "python")
+    assert "a library's warning" in warning["message"]
+    assert thread["level"] == "ERROR" and "worker-1" in thread["message"]
+    assert str(thread["exception"]).endswith("RuntimeError: thread died")
+    assert main["level"] == "CRITICAL"
+    assert str(main["exception"]).endswith("ValueError: main died")
