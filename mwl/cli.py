@@ -23,6 +23,7 @@ from mwl import __version__
 from mwl.config import Settings, load_settings
 from mwl.descriptors import raise_open_file_limit
 from mwl.errors import MwlError, SettingsError, UserError
+from mwl.logs import ContextFilter, make_formatter, route_stray_output
 from mwl.store.engine import make_engine, make_session_factory
 from mwl.tls import ReloadingContext, TlsFiles
 
@@ -46,12 +47,12 @@ ROLES = ["viewer", "editor", "admin"]
 
 def configure_logging(settings: Settings) -> None:
     """Log to standard error; the only place that installs handlers."""
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-        force=True,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(make_formatter(settings.log_format))
+    # The adapters' correlation context (association, MSH-10, request id): mwl.logs.
+    handler.addFilter(ContextFilter())
+    logging.basicConfig(level=settings.log_level.upper(), handlers=[handler], force=True)
+    route_stray_output()
     # Alembic announces its context on every start; the CLI says what it did instead.
     logging.getLogger("alembic").setLevel(logging.WARNING)
     # The broker's association layer uses pynetdicom's encoders only, which log

@@ -304,6 +304,8 @@ class Settings:
     # Identifiers and message bodies are patient data: logged only when asked, at DEBUG.
     log_phi: bool = False
     log_level: str = "INFO"
+    # "text" (one readable line) or "json" (one JSON object a line, mwl.logs).
+    log_format: str = "text"
     # Worklist C-FIND: response Specific Character Set, match limit (0 = none),
     # per-calling-AE profiles, and whether only the AEs listed there may associate.
     dicom_response_charset: str = "ISO_IR 192"
@@ -423,6 +425,8 @@ def _validate(settings: Settings) -> None:
     _validate_web(settings)
     if settings.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise SettingsError("log_level", f"{settings.log_level!r} is not DEBUG/INFO/WARNING/ERROR")
+    if settings.log_format.lower() not in {"text", "json"}:
+        raise SettingsError("log_format", f"{settings.log_format!r} is not text/json")
 
 
 def _validate_listeners(settings: Settings) -> None:

@@ -35,6 +35,7 @@ from web import (
 )
 from web import tokens as token_page
 from web.proxies import TrustedProxies
+from web.request_ids import RequestIds
 from web.store import (
     Hl7Describer,
     Hl7Reprocessor,
@@ -163,6 +164,7 @@ def create_app(
     app.register_error_handler(CSRFError, _csrf_error)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _server_error)
+    app.wsgi_app = RequestIds(app.wsgi_app)  # type: ignore[method-assign]
     if settings.web_trusted_proxies:
         app.wsgi_app = TrustedProxies(app.wsgi_app, settings.web_trusted_proxies)  # type: ignore[method-assign]
     return app

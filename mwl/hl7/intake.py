@@ -42,6 +42,7 @@ from mwl.hl7.errors import (
 from mwl.hl7.grammar import MessageHeader, codec_for, safe_header
 from mwl.hl7.order_mapping import MappingOptions
 from mwl.hl7.parse import parse_message
+from mwl.logs import log_context
 from mwl.operations.messages import original_ack, record_message
 from mwl.orders.apply import OrderOutcome, apply_order, status_table
 from mwl.orders.message_links import link_order, link_patient
@@ -355,6 +356,11 @@ class Intake:
 
     def _handle(self, raw: bytes, peer: str) -> bytes:
         header = safe_header(raw, self.settings.hl7_default_charset)
+        # MSH-10 names the message in every line logged while it is handled (mwl.logs).
+        with log_context(hl7_control_id=header.message_control_id if header else "", peer=peer):
+            return self._handle_message(raw, peer, header)
+
+    def _handle_message(self, raw: bytes, peer: str, header: MessageHeader | None) -> bytes:
         if self.settings.log_phi:
             logger.debug("HL7 message from %s: %r", peer, raw)
         received = _Received.of(raw, peer, header)

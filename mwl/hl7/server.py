@@ -44,6 +44,7 @@ from mwl.config import Settings
 from mwl.hl7.intake import Intake
 from mwl.hl7.mllp import FramingError, MllpFramer, frame
 from mwl.listening import Listener, Wakeup, listening_socket, ready_listeners
+from mwl.logs import log_context
 from mwl.ratelog import RateLimitedLog
 from mwl.tls import ReloadingContext, TlsFiles, peer_subject
 
@@ -319,6 +320,12 @@ class Hl7Server:
     # ------------------------------------------------------------------ connection
 
     def _run_connection(self, connection: _Connection, tls: ReloadingContext | None) -> None:
+        # The sender's address on every line of this connection (mwl.logs); each
+        # message adds its MSH-10 (mwl.hl7.intake).
+        with log_context(peer=connection.peer):
+            self._run_logged(connection, tls)
+
+    def _run_logged(self, connection: _Connection, tls: ReloadingContext | None) -> None:
         try:
             connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if tls is None or self._handshake(connection, tls):

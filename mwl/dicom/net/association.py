@@ -74,6 +74,7 @@ from mwl.dicom.net.service import (
     Requestor,
     Services,
 )
+from mwl.logs import bind, log_context, new_id
 from mwl.ratelog import RateLimitedLog
 
 logger = logging.getLogger(__name__)
@@ -229,6 +230,8 @@ class Association:
     ) -> None:
         self.address = address
         self.settings = settings
+        # Names this association in every log line of its thread (mwl.logs).
+        self.log_id = new_id()
         self.channel = Channel(sock)
         self.calling_ae_title = ""
         self.established = False
@@ -263,6 +266,10 @@ class Association:
 
     def run(self) -> None:
         """Serve the association until it ends; close the socket; report the close."""
+        with log_context(association=self.log_id, peer=self.peer):
+            self._run_logged()
+
+    def _run_logged(self) -> None:
         try:
             self._run()
         except (ConnectionClosedError, _Ended):
@@ -300,6 +307,8 @@ class Association:
             raise PduError(framing.REASON_UNEXPECTED_PDU, f"PDU type 0x{pdu.type:02X} first")
         request = read_request(pdu.data)
         self.calling_ae_title = request.calling_ae_title
+        # Until the thread ends: run()'s log_context is reset with it.
+        bind(calling_ae=request.calling_ae_title, called_ae=request.called_ae_title)
         rejection = protocol_rejection(request) or self._policy.admit(self, request)
         if rejection is not None:
             self._reject(request, rejection)
