@@ -153,6 +153,12 @@ class AssociationServer:
         )
         self._accept_thread.start()
 
+    @property
+    def serving(self) -> bool:
+        """Whether the listeners are bound and accepting (for ``/health``)."""
+        thread = self._accept_thread
+        return thread is not None and thread.is_alive() and not self._stopping.is_set()
+
     # -- counts -----------------------------------------------------------------------
 
     @property
