@@ -48,7 +48,7 @@ OTHER = "other"
 
 # The *_created series double every counter for a use (counter resets) that
 # Prometheus handles by itself.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 REGISTRY = CollectorRegistry()
 ProcessCollector(registry=REGISTRY)
 PlatformCollector(registry=REGISTRY)
