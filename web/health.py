@@ -18,7 +18,7 @@ import logging
 from collections.abc import Callable, Mapping
 
 from flask import Blueprint, Response, abort, jsonify, request
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import generate_latest
 
 from mwl.operations import metrics
 from mwl.operations.health import database_readiness
@@ -28,6 +28,9 @@ logger = logging.getLogger(__name__)
 
 bp = Blueprint("health", __name__)
 
+# The classic text format, which every Prometheus (Debian's 2.x too) reads;
+# generate_latest writes it.
+EXPOSITION_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Lent by the composition root: each listener's name -> whether it is bound now.
 ListenerStatus = Callable[[], Mapping[str, bool]]
 
@@ -57,7 +60,7 @@ def _only_allowed_networks() -> None:
 @bp.get("/metrics")
 def metrics_page() -> Response:
     """The Prometheus exposition of :data:`mwl.operations.metrics.REGISTRY`."""
-    if not metrics.enabled():
+    if not state().settings.metrics_enabled:
         abort(404)
     token = state().settings.metrics_token
     if token:
@@ -67,7 +70,7 @@ def metrics_page() -> Response:
             response = Response("a bearer token is required\n", 401, mimetype="text/plain")
             response.headers["WWW-Authenticate"] = 'Bearer realm="mwl metrics"'
             return response
-    return Response(generate_latest(metrics.REGISTRY), 200, content_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(metrics.REGISTRY), 200, content_type=EXPOSITION_TYPE)
 
 
 @bp.get("/health")
