@@ -147,9 +147,10 @@ def main(argv: list[str] | None = None) -> int:
                     stop.set()
                     if scraper is not None:
                         scraper.join(timeout=15)
+                p95 = benchlib.percentile(latencies[mode][-args.queries :], 95) * 1000
                 print(
                     f"round {round_number + 1} metrics {mode}: {rates[mode][-1]:.1f} msg/s,"
-                    f" C-FIND p95 {benchlib.percentile(latencies[mode][-args.queries :], 95) * 1000:.2f} ms",
+                    f" C-FIND p95 {p95:.2f} ms",
                     flush=True,
                 )
     finally:
