@@ -65,6 +65,8 @@ def test_prometheus_reads_the_counters_of_a_scripted_run(database_url, tmp_path)
         uid = generate_uid()
         assert n_create(address, n_create_dataset(reference(STUDY, sps_id)), uid).code == 0
         assert n_set(address, n_set_dataset("COMPLETED"), uid).code == 0
+        # An N-SET for an MPPS the broker never created is refused, and counted so.
+        assert n_set(address, n_set_dataset("COMPLETED"), generate_uid()).code != 0
 
         with running_prometheus(
             tmp_path / "prometheus", f"127.0.0.1:{broker.web_port}", TOKEN
@@ -82,6 +84,7 @@ def test_prometheus_reads_the_counters_of_a_scripted_run(database_url, tmp_path)
                 "mwl_dicom_cfind_matches_sum": 2,
                 'mwl_dicom_mpps_total{operation="N-CREATE",status="IN PROGRESS"}': 1,
                 'mwl_dicom_mpps_total{operation="N-SET",status="COMPLETED"}': 1,
+                'mwl_dicom_mpps_total{operation="N-SET",status="refused"}': 1,
                 "mwl_dicom_associations_open": 0,
                 "mwl_outbox_pending": 0,
                 "mwl_database_up": 1,
