@@ -11,7 +11,7 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -353,6 +353,7 @@ def web_app(
     readers: sessionmaker[Session],
     writers: sessionmaker[Session],
     live: LiveSettings,
+    listener_status: Callable[[], Mapping[str, bool]] | None = None,
 ) -> Flask:
     """The admin web page, lent the HL7 and DICOM services it shows and drives.
 
@@ -376,6 +377,7 @@ def web_app(
         hl7_describer=describe_message,
         query_previewer=WorklistPreviewer(live, readers),
         item_lister=list_item,
+        listener_status=listener_status,
     )
 
 
@@ -399,6 +401,7 @@ def serve(settings: Settings) -> int:
     from mwl.dicom.scp import WorklistScp
     from mwl.hl7.sender import OutboxSender
     from mwl.hl7.server import Hl7Server
+    from mwl.operations import metrics
     from mwl.operations.retention import Housekeeper
     from mwl.store.migrate import upgrade
     from web.server import WebServer
@@ -408,6 +411,7 @@ def serve(settings: Settings) -> int:
     # Every connection costs a descriptor: as many as the system allows (mwl.descriptors).
     raise_open_file_limit()
     engine = make_engine(settings.database_url)
+    metrics.configure(enabled=settings.metrics_enabled)
     stop = threading.Event()
 
     def request_stop(signum: int, _frame: FrameType | None) -> None:
@@ -420,6 +424,7 @@ def serve(settings: Settings) -> int:
     upgrade(engine)
     readers = make_session_factory(engine)
     writers = make_session_factory(engine, writer=True)
+    metrics.watch_database(engine, readers)
     # Settings changed on the admin page reach every service through one LiveSettings;
     # it reads with a reader session, so it never waits for SQLite's write lock.
     live = LiveSettings(settings, readers)
@@ -433,7 +438,13 @@ def serve(settings: Settings) -> int:
         scp.start()
         services.append(scp)
         web = WebServer(
-            web_app(settings, readers, writers, live),
+            web_app(
+                settings,
+                readers,
+                writers,
+                live,
+                lambda: {"hl7": hl7.serving, "dicom": scp.serving},
+            ),
             settings.bind_address,
             settings.web_port,
             tls=web_tls(settings),

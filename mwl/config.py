@@ -397,6 +397,23 @@ class Settings:
     order_accession_prefix: str = "EM"
     order_unidentified_id_prefix: str = "TMP"
     order_unidentified_name: str = "UNKNOWN^{sex}^{time}"
+    # Monitoring (docs/admin-guide.md, "Monitoring"): /metrics (Prometheus), /health and
+    # /ready (probes) answer without a login, to clients in these networks only; with a
+    # token set, /metrics also wants "Authorization: Bearer <token>". metrics_enabled
+    # = false records nothing and answers /metrics with 404 (the probes stay).
+    metrics_enabled: bool = True
+    metrics_token: str = field(default="", repr=False)
+    metrics_allowed_networks: tuple[str, ...] = field(
+        default=(
+            "127.0.0.0/8",
+            "::1/128",
+            "10.0.0.0/8",
+            "172.16.0.0/12",
+            "192.168.0.0/16",
+            "fc00::/7",
+        ),
+        metadata={"convert": _hl7_allowed_peers},
+    )
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -409,6 +426,7 @@ class Settings:
         """The effective settings without secrets, for the start-up log."""
         values = dataclasses.asdict(self)
         values["web_secret_key"] = "(set)" if self.web_secret_key else "(random per process)"
+        values["metrics_token"] = "(set)" if self.metrics_token else ""
         url = make_url(self.database_url)
         values["database_url"] = url.render_as_string(hide_password=True)
         return values

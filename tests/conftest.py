@@ -41,6 +41,7 @@ SERVER_FIXTURES = frozenset(
         "fuzz_server",
         "hl7_server",
         "orthanc",
+        "own_postgres",  # tests/e2e/test_readiness.py: a PostgreSQL of the test's own
         "profiled_scp",
         "ris",  # tests/mpps: the test RIS, an MLLP listener
         "scp",

@@ -54,5 +54,8 @@ OPENSSL = Peer(Path("/usr/bin/openssl"), "openssl")
 NMAP = Peer(Path("/usr/bin/nmap"), "nmap")
 CHROMIUM = Peer(Path("/usr/bin/chromium"), "chromium")
 NODE = Peer(Path("/usr/bin/node"), "nodejs")
+# Scrapes the broker's /metrics (tests/e2e/test_monitoring.py); promtool checks the rules.
+PROMETHEUS = Peer(Path("/usr/bin/prometheus"), "prometheus")
+PROMTOOL = Peer(Path("/usr/bin/promtool"), "prometheus")
 
-ALL = (FINDSCU, ECHOSCU, DUMP2DCM, ORTHANC, OPENSSL, NMAP, CHROMIUM, NODE)
+ALL = (FINDSCU, ECHOSCU, DUMP2DCM, ORTHANC, OPENSSL, NMAP, CHROMIUM, NODE, PROMETHEUS, PROMTOOL)

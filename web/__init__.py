@@ -25,6 +25,7 @@ from web import (
     api,
     auth,
     display,
+    health,
     i18n,
     items,
     messages,
@@ -61,6 +62,7 @@ def create_app(
     query_previewer: QueryPreviewer | None = None,
     hl7_describer: Hl7Describer | None = None,
     item_lister: ItemLister | None = None,
+    listener_status: health.ListenerStatus | None = None,
 ) -> Flask:
     """Build the admin web application.
 
@@ -84,6 +86,8 @@ def create_app(
         What a modality receives for an item (``mwl.dicom.listing.item_attributes``
         with the settings bound), for the item page; without it the page shows the
         stored values only.
+    listener_status
+        Whether each listener (HL7, DICOM) is bound, for ``/health`` (:mod:`web.health`).
 
     Returns
     -------
@@ -133,6 +137,7 @@ def create_app(
         query_previewer=query_previewer,
         hl7_describer=hl7_describer,
         item_lister=item_lister,
+        listener_status=listener_status,
     )
 
     csrf = CSRFProtect(app)
@@ -146,6 +151,7 @@ def create_app(
     app.register_blueprint(auth.bp)
     app.register_blueprint(i18n.bp)
     app.register_blueprint(status.bp)
+    app.register_blueprint(health.bp)
     app.register_blueprint(worklist.bp)
     app.register_blueprint(messages.bp)
     app.register_blueprint(scanners.bp)

@@ -73,6 +73,8 @@ class WebState:
     hl7_describer: Hl7Describer | None = None
     query_previewer: QueryPreviewer | None = None
     item_lister: ItemLister | None = None
+    # For /health: each listener's name -> whether it is bound (web.health).
+    listener_status: Callable[[], Mapping[str, bool]] | None = None
 
 
 def state() -> WebState:

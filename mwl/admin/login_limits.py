@@ -28,6 +28,7 @@ from sqlalchemy import case, delete, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from mwl.operations import metrics
 from mwl.operations.audit import record_event
 from mwl.store.models import LoginFailure, utcnow
 
@@ -134,6 +135,7 @@ def record_failure(
 ) -> None:
     """Count a wrong password (or unknown user) and audit it; the caller commits."""
     now = now or utcnow()
+    metrics.login_failed("password")
     _count(session, USER, username, policy, now)
     _count(session, ADDRESS, address, policy, now)
     record_event(session, username[:64], LOGIN_FAILED, subject=address)
@@ -141,6 +143,7 @@ def record_failure(
 
 def record_refusal(session: Session, username: str, address: str, wait: float) -> None:
     """Audit an attempt refused because its delay had not passed; the caller commits."""
+    metrics.login_failed("throttled")
     record_event(
         session,
         username[:64],

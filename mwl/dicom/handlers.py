@@ -9,6 +9,7 @@ aborted), with the matches actually sent.
 
 from __future__ import annotations
 
+import functools
 import logging
 import struct
 import time
@@ -20,7 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mwl.admin.overrides import LiveSettings, current_settings
-from mwl.config import Settings
+from mwl.config import DicomAeProfile, Settings
 from mwl.dicom.find import (
     FAILURE_IDENTIFIER_DOES_NOT_MATCH,
     FAILURE_UNABLE_TO_PROCESS,
@@ -33,6 +34,7 @@ from mwl.dicom.find import (
 )
 from mwl.dicom.net.messages import DatasetTooLargeError, encode_data_set
 from mwl.dicom.net.service import AnswerEnd, DimseRequest, FindAnswer
+from mwl.operations import metrics
 from mwl.operations.querylog import QueryRecord, record_query
 from mwl.worklist.matching import StoredItem
 
@@ -40,6 +42,16 @@ logger = logging.getLogger(__name__)
 
 # What pydicom raises on bytes it cannot parse (it decodes lazily, on first access).
 _DECODE_ERRORS = (ValueError, TypeError, KeyError, IndexError, EOFError, struct.error)
+
+
+@functools.cache
+def _configured_titles(profiles: tuple[DicomAeProfile, ...]) -> frozenset[str]:
+    return frozenset(profile.ae_title for profile in profiles)
+
+
+def _profile_titles(settings: Settings) -> frozenset[str]:
+    """The calling AE titles the metrics name: those of ``dicom_ae_profiles``."""
+    return _configured_titles(settings.dicom_ae_profiles)
 
 
 def handle_echo(request: DimseRequest) -> int:
@@ -77,6 +89,12 @@ class _Query:
         # The last status sent: Pending when the answer ended without a final one (the
         # peer aborted or reset, or the broker dropped it: timeout, shutdown).
         status = end.status if end.status is not None else int(Status.PENDING)
+        metrics.cfind_answered(
+            metrics.bounded(requestor.ae_title, _profile_titles(self.settings)),
+            status,
+            duration_ms / 1000,
+            end.matches,
+        )
         # AE titles, peer and counts only: the identifier is patient data (DEBUG, opt-in).
         logger.info(
             "C-FIND from %s (%s) to %s: %d matches, status 0x%04X, %s, %.1f ms",

@@ -27,6 +27,7 @@ from mwl.config import Settings
 from mwl.dicom.net.messages import DatasetTooLargeError
 from mwl.dicom.net.service import DimseRequest
 from mwl.domain import MppsStatus, PerformedStep, ScheduledStepReference
+from mwl.operations import metrics
 from mwl.worklist.mpps import (
     DuplicateMppsError,
     InvalidMppsError,
@@ -322,6 +323,7 @@ def handle_n_create(
         outcome.linked_steps,
         outcome.events_queued,
     )
+    metrics.mpps_answered("N-CREATE", outcome.status.value)
     if settings.log_phi:
         logger.debug("MPPS N-CREATE %s from %s", sop_instance_uid, calling)
     reply = Dataset()
@@ -396,6 +398,7 @@ def handle_n_set(
         outcome.steps_changed,
         outcome.events_queued,
     )
+    metrics.mpps_answered("N-SET", outcome.status.value)
     return int(Status.SUCCESS), modifications
 
 
@@ -411,6 +414,7 @@ def _refuse(
     # Error Comment names the attribute instead.
     keywords = [k for k in keywords if k] if operation == "N-SET" else []
     logger.warning("MPPS %s from %s refused: 0x%04X %s", operation, calling, status, comment)
+    metrics.mpps_answered(operation, "refused")
     return _failure(status, comment, keywords, error_id), None
 
 

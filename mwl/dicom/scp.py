@@ -226,6 +226,12 @@ class WorklistScp:
         """Whether :meth:`start` was called and :meth:`shutdown` not yet."""
         return self._server is not None
 
+    @property
+    def serving(self) -> bool:
+        """Whether the association server is bound and accepting (for ``/health``)."""
+        server = self._server
+        return server is not None and server.serving
+
     def shutdown(self) -> None:
         """Stop listening, end the open associations and close the sockets. Idempotent."""
         server, self._server = self._server, None

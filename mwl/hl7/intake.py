@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
@@ -41,8 +42,9 @@ from mwl.hl7.errors import (
 )
 from mwl.hl7.grammar import MessageHeader, codec_for, safe_header
 from mwl.hl7.order_mapping import MappingOptions
-from mwl.hl7.parse import parse_message
+from mwl.hl7.parse import SUPPORTED_EVENTS, parse_message
 from mwl.logs import log_context
+from mwl.operations import metrics
 from mwl.operations.messages import original_ack, record_message
 from mwl.orders.apply import OrderOutcome, apply_order, status_table
 from mwl.orders.message_links import link_order, link_patient
@@ -55,6 +57,11 @@ logger = logging.getLogger(__name__)
 WRITE_ATTEMPTS = 3
 
 _T = TypeVar("_T")
+
+# The message types the metrics name (MSH-9 as "ORM^O01"); any other is "other".
+SUPPORTED_MESSAGE_TYPES = frozenset(
+    f"{code}^{event}" for code, events in SUPPORTED_EVENTS.items() for event in events
+)
 
 
 class MessageProcessor:
@@ -315,13 +322,21 @@ class Intake:
         bytes
             The ACK payload to send (not framed).
         """
+        started = time.perf_counter()
+        message_type = ""
         try:
-            return self._handle(raw, peer)
+            ack, message_type, outcome = self._handle(raw, peer)
         except Exception:
             # A bug in the error handling itself: still answer, never drop the connection.
             logger.exception("HL7 message from %s: unexpected error", peer)
             error = Hl7MessageError(APPLICATION_INTERNAL_ERROR, "", "internal error", "AE")
-            return build_ack(None, error.ack_code, error)
+            ack, outcome = build_ack(None, error.ack_code, error), error.ack_code
+        metrics.hl7_answered(
+            metrics.bounded(message_type, SUPPORTED_MESSAGE_TYPES),
+            outcome,
+            time.perf_counter() - started,
+        )
+        return ack
 
     def refuse_oversized(self, partial: bytes, peer: str, reason: str) -> bytes | None:
         """The AR for a frame over ``hl7_max_frame_bytes``; None without a readable MSH.
@@ -354,19 +369,22 @@ class Intake:
         )
         return build_ack(header, error.ack_code, error)
 
-    def _handle(self, raw: bytes, peer: str) -> bytes:
+    def _handle(self, raw: bytes, peer: str) -> tuple[bytes, str, str]:
+        """The ACK, the message type (MSH-9, "" without MSH) and the ACK code."""
         header = safe_header(raw, self.settings.hl7_default_charset)
         # MSH-10 names the message in every line logged while it is handled (mwl.logs).
         with log_context(hl7_control_id=header.message_control_id if header else "", peer=peer):
             return self._handle_message(raw, peer, header)
 
-    def _handle_message(self, raw: bytes, peer: str, header: MessageHeader | None) -> bytes:
+    def _handle_message(
+        self, raw: bytes, peer: str, header: MessageHeader | None
+    ) -> tuple[bytes, str, str]:
         if self.settings.log_phi:
             logger.debug("HL7 message from %s: %r", peer, raw)
         received = _Received.of(raw, peer, header)
         try:
             try:
-                return self._accept(received, header)
+                return self._accept(received, header), received.message_type, ACCEPT
             except Exception as exc:
                 error = rejection(exc, received.message_control_id, peer)
             # The failed transaction left nothing behind; this one keeps the message.
@@ -384,7 +402,8 @@ class Intake:
             unavailable = Hl7MessageError(
                 APPLICATION_INTERNAL_ERROR, "", "database unavailable; resend later", "AE"
             )
-            return build_ack(header, unavailable.ack_code, unavailable)
+            ack = build_ack(header, unavailable.ack_code, unavailable)
+            return ack, received.message_type, unavailable.ack_code
         logger.info(
             "HL7 message %s (%s) from %s answered %s: %s at %s",
             received.message_control_id or "-",
@@ -394,7 +413,7 @@ class Intake:
             error.code,
             error.location or "-",
         )
-        return ack
+        return ack, received.message_type, error.ack_code
 
     def _accept(self, received: _Received, header: MessageHeader | None) -> bytes:
         """Answer a resend, or apply the message: one transaction, committed before the ACK.

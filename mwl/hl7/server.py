@@ -185,6 +185,12 @@ class Hl7Server:
         return None
 
     @property
+    def serving(self) -> bool:
+        """Whether the listeners are bound and accepting (for ``/health``)."""
+        thread = self._accept_thread
+        return thread is not None and thread.is_alive() and not self._stopping.is_set()
+
+    @property
     def open_connections(self) -> int:
         """Connections being served now."""
         with self._lock:

@@ -29,6 +29,7 @@ from sqlalchemy.orm import InstrumentedAttribute, Session, sessionmaker
 
 from mwl.config import Settings
 from mwl.domain import SpsStatus
+from mwl.operations import metrics
 from mwl.operations.outbox import DELIVERED
 from mwl.store.models import (
     OutboxMessage,
@@ -306,6 +307,15 @@ class Housekeeper:
                     self._policy,
                     batch_size=self._settings.retention_batch_size,
                 )
+                metrics.retention_ran(
+                    True,
+                    {
+                        "steps": counts.steps,
+                        "procedures": counts.procedures,
+                        "mpps": counts.performed_steps,
+                        "outbox": counts.outbox_messages,
+                    },
+                )
                 if counts.total:
                     logger.info(
                         "housekeeping purged %d step(s), %d procedure(s), %d MPPS, "
@@ -316,6 +326,7 @@ class Housekeeper:
                         counts.outbox_messages,
                     )
             except SQLAlchemyError as exc:
+                metrics.retention_ran(False)
                 logger.error("housekeeping: database failure: %s", type(exc).__name__)
             self.runs += 1
             self._stop.wait(self._settings.retention_interval_seconds)

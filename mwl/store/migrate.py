@@ -35,3 +35,25 @@ def downgrade(engine: Engine, revision: str) -> None:
     with engine.begin() as connection:
         config.attributes["connection"] = connection
         command.downgrade(config, revision)
+
+
+def head_revision() -> str | None:
+    """The newest revision of the installed migrations."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config_without_engine()).get_current_head()
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The revision the database behind ``engine`` is at (None: never migrated)."""
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def alembic_config_without_engine() -> Config:
+    """An Alembic configuration that reads the migration scripts only."""
+    config = Config()
+    config.set_main_option("script_location", str(Path(migrations.__file__).parent))
+    return config

@@ -76,6 +76,7 @@ QUERY_PARAMETERS: dict[str, tuple[str, ...]] = {
     "items": (),
     "i18n": (),
     "status": (),
+    "health": (),
     "admin": (),
     "tokens": (),
     "account": (),

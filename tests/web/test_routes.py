@@ -26,6 +26,10 @@ RANK = {Role.VIEWER: 0, Role.EDITOR: 1, Role.ADMIN: 2}
 # bearer token; every other route with the session cookie.
 ACCESS: dict[tuple[str, str], Role | str] = {
     ("status.healthz", "GET"): PUBLIC,
+    # Monitoring: no login, but only from metrics_allowed_networks (tests/web/test_health.py).
+    ("health.metrics_page", "GET"): PUBLIC,
+    ("health.health", "GET"): PUBLIC,
+    ("health.ready", "GET"): PUBLIC,
     ("auth.login", "GET"): PUBLIC,
     ("auth.login", "POST"): PUBLIC,
     ("auth.logout", "POST"): PUBLIC,

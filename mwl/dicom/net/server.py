@@ -42,6 +42,7 @@ from mwl.dicom.net.negotiation import (
 )
 from mwl.dicom.net.service import Services
 from mwl.listening import Listener, Wakeup, listening_socket, ready_listeners
+from mwl.operations import metrics
 from mwl.ratelog import RateLimitedLog
 from mwl.tls import ReloadingContext, peer_subject
 
@@ -153,6 +154,12 @@ class AssociationServer:
         )
         self._accept_thread.start()
 
+    @property
+    def serving(self) -> bool:
+        """Whether the listeners are bound and accepting (for ``/health``)."""
+        thread = self._accept_thread
+        return thread is not None and thread.is_alive() and not self._stopping.is_set()
+
     # -- counts -----------------------------------------------------------------------
 
     @property
@@ -215,6 +222,8 @@ class AssociationServer:
     def _forget(self, association: Association) -> None:
         address = association.address[0]
         with self._lock:
+            if association in self._open:
+                metrics.association_closed()
             self._open.discard(association)
             self._threads.pop(association, None)
             _decrement(self._open_by_address, address)
@@ -277,6 +286,7 @@ class AssociationServer:
         with self._lock:
             self._serial += 1
             self._open.add(association)
+            metrics.association_opened()
             thread = threading.Thread(
                 target=association.run, name=f"dicom-assoc-{self._serial}", daemon=True
             )

@@ -1,0 +1,51 @@
+"""Readiness: the database answers and is at the schema this broker was built for.
+
+What ``/ready`` reports (:mod:`web.health`). A stuck outbox or an unreachable RIS is
+not here on purpose: they are metrics and alerts; taking the node out of the
+balancer would not make the RIS answer, only stop the worklist.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from mwl.store.migrate import current_revision, head_revision
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """Whether the node can serve, and why not."""
+
+    ready: bool
+    # "ok", "unavailable" (no answer) or "not migrated" (another schema revision).
+    database: str
+    # The schema revision found and the one expected ("" when unknown).
+    revision: str = ""
+    expected_revision: str = ""
+    # The error class when the database did not answer (its text may hold the URL).
+    error: str = ""
+
+
+@functools.cache
+def _expected() -> str:
+    return head_revision() or ""
+
+
+def database_readiness(engine: Engine) -> Readiness:
+    """Ask the database for its schema revision; never raises for a database error."""
+    expected = _expected()
+    try:
+        found = current_revision(engine) or ""
+    except SQLAlchemyError as exc:
+        logger.warning("readiness: the database does not answer (%s)", type(exc).__name__)
+        return Readiness(False, "unavailable", "", expected, type(exc).__name__)
+    if found != expected:
+        return Readiness(False, "not migrated", found, expected)
+    return Readiness(True, "ok", found, expected)
