@@ -141,17 +141,26 @@ def login() -> ResponseReturnValue:
 
     with writer().begin() as changes:
         login_limits.record_success(changes, username)
+    start_login(user.id, user.username, user.role)
+    logger.info("user %r logged in from %s", user.username, address)
+    return redirect(next_url)
+
+
+def start_login(user_id: int, username: str, role: str) -> None:
+    """Open the database session of a user who just proved who they are, and its cookie.
+
+    The same for every way in: the password form, OpenID Connect, LDAP.
+    """
+    with writer().begin() as changes:
         # Logins are rare enough to carry the clean-up of what has expired.
         sessions.purge_expired(changes, state().session_policy)
-        login_limits.purge_forgotten(changes, policy)
-        session_id = sessions.start_session(changes, user.id)
+        login_limits.purge_forgotten(changes, state().login_policy)
+        session_id = sessions.start_session(changes, user_id)
     # A fresh session at login: nothing from before (an attacker-planted session
     # included) carries over into the authenticated one, but the chosen language.
     _fresh_session()
     session.permanent = True  # the cookie expires with the absolute lifetime
-    login_user(LoginUser(user.id, user.username, user.role, session_id))
-    logger.info("user %r logged in from %s", user.username, address)
-    return redirect(next_url)
+    login_user(LoginUser(user_id, username, role, session_id))
 
 
 def _delayed(form: LoginForm, next_url: str, wait: float) -> ResponseReturnValue:
@@ -169,11 +178,25 @@ def _delayed(form: LoginForm, next_url: str, wait: float) -> ResponseReturnValue
 @bp.post("/logout")
 def logout() -> ResponseReturnValue:
     """End the session (POST only, with CSRF token, so no link can log anyone out)."""
+    # Imported here: web.sso builds on this module's login.
+    from web.sso import logout_url
+
     if current_user.is_authenticated:
         with writer().begin() as changes:
             sessions.end_session(changes, current_user.get_id())
         logger.info("user %r logged out", current_user.username)
+    provider_logout = logout_url(session.get("oidc_id_token"))
     logout_user()
     _fresh_session()
     flash(gettext("You are logged out."), "info")
-    return redirect(url_for("auth.login"))
+    if provider_logout is None:
+        return redirect(url_for("auth.login"))
+    response = redirect(provider_logout)
+    # The redirect follows a form's POST, so the page's form-action must allow the
+    # provider (Chromium enforces it on redirects too).
+    origin = "{0.scheme}://{0.netloc}".format(urlsplit(provider_logout))
+    response.headers["Content-Security-Policy"] = (
+        "default-src 'self'; script-src 'none'; object-src 'none'; frame-ancestors 'none';"
+        f" base-uri 'none'; form-action 'self' {origin}"
+    )
+    return response
