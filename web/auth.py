@@ -188,15 +188,15 @@ def logout() -> ResponseReturnValue:
     provider_logout = logout_url(session.get("oidc_id_token"))
     logout_user()
     _fresh_session()
-    flash(gettext("You are logged out."), "info")
     if provider_logout is None:
+        flash(gettext("You are logged out."), "info")
         return redirect(url_for("auth.login"))
-    response = redirect(provider_logout)
-    # The redirect follows a form's POST, so the page's form-action must allow the
-    # provider (Chromium enforces it on redirects too).
-    origin = "{0.scheme}://{0.netloc}".format(urlsplit(provider_logout))
-    response.headers["Content-Security-Policy"] = (
-        "default-src 'self'; script-src 'none'; object-src 'none'; frame-ancestors 'none';"
-        f" base-uri 'none'; form-action 'self' {origin}"
+    # A page, not a redirect: the CSP's form-action 'self' of the page whose form
+    # was posted also covers where the POST is redirected to. A refresh is a plain
+    # navigation, so it goes to the provider, which comes back to the login page.
+    return render_template(
+        "logout_provider.html",
+        provider_logout=provider_logout,
+        refresh_seconds=1,
+        refresh_url=provider_logout,
     )
-    return response

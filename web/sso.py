@@ -54,6 +54,12 @@ def init_sso(app: Flask, settings: Settings) -> None:
     """Register the OpenID Connect client and its views when ``oidc_issuer`` is set."""
     if not settings.oidc_issuer:
         return
+    tls: dict[str, Any] = {}
+    if settings.oidc_ca:
+        # requests lets REQUESTS_CA_BUNDLE in the environment win over a session's
+        # own CA file (psf/requests#3829); the configured CA must win, so the
+        # environment is not consulted (nor are its proxy variables).
+        tls = {"verify": settings.oidc_ca, "trust_env": False}
     oauth = OAuth(app)
     oauth.register(
         CLIENT,
@@ -63,7 +69,7 @@ def init_sso(app: Flask, settings: Settings) -> None:
         client_kwargs={
             "scope": settings.oidc_scopes,
             "code_challenge_method": "S256",
-            "verify": settings.oidc_ca or True,
+            **tls,
             "default_timeout": _TIMEOUT,
         },
     )
