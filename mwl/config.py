@@ -286,6 +286,24 @@ class Settings:
     # CA certificates (PEM) that the provider's HTTPS certificate is checked against;
     # empty: the system's.
     oidc_ca: str = ""
+    # LDAP / Active Directory: the login form binds as the user when the name is no
+    # local account. On while ldap_url is set. The DN template gets {username}
+    # (escaped), e.g. "uid={username},ou=people,dc=example,dc=org" or
+    # "{username}@corp.example.org" (AD). The groups are searched under
+    # ldap_group_search_base with the filter ({user_dn}, escaped), and the user's
+    # own memberOf is read when ldap_user_search_base is set.
+    ldap_url: str = ""
+    ldap_start_tls: bool = False
+    ldap_ca: str = ""
+    ldap_user_dn_template: str = ""
+    ldap_user_search_base: str = ""
+    ldap_user_filter: str = "(uid={username})"
+    ldap_group_search_base: str = ""
+    ldap_group_filter: str = "(|(member={user_dn})(uniqueMember={user_dn}))"
+    ldap_group_role_map: tuple[tuple[str, str], ...] = field(
+        default=(), metadata={"convert": _role_map}
+    )
+    ldap_timeout_seconds: float = 10.0
     hl7_max_frame_bytes: int = 1_048_576
     hl7_idle_timeout_seconds: float = 300.0
     # Seconds from the first byte of a frame to its end, however often bytes come (the
@@ -646,8 +664,19 @@ def _validate_sso(settings: Settings) -> None:
             raise SettingsError("oidc_role_map", "is needed while oidc_issuer is set")
         if "openid" not in settings.oidc_scopes.split():
             raise SettingsError("oidc_scopes", "must include openid")
-    if settings.oidc_ca and not Path(settings.oidc_ca).is_file():
-        raise SettingsError("oidc_ca", f"{settings.oidc_ca!r} is not a readable file")
+    if settings.ldap_url:
+        if not settings.ldap_url.startswith(("ldap://", "ldaps://")):
+            raise SettingsError("ldap_url", "must be an ldap:// or ldaps:// URL")
+        if "{username}" not in settings.ldap_user_dn_template:
+            raise SettingsError("ldap_user_dn_template", "must contain {username}")
+        if not settings.ldap_group_role_map:
+            raise SettingsError("ldap_group_role_map", "is needed while ldap_url is set")
+        if not 0 < settings.ldap_timeout_seconds <= 300:
+            raise SettingsError("ldap_timeout_seconds", "must be positive (at most 300)")
+    for name in ("oidc_ca", "ldap_ca"):
+        path = getattr(settings, name)
+        if path and not Path(path).is_file():
+            raise SettingsError(name, f"{path!r} is not a readable file")
 
 
 def _validate_order_entry(settings: Settings) -> None:

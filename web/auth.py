@@ -32,6 +32,7 @@ from wtforms.validators import DataRequired, Length
 from mwl.admin import login_limits, sessions
 from mwl.admin.users import USERNAME_MAX_LENGTH, authenticate, normalize_username
 from mwl.store.models import utcnow
+from web.ldap_login import DirectoryUnavailable, directory_login
 from web.store import db_session, state, writer
 
 logger = logging.getLogger(__name__)
@@ -39,6 +40,8 @@ logger = logging.getLogger(__name__)
 bp = Blueprint("auth", __name__)
 
 LOGIN_FAILED = lazy_gettext("Unknown user name or wrong password.")
+DIRECTORY_DOWN = lazy_gettext("The user directory cannot be reached. Try again later.")
+NO_ROLE = lazy_gettext("Your account has no role on this broker. Ask your administrator.")
 
 
 @dataclass(frozen=True)
@@ -133,6 +136,29 @@ def login() -> ResponseReturnValue:
         return _delayed(form, next_url, wait)
 
     user = authenticate(db_session(), username, form.password.data or "")
+    if user is None and state().settings.ldap_url:
+        try:
+            with writer().begin() as changes:
+                verdict = directory_login(
+                    changes, state().settings, username, form.password.data or ""
+                )
+                found = verdict.user
+                user_row = (found.id, found.username, found.role) if found else None
+        except DirectoryUnavailable as exc:
+            # No verdict on the password, so not counted as a failure.
+            logger.warning("LDAP directory not reachable: %s", exc)
+            page = render_template("login.html", form=form, next_url=next_url, error=DIRECTORY_DOWN)
+            return page, 503
+        if user_row is not None:
+            with writer().begin() as changes:
+                login_limits.record_success(changes, username)
+            start_login(*user_row)
+            logger.info("user %r logged in through LDAP from %s", username, address)
+            return redirect(next_url)
+        if verdict.bound:
+            logger.warning("LDAP login refused for %r: no group grants a role", username)
+            page = render_template("login.html", form=form, next_url=next_url, error=NO_ROLE)
+            return page, 403
     if user is None:
         with writer().begin() as changes:
             login_limits.record_failure(changes, username, address, policy)

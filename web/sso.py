@@ -32,7 +32,7 @@ from flask_babel import lazy_gettext
 from mwl.admin import external
 from mwl.config import Settings
 from mwl.errors import UserError
-from web.auth import LoginForm, safe_next, start_login
+from web.auth import NO_ROLE, LoginForm, safe_next, start_login
 from web.store import state, writer
 
 logger = logging.getLogger(__name__)
@@ -47,7 +47,6 @@ _ID_TOKEN = "oidc_id_token"
 _TIMEOUT = 10
 
 SSO_FAILED = lazy_gettext("Single sign-on failed. Try again, or ask your administrator.")
-NO_ROLE = lazy_gettext("Your account has no role on this broker. Ask your administrator.")
 
 
 def init_sso(app: Flask, settings: Settings) -> None:
