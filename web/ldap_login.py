@@ -36,14 +36,20 @@ class DirectoryUnavailable(Exception):
     """The directory could not be asked (down, TLS refused, timeout): no verdict."""
 
 
-class NoRole(Exception):
-    """The password was right, but no group of the user is mapped to a role."""
+@dataclass(frozen=True)
+class Verdict:
+    """The directory's answer: the user row, or why not.
+
+    ``bound`` without ``user``: the password was right, but no group of the user is
+    mapped to a role (the user row, if any, has been removed).
+    """
+
+    user: User | None
+    bound: bool
 
 
-def directory_login(
-    session: Session, settings: Settings, username: str, password: str
-) -> User | None:
-    """The user row of ``username`` after a successful bind, or None for wrong credentials.
+def directory_login(session: Session, settings: Settings, username: str, password: str) -> Verdict:
+    """Bind as ``username`` and keep its user row; the caller commits.
 
     Parameters
     ----------
