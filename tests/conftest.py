@@ -46,6 +46,7 @@ SERVER_FIXTURES = frozenset(
         "scp",
         "server",
         "servers",
+        "slapd",  # tests/web/test_ldap_login.py: a real LDAP directory
         "sso_broker",  # tests/web/test_oidc_login.py: the page and an OIDC provider
         "start_broker",
         "tls_orthanc",

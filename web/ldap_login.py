@@ -10,6 +10,7 @@ counted and delayed by the login limits exactly as local ones (web.auth does it)
 from __future__ import annotations
 
 import logging
+import math
 import ssl
 from dataclasses import dataclass
 
@@ -92,7 +93,7 @@ def directory_groups(settings: Settings, username: str, password: str) -> list[s
         _server(settings),
         user=user_dn,
         password=password,
-        receive_timeout=settings.ldap_timeout_seconds,
+        receive_timeout=_seconds(settings),
         read_only=True,
         raise_exceptions=False,
     )
@@ -109,6 +110,16 @@ def directory_groups(settings: Settings, username: str, password: str) -> list[s
         raise DirectoryUnavailable(str(exc)) from exc
     finally:
         connection.unbind()
+        # ldap3 leaves the socket of a refused connection open (unbind skips a
+        # connection that never opened).
+        leftover = getattr(connection, "socket", None)
+        if leftover is not None:
+            leftover.close()
+
+
+def _seconds(settings: Settings) -> int:
+    # ldap3 packs its socket timeouts as whole seconds.
+    return max(1, math.ceil(settings.ldap_timeout_seconds))
 
 
 def _server(settings: Settings) -> Server:
@@ -123,7 +134,7 @@ def _server(settings: Settings) -> Server:
         settings.ldap_url,
         get_info=NONE,
         tls=tls,
-        connect_timeout=settings.ldap_timeout_seconds,
+        connect_timeout=_seconds(settings),
     )
 
 

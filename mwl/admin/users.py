@@ -274,7 +274,8 @@ def require_new_password_if_weak(session: Session, user_id: int, password: str) 
         Whether the user must now change their password.
     """
     user = session.get(User, user_id)
-    if user is None:
+    if user is None or user.external_source is not None:
+        # An external account's password is the directory's: its policy, not ours.
         return False
     if not user.must_change_password and password_problem(password, user.username) is not None:
         user.must_change_password = True
