@@ -10,7 +10,6 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from flask import Flask
@@ -57,7 +56,8 @@ def _person(uid: str) -> str:
 
 TREE = "\n".join(
     [
-        f"dn: {SUFFIX}\nobjectClass: dcObject\nobjectClass: organization\ndc: example\no: Example\n",
+        f"dn: {SUFFIX}\nobjectClass: dcObject\nobjectClass: organization\n"
+        "dc: example\no: Example\n",
         f"dn: ou=people,{SUFFIX}\nobjectClass: organizationalUnit\nou: people\n",
         f"dn: ou=groups,{SUFFIX}\nobjectClass: organizationalUnit\nou: groups\n",
         _person("carol"),
