@@ -216,6 +216,24 @@ def _web_trusted_proxies(value: Any) -> tuple[str, ...]:
     return tuple(proxies)
 
 
+# The admin page's roles (mwl.admin.users.Role), named here so the settings stay
+# free of the core's imports.
+_ROLES = ("viewer", "editor", "admin")
+
+
+def _role_map(value: Any) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, Mapping):
+        raise ValueError('expected a table of "claim value or group" = "role"')
+    rows = []
+    for key, role in value.items():
+        if not str(key).strip():
+            raise ValueError("an empty claim value or group")
+        if role not in _ROLES:
+            raise ValueError(f"{role!r} (for {key!r}) is not a role ({', '.join(_ROLES)})")
+        rows.append((str(key).strip(), str(role)))
+    return tuple(rows)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every setting of the broker.
@@ -254,6 +272,38 @@ class Settings:
     web_login_failures_per_address: int = 20
     web_login_first_delay_seconds: float = 5.0
     web_login_max_delay_seconds: float = 900.0
+    # Single sign-on through OpenID Connect (authorization code with PKCE), on while
+    # oidc_issuer is set (docs/admin-guide.md, "Single sign-on"). The role is the
+    # highest one oidc_role_map gives to a value of the oidc_role_claim claim (a
+    # dotted path, e.g. realm_access.roles); without one the login is refused.
+    oidc_issuer: str = ""
+    oidc_client_id: str = ""
+    oidc_client_secret: str = field(default="", repr=False)
+    oidc_scopes: str = "openid profile email"
+    oidc_username_claim: str = "preferred_username"
+    oidc_role_claim: str = "groups"
+    oidc_role_map: tuple[tuple[str, str], ...] = field(default=(), metadata={"convert": _role_map})
+    # CA certificates (PEM) that the provider's HTTPS certificate is checked against;
+    # empty: the system's.
+    oidc_ca: str = ""
+    # LDAP / Active Directory: the login form binds as the user when the name is no
+    # local account. On while ldap_url is set. The DN template gets {username}
+    # (escaped), e.g. "uid={username},ou=people,dc=example,dc=org" or
+    # "{username}@corp.example.org" (AD). The groups are searched under
+    # ldap_group_search_base with the filter ({user_dn}, escaped), and the user's
+    # own memberOf is read when ldap_user_search_base is set.
+    ldap_url: str = ""
+    ldap_start_tls: bool = False
+    ldap_ca: str = ""
+    ldap_user_dn_template: str = ""
+    ldap_user_search_base: str = ""
+    ldap_user_filter: str = "(uid={username})"
+    ldap_group_search_base: str = ""
+    ldap_group_filter: str = "(|(member={user_dn})(uniqueMember={user_dn}))"
+    ldap_group_role_map: tuple[tuple[str, str], ...] = field(
+        default=(), metadata={"convert": _role_map}
+    )
+    ldap_timeout_seconds: float = 10.0
     hl7_max_frame_bytes: int = 1_048_576
     hl7_idle_timeout_seconds: float = 300.0
     # Seconds from the first byte of a frame to its end, however often bytes come (the
@@ -427,6 +477,7 @@ class Settings:
         values = dataclasses.asdict(self)
         values["web_secret_key"] = "(set)" if self.web_secret_key else "(random per process)"
         values["metrics_token"] = "(set)" if self.metrics_token else ""
+        values["oidc_client_secret"] = "(set)" if self.oidc_client_secret else ""
         url = make_url(self.database_url)
         values["database_url"] = url.render_as_string(hide_password=True)
         return values
@@ -441,6 +492,7 @@ def _validate(settings: Settings) -> None:
     _validate_mpps_ris_retention(settings)
     _validate_order_entry(settings)
     _validate_web(settings)
+    _validate_sso(settings)
     if settings.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise SettingsError("log_level", f"{settings.log_level!r} is not DEBUG/INFO/WARNING/ERROR")
     if settings.log_format.lower() not in {"text", "json"}:
@@ -622,6 +674,31 @@ def _validate_web(settings: Settings) -> None:
 
 # Characters of generated identifiers: no C-FIND wildcard (* ?), no backslash, no space.
 _IDENTIFIER_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.-_")
+
+
+def _validate_sso(settings: Settings) -> None:
+    if settings.oidc_issuer:
+        if not settings.oidc_issuer.startswith("https://"):
+            raise SettingsError("oidc_issuer", "must be an https:// URL")
+        if not settings.oidc_client_id:
+            raise SettingsError("oidc_client_id", "is needed while oidc_issuer is set")
+        if not settings.oidc_role_map:
+            raise SettingsError("oidc_role_map", "is needed while oidc_issuer is set")
+        if "openid" not in settings.oidc_scopes.split():
+            raise SettingsError("oidc_scopes", "must include openid")
+    if settings.ldap_url:
+        if not settings.ldap_url.startswith(("ldap://", "ldaps://")):
+            raise SettingsError("ldap_url", "must be an ldap:// or ldaps:// URL")
+        if "{username}" not in settings.ldap_user_dn_template:
+            raise SettingsError("ldap_user_dn_template", "must contain {username}")
+        if not settings.ldap_group_role_map:
+            raise SettingsError("ldap_group_role_map", "is needed while ldap_url is set")
+        if not 0 < settings.ldap_timeout_seconds <= 300:
+            raise SettingsError("ldap_timeout_seconds", "must be positive (at most 300)")
+    for name in ("oidc_ca", "ldap_ca"):
+        path = getattr(settings, name)
+        if path and not Path(path).is_file():
+            raise SettingsError(name, f"{path!r} is not a readable file")
 
 
 def _validate_order_entry(settings: Settings) -> None:

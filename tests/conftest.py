@@ -47,6 +47,8 @@ SERVER_FIXTURES = frozenset(
         "scp",
         "server",
         "servers",
+        "slapd",  # tests/web/test_ldap_login.py: a real LDAP directory
+        "sso_broker",  # tests/web/test_oidc_login.py: the page and an OIDC provider
         "start_broker",
         "tls_orthanc",
         "tls_scp",

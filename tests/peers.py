@@ -3,7 +3,7 @@
 By path, not through ``PATH``: an activated virtual environment puts pynetdicom's own
 ``findscu``, ``echoscu`` and ``storescu`` first on ``PATH``, and a test meant to hold
 the SCP to DCMTK would then quietly talk to pynetdicom. The paths are Debian's
-(``apt-get install dcmtk orthanc chromium nmap openssl nodejs``; ``.ci/run``
+(``apt-get install dcmtk orthanc chromium nmap openssl nodejs slapd ldap-utils``; ``.ci/run``
 installs them). A test that needs one carries its ``required`` marker and skips,
 naming the missing file and its package, where it is not installed.
 
@@ -58,4 +58,20 @@ NODE = Peer(Path("/usr/bin/node"), "nodejs")
 PROMETHEUS = Peer(Path("/usr/bin/prometheus"), "prometheus")
 PROMTOOL = Peer(Path("/usr/bin/promtool"), "prometheus")
 
-ALL = (FINDSCU, ECHOSCU, DUMP2DCM, ORTHANC, OPENSSL, NMAP, CHROMIUM, NODE, PROMETHEUS, PROMTOOL)
+SLAPD = Peer(Path("/usr/sbin/slapd"), "slapd")
+LDAPADD = Peer(Path("/usr/bin/ldapadd"), "ldap-utils")
+
+ALL = (
+    FINDSCU,
+    ECHOSCU,
+    DUMP2DCM,
+    ORTHANC,
+    OPENSSL,
+    NMAP,
+    CHROMIUM,
+    NODE,
+    PROMETHEUS,
+    PROMTOOL,
+    SLAPD,
+    LDAPADD,
+)

@@ -31,6 +31,7 @@ from web import (
     messages,
     params,
     scanners,
+    sso,
     status,
     worklist,
 )
@@ -149,6 +150,7 @@ def create_app(
     i18n.init_i18n(app)
     display.register_filters(app)
     app.register_blueprint(auth.bp)
+    sso.init_sso(app, settings)
     app.register_blueprint(i18n.bp)
     app.register_blueprint(status.bp)
     app.register_blueprint(health.bp)

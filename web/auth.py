@@ -32,6 +32,7 @@ from wtforms.validators import DataRequired, Length
 from mwl.admin import login_limits, sessions
 from mwl.admin.users import USERNAME_MAX_LENGTH, authenticate, normalize_username
 from mwl.store.models import utcnow
+from web.ldap_login import DirectoryUnavailable, directory_login
 from web.store import db_session, state, writer
 
 logger = logging.getLogger(__name__)
@@ -39,6 +40,8 @@ logger = logging.getLogger(__name__)
 bp = Blueprint("auth", __name__)
 
 LOGIN_FAILED = lazy_gettext("Unknown user name or wrong password.")
+DIRECTORY_DOWN = lazy_gettext("The user directory cannot be reached. Try again later.")
+NO_ROLE = lazy_gettext("Your account has no role on this broker. Ask your administrator.")
 
 
 @dataclass(frozen=True)
@@ -133,6 +136,29 @@ def login() -> ResponseReturnValue:
         return _delayed(form, next_url, wait)
 
     user = authenticate(db_session(), username, form.password.data or "")
+    if user is None and state().settings.ldap_url:
+        try:
+            with writer().begin() as changes:
+                verdict = directory_login(
+                    changes, state().settings, username, form.password.data or ""
+                )
+                found = verdict.user
+                user_row = (found.id, found.username, found.role) if found else None
+        except DirectoryUnavailable as exc:
+            # No verdict on the password, so not counted as a failure.
+            logger.warning("LDAP directory not reachable: %s", exc)
+            page = render_template("login.html", form=form, next_url=next_url, error=DIRECTORY_DOWN)
+            return page, 503
+        if user_row is not None:
+            with writer().begin() as changes:
+                login_limits.record_success(changes, username)
+            start_login(*user_row)
+            logger.info("user %r logged in through LDAP from %s", username, address)
+            return redirect(next_url)
+        if verdict.bound:
+            logger.warning("LDAP login refused for %r: no group grants a role", username)
+            page = render_template("login.html", form=form, next_url=next_url, error=NO_ROLE)
+            return page, 403
     if user is None:
         with writer().begin() as changes:
             login_limits.record_failure(changes, username, address, policy)
@@ -141,17 +167,26 @@ def login() -> ResponseReturnValue:
 
     with writer().begin() as changes:
         login_limits.record_success(changes, username)
+    start_login(user.id, user.username, user.role)
+    logger.info("user %r logged in from %s", user.username, address)
+    return redirect(next_url)
+
+
+def start_login(user_id: int, username: str, role: str) -> None:
+    """Open the database session of a user who just proved who they are, and its cookie.
+
+    The same for every way in: the password form, OpenID Connect, LDAP.
+    """
+    with writer().begin() as changes:
         # Logins are rare enough to carry the clean-up of what has expired.
         sessions.purge_expired(changes, state().session_policy)
-        login_limits.purge_forgotten(changes, policy)
-        session_id = sessions.start_session(changes, user.id)
+        login_limits.purge_forgotten(changes, state().login_policy)
+        session_id = sessions.start_session(changes, user_id)
     # A fresh session at login: nothing from before (an attacker-planted session
     # included) carries over into the authenticated one, but the chosen language.
     _fresh_session()
     session.permanent = True  # the cookie expires with the absolute lifetime
-    login_user(LoginUser(user.id, user.username, user.role, session_id))
-    logger.info("user %r logged in from %s", user.username, address)
-    return redirect(next_url)
+    login_user(LoginUser(user_id, username, role, session_id))
 
 
 def _delayed(form: LoginForm, next_url: str, wait: float) -> ResponseReturnValue:
@@ -169,11 +204,25 @@ def _delayed(form: LoginForm, next_url: str, wait: float) -> ResponseReturnValue
 @bp.post("/logout")
 def logout() -> ResponseReturnValue:
     """End the session (POST only, with CSRF token, so no link can log anyone out)."""
+    # Imported here: web.sso builds on this module's login.
+    from web.sso import logout_url
+
     if current_user.is_authenticated:
         with writer().begin() as changes:
             sessions.end_session(changes, current_user.get_id())
         logger.info("user %r logged out", current_user.username)
+    provider_logout = logout_url(session.get("oidc_id_token"))
     logout_user()
     _fresh_session()
-    flash(gettext("You are logged out."), "info")
-    return redirect(url_for("auth.login"))
+    if provider_logout is None:
+        flash(gettext("You are logged out."), "info")
+        return redirect(url_for("auth.login"))
+    # A page, not a redirect: the CSP's form-action 'self' of the page whose form
+    # was posted also covers where the POST is redirected to. A refresh is a plain
+    # navigation, so it goes to the provider, which comes back to the login page.
+    return render_template(
+        "logout_provider.html",
+        provider_logout=provider_logout,
+        refresh_seconds=1,
+        refresh_url=provider_logout,
+    )

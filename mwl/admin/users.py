@@ -115,7 +115,8 @@ def normalize_username(username: str) -> str:
     return username.strip().lower()
 
 
-def _valid_username(username: str) -> str:
+def valid_username(username: str) -> str:
+    """``username`` normalized, or :class:`UserError` when it cannot be an account name."""
     name = normalize_username(username)
     if not name:
         raise UserError("the username must not be empty")
@@ -162,7 +163,7 @@ def add_user(
         taken; :class:`~mwl.admin.passwords.WeakPasswordError` for a password the
         policy refuses.
     """
-    name = _valid_username(username)
+    name = valid_username(username)
     checked_role = _valid_role(role)
     check_password_policy(password, name)
     password_hash = hash_password(password)
@@ -211,7 +212,8 @@ def authenticate(session: Session, username: str, password: str) -> User | None:
     """
     global _dummy_hash
     user = find_user(session, username) if username.strip() else None
-    if user is None:
+    # An external account (mwl.admin.external) logs in at its provider only.
+    if user is None or user.external_source is not None:
         if _dummy_hash is None:
             _dummy_hash = hash_password(secrets.token_urlsafe(16))
         check_password(_dummy_hash, password)
@@ -237,6 +239,11 @@ def set_password(session: Session, username: str, password: str) -> User:
         the policy refuses.
     """
     user = _existing(session, username)
+    if user.external_source is not None:
+        raise UserError(
+            f"user {user.username!r} logs in through {user.external_source}: no local password",
+            user.username,
+        )
     check_password_policy(password, user.username)
     user.password_hash = hash_password(password)
     user.must_change_password = False
@@ -267,7 +274,8 @@ def require_new_password_if_weak(session: Session, user_id: int, password: str) 
         Whether the user must now change their password.
     """
     user = session.get(User, user_id)
-    if user is None:
+    if user is None or user.external_source is not None:
+        # An external account's password is the directory's: its policy, not ours.
         return False
     if not user.must_change_password and password_problem(password, user.username) is not None:
         user.must_change_password = True

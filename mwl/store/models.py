@@ -257,6 +257,10 @@ class User(Base):
     must_change_password: Mapped[bool] = mapped_column(
         Boolean, default=False, server_default=false()
     )
+    # Where the account logs in when not here: "oidc" or "ldap" (mwl.admin.external).
+    # Such an account has no usable local password, and its role is the one the
+    # provider's claim or the directory's groups gave at the last login. None: local.
+    external_source: Mapped[str | None] = mapped_column(String(16), nullable=True, default=None)
 
 
 # Which scheduled steps an MPPS performed (PS3.4 F.7.2.1: the Scheduled Step Attributes
