@@ -37,6 +37,4 @@ class Auditor:
     @classmethod
     def off(cls) -> Auditor:
         """An auditor that records nothing (services built without one)."""
-        from mwl.config import Settings as _Settings
-
-        return cls(_Settings())
+        return cls(Settings())
