@@ -47,6 +47,7 @@ SERVER_FIXTURES = frozenset(
         "server",
         "servers",
         "start_broker",
+        "syslog",  # tests/audit: rsyslogd as the ATNA audit repository
         "tls_orthanc",
         "tls_scp",
     }

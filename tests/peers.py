@@ -54,5 +54,7 @@ OPENSSL = Peer(Path("/usr/bin/openssl"), "openssl")
 NMAP = Peer(Path("/usr/bin/nmap"), "nmap")
 CHROMIUM = Peer(Path("/usr/bin/chromium"), "chromium")
 NODE = Peer(Path("/usr/bin/node"), "nodejs")
+# tests/audit: the ATNA audit repository (rsyslog-gnutls adds its TLS driver).
+RSYSLOGD = Peer(Path("/usr/sbin/rsyslogd"), "rsyslog rsyslog-gnutls")
 
-ALL = (FINDSCU, ECHOSCU, DUMP2DCM, ORTHANC, OPENSSL, NMAP, CHROMIUM, NODE)
+ALL = (FINDSCU, ECHOSCU, DUMP2DCM, ORTHANC, OPENSSL, NMAP, CHROMIUM, NODE, RSYSLOGD)

@@ -53,6 +53,8 @@ SOFTWARE_CONFIGURATION = CodedValue("110131", "Software Configuration")
 RESTRICTED_FUNCTION = CodedValue("110132", "Use of Restricted Function")
 SECURITY_ROLES_CHANGED = CodedValue("110136", "Security Roles Changed")
 USER_SECURITY_ATTRIBUTES_CHANGED = CodedValue("110137", "User Security Attributes Changed")
+# Audit source type (CP 1362: a coded value).
+APPLICATION_SERVER = CodedValue("4", "Application Server process or thread")
 # Roles.
 APPLICATION = CodedValue("110150", "Application")
 SOURCE = CodedValue("110153", "Source Role ID")
@@ -160,7 +162,7 @@ def build(
     if source.site_id:
         attrs["AuditEnterpriseSiteID"] = source.site_id
     src = ET.SubElement(root, "AuditSourceIdentification", attrs)
-    ET.SubElement(src, "AuditSourceTypeCode", {"code": "4"})
+    APPLICATION_SERVER.element("AuditSourceTypeCode", src)
     for o in objects:
         _object(root, o)
     return ET.tostring(root, encoding="unicode")
