@@ -101,11 +101,12 @@ action(type="omfile" file="{self.log}" template="raw" flushOnTXEnd="on" asyncWri
     def start(self) -> None:
         assert self.process is None
         conf = self._config()
-        self.process = subprocess.Popen(
-            [str(RSYSLOGD), "-n", "-f", str(conf), "-i", str(self.folder / "rsyslogd.pid")],
-            stdout=subprocess.DEVNULL,
-            stderr=(self.folder / "rsyslogd.err").open("ab"),
-        )
+        with (self.folder / "rsyslogd.err").open("ab") as errors:
+            self.process = subprocess.Popen(
+                [str(RSYSLOGD), "-n", "-f", str(conf), "-i", str(self.folder / "rsyslogd.pid")],
+                stdout=subprocess.DEVNULL,
+                stderr=errors,
+            )
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             assert self.process.poll() is None, (self.folder / "rsyslogd.err").read_text()
