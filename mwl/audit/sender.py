@@ -13,6 +13,7 @@ import datetime as dt
 import logging
 import socket
 import threading
+import time
 from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -27,6 +28,11 @@ from mwl.tls import ClientTlsFiles, ReloadingClientContext
 logger = logging.getLogger(__name__)
 
 _BATCH = 100
+# Over TLS/TCP a sent message leaves the queue once the connection stayed open this
+# long after it; a connection found closed sooner sends it again (at least once).
+_CONFIRM_SECONDS = 1.0
+# Until then its row waits this long before it would be tried again (after a crash).
+_HOLD = dt.timedelta(minutes=5)
 
 
 def syslog_client(settings: Settings) -> SyslogClient:
@@ -80,6 +86,10 @@ class AuditSender:
         self._poll = poll_seconds
         self._initial, self._max = retry_initial_seconds, retry_max_seconds
         self._failures = 0
+        # After a failed round no attempt before this (monotonic) time, however many
+        # messages are queued meanwhile: the backoff counts rounds, not messages.
+        self._retry_at = 0.0
+        self._unconfirmed: list[tuple[float, list[int]]] = []  # (sent at, ids) over a stream
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -127,6 +137,7 @@ class AuditSender:
                 logger.exception("audit sender: unexpected error")
                 busy = False
             if stopping:
+                self._drain()
                 return
             if not busy:
                 self._wake.wait(self._poll)
@@ -134,7 +145,8 @@ class AuditSender:
 
     def run_once(self) -> bool:
         """One round: send what is due. True when something was sent."""
-        if not self._lease.acquire():
+        self._confirm()
+        if time.monotonic() < self._retry_at or not self._lease.acquire():
             return False
         with self._session_factory() as session:
             items = queue.due(session, limit=_BATCH)
@@ -146,6 +158,7 @@ class AuditSender:
         except OSError as exc:
             self._failures += 1
             delay = min(self._initial * 2 ** min(self._failures - 1, 16), self._max)
+            self._retry_at = time.monotonic() + delay
             if self._failures == 1:
                 logger.warning(
                     "audit repository unreachable (%s); %d+ messages wait",
@@ -161,5 +174,34 @@ class AuditSender:
             logger.info("audit repository reachable again")
             self._failures = 0
         with self._session_factory.begin() as session:
-            queue.delivered(session, ids)
+            if self._client.transport == "udp":
+                queue.delivered(session, ids)  # fire and forget (RFC 5426)
+            else:
+                queue.retry_later(session, ids, "", _HOLD)
+                self._unconfirmed.append((time.monotonic(), ids))
         return True
+
+    def _drain(self) -> None:
+        # At shutdown: give the last stream messages their confirmation time.
+        deadline = time.monotonic() + _CONFIRM_SECONDS * 3
+        while self._unconfirmed and time.monotonic() < deadline:
+            time.sleep(_CONFIRM_SECONDS / 4)
+            self.run_once()  # confirms, and sends again what a closed connection lost
+
+    def _confirm(self) -> None:
+        """Delete the stream messages the collector has kept; resend them if it dropped us."""
+        if not self._unconfirmed:
+            return
+        if not self._client.connection_alive():
+            ids = [i for _, batch in self._unconfirmed for i in batch]
+            self._unconfirmed = []
+            logger.warning("audit repository closed the connection; %d message(s) resent", len(ids))
+            with self._session_factory.begin() as session:
+                queue.retry_later(session, ids, "connection closed", dt.timedelta(0))
+            return
+        settled = time.monotonic() - _CONFIRM_SECONDS
+        done = [batch for at, batch in self._unconfirmed if at <= settled]
+        if done:
+            self._unconfirmed = [(at, b) for at, b in self._unconfirmed if at > settled]
+            with self._session_factory.begin() as session:
+                queue.delivered(session, [i for batch in done for i in batch])

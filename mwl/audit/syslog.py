@@ -90,6 +90,19 @@ class SyslogClient:
             # RFC 5426 3.2: too large for a datagram is truncated by the receiver anyway.
             self._sock.send(message[:_UDP_MAX])
 
+    def connection_alive(self) -> bool:
+        """Whether the stream connection is still open (False for UDP or none open).
+
+        RFC 5425 has no acknowledgement: a message is known to have been taken only
+        once the collector kept the connection open after it.
+        """
+        if self.transport == "udp" or self._sock is None:
+            return False
+        if self._peer_closed(self._sock):
+            self.close()
+            return False
+        return True
+
     def _connect(self) -> socket.socket:
         if self._sock is not None and not self._peer_closed(self._sock):
             return self._sock

@@ -187,15 +187,18 @@ def test_events_reach_the_repository_over_udp(database_url: str, syslog: Rsyslog
     assert len(events["110112"]) == 1
 
 
-def _ack_times(port: int, count: int) -> list[float]:
+def _ack_times(port: int, numbers: range) -> list[float]:
     times = []
-    for n in range(count):
+    for n in numbers:
         # A new order each time (its own control ID, accession and study).
         message = (
-            ORDER.replace(b"ACC0001", b"ACC%04d" % (n + 100))
-            .replace(b"RP0001", b"RP%04d" % (n + 100))
-            .replace(b"SPS0001", b"SPS%04d" % (n + 100))
-            .replace(STUDY_UID.encode(), b"1.2.826.0.1.3680043.10.543.77.%d" % (n + 100))
+            ORDER.replace(b"ACC0001", b"ACC%04d" % n)
+            .replace(b"MSG00001", b"MSG%05d" % n)
+            .replace(b"PLC0001", b"PLC%04d" % n)
+            .replace(b"FIL0001", b"FIL%04d" % n)
+            .replace(b"RP0001", b"RP%04d" % n)
+            .replace(b"SPS0001", b"SPS%04d" % n)
+            .replace(STUDY_UID.encode(), b"1.2.826.0.1.3680043.10.543.77.%d" % n)
         )
         started = time.perf_counter()
         (ack,) = send_messages("127.0.0.1", port, [message])
@@ -210,9 +213,9 @@ def test_nothing_is_lost_while_the_repository_is_down(
     broker = _serve(_audit_env(database_url, syslog, "tls", tmp_path), tmp_path)
     try:
         assert syslog.wait_for(lambda found: len(found) >= 1)  # Application Start
-        up = _ack_times(broker.hl7_port, 20)
+        up = _ack_times(broker.hl7_port, range(100, 120))
         syslog.stop()
-        down = _ack_times(broker.hl7_port, 20)
+        down = _ack_times(broker.hl7_port, range(120, 140))
         syslog.start()
         # All 40 orders arrive once the repository is back (retries back off to 60 s at most;
         # the first ones come within a few seconds).
@@ -225,7 +228,7 @@ def test_nothing_is_lost_while_the_repository_is_down(
     accessions = {
         n for n in range(100, 140) if any(b"ACC%04d" % n in m.xml.encode() for m in orders)
     }
-    assert accessions == set(range(100, 140))
+    assert accessions == set(range(100, 140)), "\n".join(broker.output[-60:])
     _assert_valid(messages)
     # The broker never waits for the repository: HL7 ACKs are as fast with it down.
     assert statistics.median(down) < statistics.median(up) * 2 + 0.02, (up, down)
