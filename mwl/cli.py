@@ -353,6 +353,7 @@ def web_app(
     readers: sessionmaker[Session],
     writers: sessionmaker[Session],
     live: LiveSettings,
+    auditor: Auditor | None = None,
 ) -> Flask:
     """The admin web page, lent the HL7 and DICOM services it shows and drives.
 
@@ -376,6 +377,7 @@ def web_app(
         hl7_describer=describe_message,
         query_previewer=WorklistPreviewer(live, readers),
         item_lister=list_item,
+        auditor=auditor,
     )
 
 
@@ -463,7 +465,7 @@ def serve(settings: Settings) -> int:
         scp.start()
         services.append(scp)
         web = WebServer(
-            web_app(settings, readers, writers, live),
+            web_app(settings, readers, writers, live, auditor),
             settings.bind_address,
             settings.web_port,
             tls=web_tls(settings),

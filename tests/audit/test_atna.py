@@ -8,8 +8,11 @@ against the DICOM audit message schema (tests/audit/audit-message.xsd).
 from __future__ import annotations
 
 import base64
+import re
 import statistics
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +25,7 @@ from tests.audit.rsyslog import SCHEMA, Received, Rsyslog
 from tests.certificates import issue, make_ca
 from tests.mpps.conftest import n_create, n_create_dataset, reference
 from tests.peers import OPENSSL, RSYSLOGD
-from tests.serve import Broker, broker_env, run_mwl, start_broker
+from tests.serve import ADMIN_PASSWORD, Broker, WebClient, broker_env, run_mwl, start_broker
 
 pytestmark = [pytest.mark.e2e, RSYSLOGD.required, OPENSSL.required]
 
@@ -80,9 +83,29 @@ def _ca(syslog: Rsyslog):  # type: ignore[no-untyped-def]
 
 
 def _serve(env: dict[str, str], tmp_path: Path) -> Broker:
-    migrated = run_mwl(["db", "upgrade"], env, tmp_path)
-    assert migrated.returncode == 0, migrated.stderr
+    added = run_mwl(
+        ["user", "add", "admin", "--role", "admin"], env, tmp_path, ADMIN_PASSWORD + "\n"
+    )
+    assert added.returncode == 0, added.stderr
     return start_broker(env, tmp_path)
+
+
+def _web_logins(broker: Broker) -> None:
+    """A failed login, a login and a logout on the web page."""
+    web = WebClient(f"http://127.0.0.1:{broker.web_port}")
+    status, _, page = web.login("admin", "wrong password, surely")
+    assert status == 200 and 'name="password"' in page
+    status, url, page = web.login("admin", ADMIN_PASSWORD)
+    assert status == 200 and not url.endswith("/login")
+    token = re.search(r'name="csrf_token"[^>]*value="([^"]+)"', page)
+    assert token, "no CSRF token on the page after login"
+    request = urllib.request.Request(
+        web.base + "/logout",
+        data=urllib.parse.urlencode({"csrf_token": token[1]}).encode(),
+        method="POST",
+    )
+    with web.opener.open(request, timeout=30) as response:
+        assert response.geturl().endswith("/login")
 
 
 def _worklist_query() -> Dataset:
@@ -134,6 +157,7 @@ def _exercise(broker: Broker) -> None:
     )
     assert created.code == 0
     assert _rejected_association(broker.dicom_port)
+    _web_logins(broker)
 
 
 def test_events_reach_the_repository_over_mutual_tls(
@@ -171,6 +195,12 @@ def test_events_reach_the_repository_over_mutual_tls(
     assert mpps.action() == "C" and "1.2.826.0.1.3680043.10.543.99.1" in mpps.xml
     (alert,) = events["110113"]
     assert alert.event_types() == ["110126"] and "INTRUDER" in alert.xml
+    logins = [
+        (m.event_types(), m.document().find("EventIdentification").get("EventOutcomeIndicator"))
+        for m in events["110114"]
+    ]
+    assert logins == [(["110122"], "4"), (["110122"], "0"), (["110123"], "0")]
+    assert all('UserID="admin"' in m.xml for m in events["110114"])
 
 
 def test_events_reach_the_repository_over_udp(database_url: str, syslog: Rsyslog, tmp_path: Path):
