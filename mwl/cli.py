@@ -454,7 +454,6 @@ def serve(settings: Settings) -> int:
     try:
         if auditor.enabled:
             audit_sender = AuditSender(settings, writers)
-            auditor.set_wake(audit_sender.wake)
             audit_sender.start()
             services.append(audit_sender)
             _audit_application(auditor, writers, start=True)

@@ -144,7 +144,12 @@ class AuditSender:
                 self._wake.clear()
 
     def run_once(self) -> bool:
-        """One round: send what is due. True when something was sent."""
+        """One round: send what is due. True when a full batch went (more may wait).
+
+        The thread otherwise waits ``poll_seconds`` between rounds, so that under load
+        one round carries many messages: its few writes do not compete, message by
+        message, with the HL7 and DICOM writers for the database.
+        """
         self._confirm()
         if time.monotonic() < self._retry_at or not self._lease.acquire():
             return False
@@ -179,7 +184,7 @@ class AuditSender:
             else:
                 queue.retry_later(session, ids, "", _HOLD)
                 self._unconfirmed.append((time.monotonic(), ids))
-        return True
+        return len(ids) == _BATCH
 
     def _drain(self) -> None:
         # At shutdown: give the last stream messages their confirmation time.
