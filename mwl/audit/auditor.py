@@ -22,10 +22,6 @@ class Auditor:
         self.source = Source.named(settings.audit_source_id, settings.audit_enterprise_site_id)
         self._wake = wake
 
-    def set_wake(self, wake: Callable[[], None]) -> None:
-        """Tell the sender when a message was queued (after the commit it then finds it)."""
-        self._wake = wake
-
     def record(self, session: Session, message: str) -> None:
         """Queue ``message`` in ``session``'s transaction (which the caller commits)."""
         if not self.enabled:
