@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from flask import Flask
 
     from mwl.admin.overrides import LiveSettings
+    from mwl.audit.auditor import Auditor
     from mwl.domain import WorklistItem
     from mwl.orders.history import AttributeRow
 
@@ -354,6 +355,7 @@ def web_app(
     writers: sessionmaker[Session],
     live: LiveSettings,
     listener_status: Callable[[], Mapping[str, bool]] | None = None,
+    auditor: Auditor | None = None,
 ) -> Flask:
     """The admin web page, lent the HL7 and DICOM services it shows and drives.
 
@@ -378,6 +380,7 @@ def web_app(
         query_previewer=WorklistPreviewer(live, readers),
         item_lister=list_item,
         listener_status=listener_status,
+        auditor=auditor,
     )
 
 
@@ -395,9 +398,28 @@ def web_tls(settings: Settings) -> ReloadingContext | None:
     return ReloadingContext(files, service="web")
 
 
+def _audit_application(auditor: Auditor, writers: sessionmaker[Session], *, start: bool) -> None:
+    """Queue ATNA 110100 Application Start or Stop (its own unit of work)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from mwl.audit.messages import application_activity
+
+    try:
+        with writers.begin() as session:
+            auditor.record(session, application_activity(auditor.source, start=start))
+    except SQLAlchemyError as exc:
+        logger.error(
+            "could not queue the Application %s audit message: %s",
+            "Start" if start else "Stop",
+            exc,
+        )
+
+
 def serve(settings: Settings) -> int:
     """``mwl serve``: migrate, start HL7, DICOM and web, run until SIGTERM or SIGINT."""
     from mwl.admin.overrides import LiveSettings
+    from mwl.audit.auditor import Auditor
+    from mwl.audit.sender import AuditSender
     from mwl.dicom.scp import WorklistScp
     from mwl.hl7.sender import OutboxSender
     from mwl.hl7.server import Hl7Server
@@ -429,12 +451,22 @@ def serve(settings: Settings) -> int:
     # it reads with a reader session, so it never waits for SQLite's write lock.
     live = LiveSettings(settings, readers)
     live.current()
-    services: list[Hl7Server | WorklistScp | WebServer | OutboxSender | Housekeeper] = []
+    services: list[
+        Hl7Server | WorklistScp | WebServer | OutboxSender | Housekeeper | AuditSender
+    ] = []
+    # ATNA audit: the sender starts first and stops last, so it delivers the
+    # Application Start and Stop messages around everything else.
+    auditor = Auditor(settings)
     try:
-        hl7 = Hl7Server(settings, writers, live_settings=live)
+        if auditor.enabled:
+            audit_sender = AuditSender(settings, writers)
+            audit_sender.start()
+            services.append(audit_sender)
+            _audit_application(auditor, writers, start=True)
+        hl7 = Hl7Server(settings, writers, live_settings=live, auditor=auditor)
         hl7.start()
         services.append(hl7)
-        scp = WorklistScp(settings, readers, writers, live_settings=live)
+        scp = WorklistScp(settings, readers, writers, live_settings=live, auditor=auditor)
         scp.start()
         services.append(scp)
         web = WebServer(
@@ -444,6 +476,7 @@ def serve(settings: Settings) -> int:
                 writers,
                 live,
                 lambda: {"hl7": hl7.serving, "dicom": scp.serving},
+                auditor,
             ),
             settings.bind_address,
             settings.web_port,
@@ -481,6 +514,8 @@ def serve(settings: Settings) -> int:
         return EXIT_FAILURE
     finally:
         for service in reversed(services):
+            if auditor.enabled and isinstance(service, AuditSender):
+                _audit_application(auditor, writers, start=False)
             service.shutdown()
         engine.dispose()
     # The parent that read our output may be gone already (a killed supervisor).

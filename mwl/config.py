@@ -464,6 +464,19 @@ class Settings:
         ),
         metadata={"convert": _hl7_allowed_peers},
     )
+    # ATNA audit (IHE ITI-20; docs/admin-guide.md "Audit (ATNA)"): DICOM audit messages
+    # by syslog to an audit repository; off while audit_syslog_host is empty. tls
+    # (RFC 5425, verified against audit_syslog_ca) or udp (RFC 5426, fire and forget);
+    # tcp (plain RFC 5425 framing) only for labs. Cert and key for mutual TLS.
+    audit_syslog_host: str = ""
+    audit_syslog_port: int = 6514
+    audit_syslog_transport: str = "tls"
+    audit_syslog_ca: str = ""
+    audit_syslog_cert: str = ""
+    audit_syslog_key: str = ""
+    # AuditSourceID and AuditEnterpriseSiteID of every message ("" = the host name).
+    audit_source_id: str = ""
+    audit_enterprise_site_id: str = ""
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -493,6 +506,7 @@ def _validate(settings: Settings) -> None:
     _validate_order_entry(settings)
     _validate_web(settings)
     _validate_sso(settings)
+    _validate_audit(settings)
     if settings.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise SettingsError("log_level", f"{settings.log_level!r} is not DEBUG/INFO/WARNING/ERROR")
     if settings.log_format.lower() not in {"text", "json"}:
@@ -645,6 +659,25 @@ def _validate_mpps_ris_retention(settings: Settings) -> None:
             raise SettingsError(name, "must be 0 (off) or positive")
     if settings.retention_batch_size < 1:
         raise SettingsError("retention_batch_size", "must be at least 1")
+
+
+def _validate_audit(settings: Settings) -> None:
+    if settings.audit_syslog_transport not in {"tls", "udp", "tcp"}:
+        raise SettingsError("audit_syslog_transport", "must be tls, udp or tcp")
+    if not 1 <= settings.audit_syslog_port <= 65535:
+        raise SettingsError("audit_syslog_port", "must be a port (1-65535)")
+    if settings.audit_syslog_host and settings.audit_syslog_transport == "tls":
+        if not settings.audit_syslog_ca:
+            raise SettingsError("audit_syslog_ca", "is needed for the tls transport")
+    if bool(settings.audit_syslog_cert) != bool(settings.audit_syslog_key):
+        raise SettingsError(
+            "audit_syslog_cert" if not settings.audit_syslog_cert else "audit_syslog_key",
+            "mutual TLS needs both audit_syslog_cert and audit_syslog_key",
+        )
+    for name in ("audit_syslog_ca", "audit_syslog_cert", "audit_syslog_key"):
+        path = getattr(settings, name)
+        if path and not Path(path).is_file():
+            raise SettingsError(name, f"{path!r} is not a readable file")
 
 
 def _validate_web(settings: Settings) -> None:

@@ -61,6 +61,9 @@ PROMTOOL = Peer(Path("/usr/bin/promtool"), "prometheus")
 SLAPD = Peer(Path("/usr/sbin/slapd"), "slapd")
 LDAPADD = Peer(Path("/usr/bin/ldapadd"), "ldap-utils")
 
+# tests/audit: the ATNA audit repository (rsyslog-gnutls adds its TLS driver).
+RSYSLOGD = Peer(Path("/usr/sbin/rsyslogd"), "rsyslog rsyslog-gnutls")
+
 ALL = (
     FINDSCU,
     ECHOSCU,
@@ -74,4 +77,5 @@ ALL = (
     PROMTOOL,
     SLAPD,
     LDAPADD,
+    RSYSLOGD,
 )

@@ -17,6 +17,7 @@ from werkzeug.exceptions import HTTPException
 
 from mwl.admin.login_limits import LoginPolicy
 from mwl.admin.sessions import SessionPolicy
+from mwl.audit.auditor import Auditor
 from mwl.config import Settings
 from mwl.store.engine import make_engine, make_session_factory
 from web import (
@@ -64,6 +65,7 @@ def create_app(
     hl7_describer: Hl7Describer | None = None,
     item_lister: ItemLister | None = None,
     listener_status: health.ListenerStatus | None = None,
+    auditor: Auditor | None = None,
 ) -> Flask:
     """Build the admin web application.
 
@@ -139,6 +141,7 @@ def create_app(
         hl7_describer=hl7_describer,
         item_lister=item_lister,
         listener_status=listener_status,
+        auditor=auditor,
     )
 
     csrf = CSRFProtect(app)

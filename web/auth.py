@@ -26,11 +26,13 @@ from flask.typing import ResponseReturnValue
 from flask_babel import gettext, lazy_gettext, ngettext
 from flask_login import LoginManager, UserMixin, current_user, login_user, logout_user
 from flask_wtf import FlaskForm
+from sqlalchemy.orm import Session
 from wtforms import PasswordField, StringField
 from wtforms.validators import DataRequired, Length
 
 from mwl.admin import login_limits, sessions
 from mwl.admin.users import USERNAME_MAX_LENGTH, authenticate, normalize_username
+from mwl.audit import messages as audit_messages
 from mwl.store.models import utcnow
 from web.ldap_login import DirectoryUnavailable, directory_login
 from web.store import db_session, state, writer
@@ -132,6 +134,7 @@ def login() -> ResponseReturnValue:
     if wait > 0:
         with writer().begin() as changes:
             login_limits.record_refusal(changes, username, address, wait)
+            _audit_login(changes, username, address, login=True, success=False)
         logger.warning("login refused for %r from %s: too many failures", username, address)
         return _delayed(form, next_url, wait)
 
@@ -162,6 +165,7 @@ def login() -> ResponseReturnValue:
     if user is None:
         with writer().begin() as changes:
             login_limits.record_failure(changes, username, address, policy)
+            _audit_login(changes, username, address, login=True, success=False)
         logger.warning("failed login for %r from %s", username, address)
         return render_template("login.html", form=form, next_url=next_url, error=LOGIN_FAILED)
 
@@ -182,11 +186,27 @@ def start_login(user_id: int, username: str, role: str) -> None:
         sessions.purge_expired(changes, state().session_policy)
         login_limits.purge_forgotten(changes, state().login_policy)
         session_id = sessions.start_session(changes, user_id)
+        # Every way in (password, OpenID Connect, LDAP) is audited here, once.
+        _audit_login(changes, username, request.remote_addr or "", login=True, success=True)
     # A fresh session at login: nothing from before (an attacker-planted session
     # included) carries over into the authenticated one, but the chosen language.
     _fresh_session()
     session.permanent = True  # the cookie expires with the absolute lifetime
     login_user(LoginUser(user_id, username, role, session_id))
+
+
+def _audit_login(
+    changes: Session, username: str, address: str, *, login: bool, success: bool
+) -> None:
+    """ATNA 110114 User Authentication, in the transaction that records the login."""
+    auditor = state().auditor
+    if auditor is not None and auditor.enabled:
+        auditor.record(
+            changes,
+            audit_messages.user_authentication(
+                auditor.source, username, address, login=login, success=success
+            ),
+        )
 
 
 def _delayed(form: LoginForm, next_url: str, wait: float) -> ResponseReturnValue:
@@ -210,6 +230,9 @@ def logout() -> ResponseReturnValue:
     if current_user.is_authenticated:
         with writer().begin() as changes:
             sessions.end_session(changes, current_user.get_id())
+            _audit_login(
+                changes, current_user.username, request.remote_addr or "", login=False, success=True
+            )
         logger.info("user %r logged out", current_user.username)
     provider_logout = logout_url(session.get("oidc_id_token"))
     logout_user()

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mwl.admin.login_limits import LoginPolicy
 from mwl.admin.sessions import SessionPolicy
+from mwl.audit.auditor import Auditor
 from mwl.config import Settings
 from mwl.domain import WorklistItem
 from mwl.operations.message_view import MessageView, ReprocessOutcome
@@ -75,6 +76,8 @@ class WebState:
     item_lister: ItemLister | None = None
     # For /health: each listener's name -> whether it is bound (web.health).
     listener_status: Callable[[], Mapping[str, bool]] | None = None
+    # ATNA audit (mwl.audit): logins and logouts; None records nothing.
+    auditor: Auditor | None = None
 
 
 def state() -> WebState:

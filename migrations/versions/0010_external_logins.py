@@ -4,7 +4,7 @@ app_user.external_source names where such an account logs in; NULL for the local
 accounts, which all existing rows are.
 
 Revision ID: 0010_external_logins
-Revises: 0008_password_must_change
+Revises: 0009_audit_queue
 Create Date: 2026-12-07 15:50:00
 """
 
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0010_external_logins"
-down_revision: str | None = "0008_password_must_change"
+down_revision: str | None = "0009_audit_queue"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -21,6 +21,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mwl.admin.overrides import LiveSettings, current_settings
+from mwl.audit import messages as audit_messages
+from mwl.audit.auditor import Auditor
 from mwl.config import DicomAeProfile, Settings
 from mwl.dicom.find import (
     FAILURE_IDENTIFIER_DOES_NOT_MATCH,
@@ -69,6 +71,7 @@ class _Query:
     started: float
     identifier_json: str = ""
     error: str = ""
+    auditor: Auditor | None = None
 
     @property
     def peer(self) -> str:
@@ -122,17 +125,39 @@ class _Query:
         try:
             with self.session_factory.begin() as session:
                 record_query(session, record)
+                self._audit(session, status, end.matches)
         except SQLAlchemyError as exc:
             # The modality already has its answer; a lost log row must not fail the query.
             logger.error(
                 "could not write the query log for %s (%s): %s", requestor.ae_title, self.peer, exc
             )
 
+    def _audit(self, session: Session, status: int, matches: int) -> None:
+        # ATNA 110112 Query, in the query log's transaction (no commit of its own).
+        if self.auditor is None or not self.auditor.enabled:
+            return
+        requestor = self.request.requestor
+        self.auditor.record(
+            session,
+            audit_messages.query(
+                self.auditor.source,
+                requestor.ae_title,
+                requestor.address,
+                self.request.data or b"",
+                self.request.context.transfer_syntax,
+                matches,
+                outcome=audit_messages.SUCCESS
+                if status in {0x0000, 0xFF00, 0xFF01, 0xFE00}
+                else audit_messages.MINOR_FAILURE,
+            ),
+        )
+
 
 def handle_find(
     request: DimseRequest,
     session_factory: sessionmaker[Session],
     settings: Settings | LiveSettings,
+    auditor: Auditor | None = None,
 ) -> FindAnswer:
     """Answer a Modality Worklist C-FIND (PS3.4 K.4.1.3.1 SCP behaviour).
 
@@ -149,6 +174,8 @@ def handle_find(
         The broker's settings, or :class:`~mwl.admin.overrides.LiveSettings` to follow
         changes made on the admin page (calling-AE profiles: response character set,
         station coercion, date window, statuses, match limit).
+    auditor
+        Records each C-FIND as an ATNA Query message (with the query log row).
 
     Returns
     -------
@@ -158,7 +185,7 @@ def handle_find(
     """
     # Read once per C-FIND: one query sees one consistent policy.
     policy = current_settings(settings)
-    query = _Query(request, policy, session_factory, time.perf_counter())
+    query = _Query(request, policy, session_factory, time.perf_counter(), auditor=auditor)
     requestor = request.requestor
     try:
         identifier = request.dataset()

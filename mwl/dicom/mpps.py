@@ -20,14 +20,18 @@ from pydicom.tag import BaseTag, Tag
 from pydicom.uid import generate_uid
 from pynetdicom.dimse_primitives import N_CREATE, N_SET
 from pynetdicom.status import Status
+from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from mwl.audit import messages as audit_messages
+from mwl.audit.auditor import Auditor
 from mwl.config import Settings
 from mwl.dicom.net.messages import DatasetTooLargeError
 from mwl.dicom.net.service import DimseRequest
 from mwl.domain import MppsStatus, PerformedStep, ScheduledStepReference
 from mwl.operations import metrics
+from mwl.store.models import PerformedProcedureStep
 from mwl.worklist.mpps import (
     DuplicateMppsError,
     InvalidMppsError,
@@ -260,8 +264,51 @@ def _destination(settings: Settings) -> str | None:
     return f"{settings.ris_host}:{settings.ris_port}" if settings.ris_host else None
 
 
+def _audit_mpps(
+    session: Session,
+    auditor: Auditor | None,
+    request: DimseRequest,
+    attributes: Dataset,
+    sop_instance_uid: str,
+    action: str,
+) -> None:
+    """ATNA 110111 Procedure Record, in the transaction that stores the MPPS."""
+    if auditor is None or not auditor.enabled:
+        return
+    if "PatientID" not in attributes:
+        row = session.scalar(
+            select(PerformedProcedureStep).where(
+                PerformedProcedureStep.sop_instance_uid == sop_instance_uid
+            )
+        )
+        if row is not None:
+            attributes = Dataset.from_json(row.dataset_json)
+    study_uid, accession = "", ""
+    for item in attributes.get("ScheduledStepAttributesSequence", []):
+        study_uid = study_uid or str(item.get("StudyInstanceUID", ""))
+        accession = accession or str(item.get("AccessionNumber", ""))
+    objects = [audit_messages.patient_object(str(attributes.get("PatientID", "")) or "-")]
+    objects.append(
+        audit_messages.study_object(study_uid or sop_instance_uid, [accession], [sop_instance_uid])
+    )
+    requestor = request.requestor
+    auditor.record(
+        session,
+        audit_messages.record(
+            audit_messages.PROCEDURE_RECORD,
+            action,
+            auditor.source,
+            audit_messages.Participant(requestor.ae_title, True, address=requestor.address),
+            objects,
+        ),
+    )
+
+
 def handle_n_create(
-    request: DimseRequest, session_factory: sessionmaker[Session], settings: Settings
+    request: DimseRequest,
+    session_factory: sessionmaker[Session],
+    settings: Settings,
+    auditor: Auditor | None = None,
 ) -> tuple[int | Dataset, Dataset | None]:
     """Answer an MPPS N-CREATE (PS3.4 F.7.2.1, IHE RAD-6 Modality Procedure Step In Progress).
 
@@ -274,6 +321,8 @@ def handle_n_create(
         scheduled steps and queues the RIS events.
     settings
         ``mpps_step_status`` and the RIS destination (``ris_host``/``ris_port``).
+    auditor
+        Records the step as an ATNA Procedure Record, in the same unit of work.
 
     Returns
     -------
@@ -309,6 +358,7 @@ def handle_n_create(
                 step_status=step_status_table(settings.mpps_step_status),
                 outbox_destination=_destination(settings),
             )
+            _audit_mpps(session, auditor, request, attributes, sop_instance_uid, "C")
     except DuplicateMppsError as exc:
         return _refuse("N-CREATE", calling, DUPLICATE_SOP_INSTANCE, exc.reason)
     except InvalidMppsError as exc:
@@ -334,7 +384,10 @@ def handle_n_create(
 
 
 def handle_n_set(
-    request: DimseRequest, session_factory: sessionmaker[Session], settings: Settings
+    request: DimseRequest,
+    session_factory: sessionmaker[Session],
+    settings: Settings,
+    auditor: Auditor | None = None,
 ) -> tuple[int | Dataset, Dataset | None]:
     """Answer an MPPS N-SET (PS3.4 F.7.2.2, IHE RAD-7 Modality Procedure Step Completed).
 
@@ -374,6 +427,7 @@ def handle_n_set(
                 step_status=step_status_table(settings.mpps_step_status),
                 outbox_destination=_destination(settings),
             )
+            _audit_mpps(session, auditor, request, modifications, sop_instance_uid, "U")
     except UnknownMppsError as exc:
         return _refuse("N-SET", calling, NO_SUCH_SOP_INSTANCE, exc.reason)
     except MppsFinalError as exc:

@@ -12,10 +12,13 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # names made a
     ModalityWorklistInformationFind,
     Verification,
 )
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 import mwl
 from mwl.admin.overrides import LiveSettings, current_settings
+from mwl.audit import messages as audit_messages
+from mwl.audit.auditor import Auditor
 from mwl.config import Settings
 from mwl.dicom.find import caller_refusal
 from mwl.dicom.handlers import handle_echo, handle_find
@@ -91,6 +94,7 @@ class WorklistScp:
         writer_factory: sessionmaker[Session] | None = None,
         *,
         live_settings: LiveSettings | None = None,
+        auditor: Auditor | None = None,
     ) -> None:
         check_profiles(settings if live_settings is None else live_settings.current())
         self._settings = settings
@@ -98,6 +102,7 @@ class WorklistScp:
         self._session_factory = session_factory
         self._writer_factory = writer_factory or session_factory
         self._server: AssociationServer | None = None
+        self._auditor = auditor
 
     @property
     def _policy_settings(self) -> Settings | LiveSettings:
@@ -106,13 +111,24 @@ class WorklistScp:
 
     def _services(self) -> Services:
         find = partial(
-            handle_find, session_factory=self._session_factory, settings=self._policy_settings
+            handle_find,
+            session_factory=self._session_factory,
+            settings=self._policy_settings,
+            auditor=self._auditor,
         )
         # MPPS SCP (PS3.4 F.7.2, IHE RAD-6/RAD-7): modalities report what they performed.
         n_create = partial(
-            handle_n_create, session_factory=self._writer_factory, settings=self._settings
+            handle_n_create,
+            session_factory=self._writer_factory,
+            settings=self._settings,
+            auditor=self._auditor,
         )
-        n_set = partial(handle_n_set, session_factory=self._writer_factory, settings=self._settings)
+        n_set = partial(
+            handle_n_set,
+            session_factory=self._writer_factory,
+            settings=self._settings,
+            auditor=self._auditor,
+        )
         return Services(
             echo={str(Verification): handle_echo},
             find={str(ModalityWorklistInformationFind): find},
@@ -131,11 +147,33 @@ class WorklistScp:
         host = association.address[0]
         refusal = caller_refusal(settings, request.calling_ae_title, host)
         if refusal is not None and refusal.status is None:
+            self._audit_refusal(request.calling_ae_title, host, refusal.comment)
             return calling_ae_not_recognized(refusal.comment)
         profile = find_profile(settings, request.calling_ae_title, host)
         if profile is not None and profile.require_tls and not association.channel.tls:
-            return no_reason(f"the profile of {request.calling_ae_title} requires DICOM TLS")
+            comment = f"the profile of {request.calling_ae_title} requires DICOM TLS"
+            self._audit_refusal(request.calling_ae_title, host, comment)
+            return no_reason(comment)
         return None
+
+    def _audit_refusal(self, calling_ae: str, host: str, comment: str) -> None:
+        # ATNA 110113 Security Alert (110126 Node Authentication): its own unit of work,
+        # as nothing else is written for a refused association.
+        auditor = self._auditor
+        if auditor is None or not auditor.enabled:
+            return
+        message = audit_messages.security_alert(
+            auditor.source,
+            audit_messages.NODE_AUTHENTICATION,
+            audit_messages.Participant(calling_ae, True, address=host),
+            f"{calling_ae}@{host}",
+            text=comment,
+        )
+        try:
+            with self._writer_factory.begin() as session:
+                auditor.record(session, message)
+        except SQLAlchemyError as exc:
+            logger.error("could not queue the audit message of a refused association: %s", exc)
 
     def start(self) -> None:
         """Bind and listen; returns once the sockets accept associations.

@@ -28,6 +28,8 @@ from sqlalchemy.exc import DataError, IntegrityError, OperationalError, SQLAlche
 from sqlalchemy.orm import Session, sessionmaker
 
 from mwl.admin.overrides import LiveSettings
+from mwl.audit import messages as audit_messages
+from mwl.audit.auditor import Auditor
 from mwl.config import Settings
 from mwl.domain import Order, PatientDemographics, SpsStatus
 from mwl.errors import InvalidOrderError, SettingsError
@@ -46,7 +48,7 @@ from mwl.hl7.parse import SUPPORTED_EVENTS, parse_message
 from mwl.logs import log_context
 from mwl.operations import metrics
 from mwl.operations.messages import original_ack, record_message
-from mwl.orders.apply import OrderOutcome, apply_order, status_table
+from mwl.orders.apply import OrderAction, OrderOutcome, apply_order, status_table
 from mwl.orders.message_links import link_order, link_patient
 from mwl.orders.patients import PatientAction, PatientMessage, apply_patient_message
 
@@ -286,10 +288,12 @@ class Intake:
         session_factory: sessionmaker[Session],
         *,
         live_settings: LiveSettings | None = None,
+        auditor: Auditor | None = None,
     ) -> None:
         self.settings = settings
         self._sessions = session_factory
         self._live_settings = live_settings
+        self._auditor = auditor
         self._processor = MessageProcessor(
             settings if live_settings is None else live_settings.current()
         )
@@ -439,6 +443,9 @@ class Intake:
                 applied = processor.apply_changes(session, parsed)
                 ack = build_ack(header, ACCEPT)
                 applied.link(session, received.record(session, ACCEPT, ack))
+                if self._auditor is not None and self._auditor.enabled:
+                    for message in _audit_messages(self._auditor, received, parsed, applied):
+                        self._auditor.record(session, message)
             logger.info(
                 "HL7 message %s (%s) from %s answered AA: %s",
                 received.message_control_id,
@@ -449,6 +456,50 @@ class Intake:
             return ack
 
         return retrying_write_conflicts(unit_of_work, f"HL7 message {received.message_control_id}")
+
+
+def _audit_messages(
+    auditor: Auditor,
+    received: _Received,
+    parsed: Order | Sequence[PatientMessage],
+    applied: AppliedMessage,
+) -> list[str]:
+    """ATNA 110109 Order Record / 110110 Patient Record for what an accepted message changed."""
+    host = received.peer.rsplit(":", 1)[0]
+    sender = audit_messages.Participant(
+        received.sending_application or "-", True, address=host, alternative_id=received.peer
+    )
+    if isinstance(parsed, Order) and applied.order is not None:
+        actions = {action for _, action in applied.order.actions}
+        if actions == {OrderAction.UNKNOWN_ORDER}:
+            return []
+        if OrderAction.CREATED in actions:
+            code = "C"
+        elif applied.order.status in {SpsStatus.CANCELED, SpsStatus.DISCONTINUED}:
+            code = "D"
+        else:
+            code = "U"
+        objects = [audit_messages.patient_object(parsed.patient.patient_id)]
+        objects.extend(
+            audit_messages.study_object(p.study_instance_uid, [p.accession_number])
+            for p in parsed.procedures
+        )
+        return [
+            audit_messages.record(
+                audit_messages.ORDER_RECORD, code, auditor.source, sender, objects
+            )
+        ]
+    return [
+        audit_messages.record(
+            audit_messages.PATIENT_RECORD,
+            "U",
+            auditor.source,
+            sender,
+            [audit_messages.patient_object(patient.patient_id)],
+        )
+        for patient, action in applied.patients
+        if action is not PatientAction.UNKNOWN_PATIENT
+    ]
 
 
 def _original_ack(session: Session, received: _Received, header: MessageHeader) -> bytes | None:

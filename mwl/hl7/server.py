@@ -36,10 +36,13 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mwl import descriptors
 from mwl.admin.overrides import LiveSettings
+from mwl.audit import messages as audit_messages
+from mwl.audit.auditor import Auditor
 from mwl.config import Settings
 from mwl.hl7.intake import Intake
 from mwl.hl7.mllp import FramingError, MllpFramer, frame
@@ -54,6 +57,8 @@ _RECV_BYTES = 65536
 # Back-off when accept fails for want of descriptors or memory: the accept thread
 # sleeps instead of spinning on a listening socket that stays readable.
 _ACCEPT_BACKOFF = 0.1
+# A refused peer is audited at most once per this many seconds.
+_ALERT_INTERVAL = 60.0
 _RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 _STOP_JOIN_SECONDS = 30.0
 
@@ -104,11 +109,17 @@ class Hl7Server:
         session_factory: sessionmaker[Session],
         *,
         live_settings: LiveSettings | None = None,
+        auditor: Auditor | None = None,
     ) -> None:
         self.settings = settings
-        self.intake = Intake(settings, session_factory, live_settings=live_settings)
+        self.intake = Intake(
+            settings, session_factory, live_settings=live_settings, auditor=auditor
+        )
         # Lines a peer can provoke at will: at most one per kind and minute.
         self.rate_log = RateLimitedLog(logger)
+        self._auditor = auditor
+        self._session_factory = session_factory
+        self._alerted: dict[str, float] = {}  # host -> monotonic time of its last alert
         self._allowed: tuple[Network, ...] = tuple(
             ipaddress.ip_network(peer) for peer in settings.hl7_allowed_peers
         )
@@ -263,6 +274,8 @@ class Hl7Server:
             key, why = refusal
             sock.close()
             self.rate_log.warning(key, "HL7 connection from %s closed at once: %s", host, why)
+            if key.startswith("peer:"):
+                self._audit_refusal(host, why)
             return
         with self._lock:
             self._serial += 1
@@ -281,6 +294,34 @@ class Hl7Server:
             self.rate_log.warning(
                 "accept:thread", "HL7 connection from %s closed at once: no thread", host
             )
+
+    def _audit_refusal(self, host: str, why: str) -> None:
+        """ATNA 110113 Security Alert for a peer outside hl7_allowed_peers.
+
+        At most one per host and minute: a peer must not turn its retries into a
+        flood of database writes on the accept thread.
+        """
+        auditor = self._auditor
+        if auditor is None or not auditor.enabled:
+            return
+        now = time.monotonic()
+        if now - self._alerted.get(host, -_ALERT_INTERVAL) < _ALERT_INTERVAL:
+            return
+        if len(self._alerted) > 10_000:
+            self._alerted.clear()
+        self._alerted[host] = now
+        message = audit_messages.security_alert(
+            auditor.source,
+            audit_messages.NODE_AUTHENTICATION,
+            audit_messages.Participant(host, True, address=host),
+            host,
+            text=f"HL7 connection refused: {why}",
+        )
+        try:
+            with self._session_factory.begin() as session:
+                auditor.record(session, message)
+        except SQLAlchemyError as exc:
+            logger.error("could not queue the audit message of a refused peer: %s", exc)
 
     def _admit(self, connection: _Connection) -> tuple[str, str] | None:
         """Count a new connection; or (log key, reason) when it is refused."""

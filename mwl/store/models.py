@@ -446,3 +446,23 @@ class LoginFailure(Base):
     key_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
     failures: Mapped[int] = mapped_column(Integer, default=0)
     last_failure_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, index=True)
+
+
+class AuditQueueMessage(Base):
+    """A DICOM audit message (PS3.15 A.5) for the audit repository, queued with its event.
+
+    Written in the transaction of the change it records, so the message exists
+    exactly when the change does; the audit sender (mwl.audit.sender) deletes it
+    once the syslog transport took it.
+    """
+
+    __tablename__ = "audit_queue"
+    __table_args__ = (Index("ix_audit_queue_next_attempt", "next_attempt_at", "id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    # The AuditMessage XML document, UTF-8, without the syslog header.
+    message: Mapped[str] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    last_error: Mapped[str] = mapped_column(Text, default="")
