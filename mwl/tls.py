@@ -92,6 +92,37 @@ def server_context(files: TlsFiles) -> ssl.SSLContext:
     return context
 
 
+def _file_stamps(paths: tuple[Path | None, ...]) -> tuple[tuple[int, int], ...]:
+    """Modification time and size of each file ((0, 0): absent or unset): a change reloads."""
+    out = []
+    for path in paths:
+        try:
+            st = os.stat(path) if path is not None else None
+        except OSError:
+            st = None
+        out.append((st.st_mtime_ns, st.st_size) if st else (0, 0))
+    return tuple(out)
+
+
+def _log_certificate(what: str, verb: str, path: Path, suffix: str = "") -> CertificateInfo:
+    """Name a loaded certificate, its subject and expiry; WARNING near it, ERROR past it."""
+    info = certificate_info(path)
+    level = logging.WARNING if info.days_left < EXPIRY_WARNING.days else logging.INFO
+    if info.days_left < 0:
+        level = logging.ERROR
+    logger.log(
+        level,
+        "%s %s: %s, valid until %s (%.0f days left)%s",
+        what,
+        verb,
+        info.subject,
+        info.not_after.strftime("%Y-%m-%d %H:%M UTC"),
+        info.days_left,
+        suffix,
+    )
+    return info
+
+
 def certificate_info(path: Path) -> CertificateInfo:
     """Subject and expiry of the first certificate in a PEM file."""
     certificate = x509.load_pem_x509_certificate(path.read_bytes())
@@ -130,32 +161,11 @@ class ReloadingContext:
         self._checked = self._reminded = time.monotonic()
 
     def _stamps(self) -> tuple[tuple[int, int], ...]:
-        paths = [self.files.cert, self.files.key] + ([self.files.ca] if self.files.ca else [])
-        out = []
-        for path in paths:
-            try:
-                st = os.stat(path)
-                out.append((st.st_mtime_ns, st.st_size))
-            except OSError:
-                out.append((0, 0))
-        return tuple(out)
+        return _file_stamps((self.files.cert, self.files.key, self.files.ca))
 
     def _log_loaded(self, verb: str) -> CertificateInfo:
-        info = certificate_info(self.files.cert)
-        level = logging.WARNING if info.days_left < EXPIRY_WARNING.days else logging.INFO
-        if info.days_left < 0:
-            level = logging.ERROR
-        logger.log(
-            level,
-            "%s TLS certificate %s: %s, valid until %s (%.0f days left)%s",
-            self.service,
-            verb,
-            info.subject,
-            info.not_after.strftime("%Y-%m-%d %H:%M UTC"),
-            info.days_left,
-            "; client certificates required" if self.files.ca else "",
-        )
-        return info
+        required = "; client certificates required" if self.files.ca else ""
+        return _log_certificate(f"{self.service} TLS certificate", verb, self.files.cert, required)
 
     def current(self) -> ssl.SSLContext:
         """The context for a new connection: reloaded first when a file changed."""
@@ -234,32 +244,13 @@ class ReloadingClientContext:
         self._log_loaded("loaded")
 
     def _stamps(self) -> tuple[tuple[int, int], ...]:
-        out = []
-        for path in (self.files.ca, self.files.cert, self.files.key):
-            try:
-                st = os.stat(path) if path is not None else None
-                out.append((st.st_mtime_ns, st.st_size) if st else (0, 0))
-            except OSError:
-                out.append((0, 0))
-        return tuple(out)
+        return _file_stamps((self.files.ca, self.files.cert, self.files.key))
 
     def _log_loaded(self, verb: str) -> None:
         if self.files.cert is None:
             logger.info("%s TLS CA %s: %s", self.service, verb, self.files.ca)
             return
-        info = certificate_info(self.files.cert)
-        level = logging.WARNING if info.days_left < EXPIRY_WARNING.days else logging.INFO
-        if info.days_left < 0:
-            level = logging.ERROR
-        logger.log(
-            level,
-            "%s TLS client certificate %s: %s, valid until %s (%.0f days left)",
-            self.service,
-            verb,
-            info.subject,
-            info.not_after.strftime("%Y-%m-%d %H:%M UTC"),
-            info.days_left,
-        )
+        _log_certificate(f"{self.service} TLS client certificate", verb, self.files.cert)
 
     def current(self) -> ssl.SSLContext:
         """The context for a new connection: reloaded first when a file changed."""
