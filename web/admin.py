@@ -46,6 +46,7 @@ from mwl.config import Settings
 from mwl.domain import SpsStatus
 from mwl.errors import SettingsError
 from mwl.orders.apply import DEFAULT_STATUS_TABLE
+from web import audit_events
 from web.roles import role_required
 from web.store import db_session, state, writer
 
@@ -221,6 +222,7 @@ def _save(values: dict[str, Any]) -> tuple[list[str], str]:
     try:
         with writer().begin() as session:
             changed = set_overrides(session, state().settings, values, current_user.username)
+            audit_events.settings_changed(session, current_user.username, changed)
     except SettingsError as exc:
         return [], _("%(setting)s: %(reason)s", setting=exc.setting, reason=exc.reason)
     return changed, ""
@@ -524,6 +526,8 @@ def reset(name: str) -> ResponseReturnValue:
     try:
         with writer().begin() as session:
             dropped = clear_override(session, name, current_user.username, base=state().settings)
+            if dropped:
+                audit_events.settings_changed(session, current_user.username, [name])
     except SettingsError as exc:
         error = _("%(setting)s: %(reason)s", setting=exc.setting, reason=exc.reason)
         effective, _problem = _effective()
