@@ -463,7 +463,9 @@ def serve(settings: Settings) -> int:
     from mwl.hl7.sender import OutboxSender
     from mwl.hl7.server import Hl7Server
     from mwl.operations import metrics
+    from mwl.operations.notify import notify
     from mwl.operations.retention import Housekeeper
+    from mwl.operations.watchdog import Watchdog
     from mwl.store.migrate import upgrade
     from web.server import WebServer
 
@@ -491,7 +493,7 @@ def serve(settings: Settings) -> int:
     live = LiveSettings(settings, readers)
     live.current()
     services: list[
-        Hl7Server | WorklistScp | WebServer | OutboxSender | Housekeeper | AuditSender
+        Hl7Server | WorklistScp | WebServer | OutboxSender | Housekeeper | AuditSender | Watchdog
     ] = []
     # ATNA audit: the sender starts first and stops last, so it delivers the
     # Application Start and Stop messages around everything else.
@@ -533,6 +535,11 @@ def serve(settings: Settings) -> int:
             housekeeper = Housekeeper(settings, writers)
             housekeeper.start()
             services.append(housekeeper)
+        if settings.watchdog_interval_seconds > 0:
+            # Thresholds come from the live settings: a change applies at the next round.
+            watchdog = Watchdog(live.current, writers, notify)
+            watchdog.start()
+            services.append(watchdog)
         host, port = hl7.address[:2]
         print(f"HL7 MLLP listening on {host}:{port}", flush=True)
         if hl7.tls_address is not None:

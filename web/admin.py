@@ -59,6 +59,16 @@ AE_SETTINGS = (
     "dicom_max_matches",
     "dicom_response_charset",
 )
+# The watchdog's thresholds, changed on their own page (web.alerts).
+WATCHDOG_SETTINGS = (
+    "watchdog_hours",
+    "watchdog_hl7_silent_minutes",
+    "watchdog_scanner_silent_minutes",
+    "watchdog_scanner_failures",
+    "watchdog_outbox_minutes",
+    "watchdog_overdue_minutes",
+    "watchdog_missing_station",
+)
 HL7_SETTINGS = (
     "hl7_modality_map",
     "hl7_station_rules",
@@ -260,6 +270,7 @@ def index() -> str:
     rows = describe_settings(state().settings, effective, stored)
     pages = {name: "admin.aes" for name in AE_SETTINGS}
     pages.update({name: "admin.hl7" for name in HL7_SETTINGS})
+    pages.update({name: "alerts.settings" for name in WATCHDOG_SETTINGS})
     return render_template(
         "admin_index.html",
         editable=[r for r in rows if r.editable],
