@@ -5,8 +5,13 @@ from __future__ import annotations
 import socket
 import threading
 
+import pytest
+
 from mwl.operations.health import Readiness, database_readiness
 from mwl.store.engine import make_engine
+
+# It listens on a loopback socket (the silent "database").
+pytestmark = pytest.mark.e2e
 
 
 def test_a_silent_database_is_reported_unready_within_the_connect_timeout():
