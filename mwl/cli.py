@@ -245,6 +245,7 @@ def user_add(settings: Settings, name: str, role: str) -> int:
         upgrade(engine)
         with make_session_factory(engine, writer=True).begin() as session:
             add_user(session, name, password, role)
+            _audit_user_change(settings, session, name, f"user created with role {role}")
     finally:
         engine.dispose()
     print(f"user {name} added with role {role}")
@@ -263,6 +264,39 @@ def _writer(settings: Settings) -> Iterator[Session]:
             yield session
     finally:
         engine.dispose()
+
+
+def _audit_user_change(
+    settings: Settings, session: Session, name: str, text: str, *, roles: bool = False
+) -> None:
+    """ATNA 110113 for a user or token change made with the CLI, in its transaction.
+
+    The actor is the operating-system account that ran the command: the CLI has no
+    web login, and that account is what the site's own logs can trace.
+    """
+    from mwl.admin.users import normalize_username
+    from mwl.audit import messages as audit_messages
+    from mwl.audit.auditor import Auditor
+
+    auditor = Auditor(settings)
+    if not auditor.enabled:
+        return
+    event_type = (
+        audit_messages.SECURITY_ROLES_CHANGED
+        if roles
+        else audit_messages.USER_SECURITY_ATTRIBUTES_CHANGED
+    )
+    actor = audit_messages.Participant(f"os:{getpass.getuser()}", True)
+    auditor.record(
+        session,
+        audit_messages.security_change(
+            auditor.source,
+            event_type,
+            actor,
+            audit_messages.user_object(normalize_username(name)),
+            f"{text} (mwl command)",
+        ),
+    )
 
 
 def _utc_text(value: dt.datetime | None) -> str:
@@ -296,6 +330,7 @@ def user_command(settings: Settings, args: argparse.Namespace) -> int:
         with _writer(settings) as session:
             user = users.set_password(session, args.name, password)
             name = user.username
+            _audit_user_change(settings, session, name, "password changed")
         print(f"password of {name} changed")
     elif action == "list":
         with _writer(settings) as session:
@@ -307,10 +342,12 @@ def user_command(settings: Settings, args: argparse.Namespace) -> int:
     elif action == "remove":
         with _writer(settings) as session:
             users.remove_user(session, args.name)
+            _audit_user_change(settings, session, args.name, "user removed", roles=True)
         print(f"user {users.normalize_username(args.name)} removed")
     elif action == "role":
         with _writer(settings) as session:
             name = users.set_role(session, args.name, args.role).username
+            _audit_user_change(settings, session, name, f"role set to {args.role}", roles=True)
         print(f"user {name} now has role {args.role}")
     return EXIT_OK
 
@@ -323,6 +360,7 @@ def token_command(settings: Settings, args: argparse.Namespace) -> int:
     if action == "add":
         with _writer(settings) as session:
             token = tokens.create_token(session, args.user, args.name)
+            _audit_user_change(settings, session, args.user, "API token created")
         # The token on stdout alone, so that scripts can capture it; the advice on stderr.
         print(token)
         print("This token is shown only once; store it now.", file=sys.stderr)
@@ -345,6 +383,7 @@ def token_command(settings: Settings, args: argparse.Namespace) -> int:
     elif action == "revoke":
         with _writer(settings) as session:
             info = tokens.revoke_token(session, args.id)
+            _audit_user_change(settings, session, info.username, "API token revoked")
         print(f"token {info.key} of {info.username} revoked")
     return EXIT_OK
 
@@ -424,7 +463,9 @@ def serve(settings: Settings) -> int:
     from mwl.hl7.sender import OutboxSender
     from mwl.hl7.server import Hl7Server
     from mwl.operations import metrics
+    from mwl.operations.notify import notify
     from mwl.operations.retention import Housekeeper
+    from mwl.operations.watchdog import Watchdog
     from mwl.store.migrate import upgrade
     from web.server import WebServer
 
@@ -452,7 +493,7 @@ def serve(settings: Settings) -> int:
     live = LiveSettings(settings, readers)
     live.current()
     services: list[
-        Hl7Server | WorklistScp | WebServer | OutboxSender | Housekeeper | AuditSender
+        Hl7Server | WorklistScp | WebServer | OutboxSender | Housekeeper | AuditSender | Watchdog
     ] = []
     # ATNA audit: the sender starts first and stops last, so it delivers the
     # Application Start and Stop messages around everything else.
@@ -494,6 +535,11 @@ def serve(settings: Settings) -> int:
             housekeeper = Housekeeper(settings, writers)
             housekeeper.start()
             services.append(housekeeper)
+        if settings.watchdog_interval_seconds > 0:
+            # Thresholds come from the live settings: a change applies at the next round.
+            watchdog = Watchdog(live.current, writers, notify)
+            watchdog.start()
+            services.append(watchdog)
         host, port = hl7.address[:2]
         print(f"HL7 MLLP listening on {host}:{port}", flush=True)
         if hl7.tls_address is not None:

@@ -153,6 +153,29 @@ def _hl7_allowed_peers(value: Any) -> tuple[str, ...]:
     return tuple(networks)
 
 
+def _weekday_hours(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or len(value) != 7:
+        raise ValueError('expected 7 windows, Monday to Sunday, e.g. "07-19" or "" (not watched)')
+    windows = []
+    for item in value:
+        text = str(item).strip()
+        if text:
+            start, sep, end = text.partition("-")
+            if not (sep and start.isdigit() and end.isdigit() and 0 <= int(start) < int(end) <= 24):
+                raise ValueError(f"{text!r} is not a window of hours such as 07-19 (0-24)")
+            text = f"{int(start):02d}-{int(end):02d}"
+        windows.append(text)
+    return tuple(windows)
+
+
+def _mail_addresses(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [part for part in value.split(",") if part.strip()]
+    if not isinstance(value, list) or not all(isinstance(v, str) and "@" in v for v in value):
+        raise ValueError('expected a list of e-mail addresses ("pacs-admin@example.org")')
+    return tuple(v.strip() for v in value)
+
+
 def _hl7_station_rules(value: Any) -> tuple[Hl7StationRule, ...]:
     if not isinstance(value, list):
         raise ValueError("expected a list of tables")
@@ -477,6 +500,34 @@ class Settings:
     # AuditSourceID and AuditEnterpriseSiteID of every message ("" = the host name).
     audit_source_id: str = ""
     audit_enterprise_site_id: str = ""
+    # The watchdog (docs/admin-guide.md "Watchdog"): what nobody notices until a
+    # radiographer calls. Every round (0 = off) it checks, on one broker per database:
+    # the HL7 feed and each scanner that queried in the last 7 days silent for longer
+    # than the minutes given, within the hours watched on that weekday (Monday first);
+    # scanners whose last queries all failed; the RIS outbox backing up; today's steps
+    # without a station AE; steps still SCHEDULED long after their start. 0 turns a
+    # check off. Alerts show on the day page, in metrics, and go by e-mail and webhook.
+    watchdog_interval_seconds: float = 60.0
+    watchdog_hours: tuple[str, ...] = field(
+        default=("07-19",) * 5 + ("", ""), metadata={"convert": _weekday_hours}
+    )
+    watchdog_hl7_silent_minutes: float = 60.0
+    watchdog_scanner_silent_minutes: float = 120.0
+    watchdog_scanner_failures: int = 3
+    watchdog_outbox_minutes: float = 15.0
+    watchdog_overdue_minutes: float = 240.0
+    watchdog_missing_station: bool = True
+    # Notifications: e-mail through this SMTP relay (STARTTLS when asked), and/or a JSON
+    # POST to the webhook (with "Authorization: Bearer <token>" when a token is set).
+    watchdog_smtp_host: str = ""
+    watchdog_smtp_port: int = 25
+    watchdog_smtp_starttls: bool = False
+    watchdog_smtp_username: str = ""
+    watchdog_smtp_password: str = field(default="", repr=False)
+    watchdog_smtp_from: str = ""
+    watchdog_smtp_to: tuple[str, ...] = field(default=(), metadata={"convert": _mail_addresses})
+    watchdog_webhook_url: str = ""
+    watchdog_webhook_token: str = field(default="", repr=False)
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -491,6 +542,8 @@ class Settings:
         values["web_secret_key"] = "(set)" if self.web_secret_key else "(random per process)"
         values["metrics_token"] = "(set)" if self.metrics_token else ""
         values["oidc_client_secret"] = "(set)" if self.oidc_client_secret else ""
+        values["watchdog_smtp_password"] = "(set)" if self.watchdog_smtp_password else ""
+        values["watchdog_webhook_token"] = "(set)" if self.watchdog_webhook_token else ""
         url = make_url(self.database_url)
         values["database_url"] = url.render_as_string(hide_password=True)
         return values
@@ -507,6 +560,7 @@ def _validate(settings: Settings) -> None:
     _validate_web(settings)
     _validate_sso(settings)
     _validate_audit(settings)
+    _validate_watchdog(settings)
     if settings.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise SettingsError("log_level", f"{settings.log_level!r} is not DEBUG/INFO/WARNING/ERROR")
     if settings.log_format.lower() not in {"text", "json"}:
@@ -678,6 +732,32 @@ def _validate_audit(settings: Settings) -> None:
         path = getattr(settings, name)
         if path and not Path(path).is_file():
             raise SettingsError(name, f"{path!r} is not a readable file")
+
+
+def _validate_watchdog(settings: Settings) -> None:
+    for name in (
+        "watchdog_interval_seconds",
+        "watchdog_hl7_silent_minutes",
+        "watchdog_scanner_silent_minutes",
+        "watchdog_outbox_minutes",
+        "watchdog_overdue_minutes",
+    ):
+        if getattr(settings, name) < 0:
+            raise SettingsError(name, "must be 0 (off) or more")
+    if settings.watchdog_scanner_failures < 0:
+        raise SettingsError("watchdog_scanner_failures", "must be 0 (off) or more")
+    if not 1 <= settings.watchdog_smtp_port <= 65535:
+        raise SettingsError("watchdog_smtp_port", "must be a port (1-65535)")
+    if settings.watchdog_smtp_host and not (
+        settings.watchdog_smtp_from and settings.watchdog_smtp_to
+    ):
+        raise SettingsError(
+            "watchdog_smtp_to" if settings.watchdog_smtp_from else "watchdog_smtp_from",
+            "e-mail needs both watchdog_smtp_from and watchdog_smtp_to",
+        )
+    url = settings.watchdog_webhook_url
+    if url and not url.startswith(("http://", "https://")):
+        raise SettingsError("watchdog_webhook_url", "must be an http:// or https:// URL")
 
 
 def _validate_web(settings: Settings) -> None:

@@ -23,6 +23,7 @@ from mwl.store.engine import make_engine, make_session_factory
 from web import (
     account,
     admin,
+    alerts,
     api,
     auth,
     display,
@@ -163,6 +164,7 @@ def create_app(
     app.register_blueprint(items.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(admin.bp)
+    app.register_blueprint(alerts.bp)
     app.register_blueprint(token_page.bp)
     app.register_blueprint(account.bp)
 

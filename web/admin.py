@@ -46,6 +46,7 @@ from mwl.config import Settings
 from mwl.domain import SpsStatus
 from mwl.errors import SettingsError
 from mwl.orders.apply import DEFAULT_STATUS_TABLE
+from web import audit_events
 from web.roles import role_required
 from web.store import db_session, state, writer
 
@@ -57,6 +58,16 @@ AE_SETTINGS = (
     "dicom_restrict_calling_ae",
     "dicom_max_matches",
     "dicom_response_charset",
+)
+# The watchdog's thresholds, changed on their own page (web.alerts).
+WATCHDOG_SETTINGS = (
+    "watchdog_hours",
+    "watchdog_hl7_silent_minutes",
+    "watchdog_scanner_silent_minutes",
+    "watchdog_scanner_failures",
+    "watchdog_outbox_minutes",
+    "watchdog_overdue_minutes",
+    "watchdog_missing_station",
 )
 HL7_SETTINGS = (
     "hl7_modality_map",
@@ -221,6 +232,7 @@ def _save(values: dict[str, Any]) -> tuple[list[str], str]:
     try:
         with writer().begin() as session:
             changed = set_overrides(session, state().settings, values, current_user.username)
+            audit_events.settings_changed(session, current_user.username, changed)
     except SettingsError as exc:
         return [], _("%(setting)s: %(reason)s", setting=exc.setting, reason=exc.reason)
     return changed, ""
@@ -258,6 +270,7 @@ def index() -> str:
     rows = describe_settings(state().settings, effective, stored)
     pages = {name: "admin.aes" for name in AE_SETTINGS}
     pages.update({name: "admin.hl7" for name in HL7_SETTINGS})
+    pages.update({name: "alerts.settings" for name in WATCHDOG_SETTINGS})
     return render_template(
         "admin_index.html",
         editable=[r for r in rows if r.editable],
@@ -524,6 +537,8 @@ def reset(name: str) -> ResponseReturnValue:
     try:
         with writer().begin() as session:
             dropped = clear_override(session, name, current_user.username, base=state().settings)
+            if dropped:
+                audit_events.settings_changed(session, current_user.username, [name])
     except SettingsError as exc:
         error = _("%(setting)s: %(reason)s", setting=exc.setting, reason=exc.reason)
         effective, _problem = _effective()

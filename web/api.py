@@ -26,7 +26,13 @@ from werkzeug.exceptions import HTTPException
 from mwl.admin.tokens import find_token, record_use, use_is_due
 from mwl.admin.users import Role
 from mwl.domain import Code, SpsStatus, WorklistItem
-from mwl.operations.activity import MessageFilter, MessageSummary, message_detail, recent_messages
+from mwl.operations.activity import (
+    MessageFilter,
+    MessageSummary,
+    message_changes,
+    message_detail,
+    recent_messages,
+)
 from mwl.operations.activity import scanner_activity as scanner_activity_of
 from mwl.orders.edits import (
     STATUS,
@@ -41,7 +47,7 @@ from mwl.orders.edits import (
 from mwl.orders.entry import NewOrder, create_order
 from mwl.worklist.daylist import items_for_day
 from mwl.worklist.fields import BY_NAME, FIELDS, Kind
-from web import openapi
+from web import audit_events, openapi
 from web.display import dicom_date
 from web.openapi import Spec
 from web.scanners import local_midnight_utc
@@ -140,6 +146,7 @@ def _authenticate() -> None:
     found = find_token(db_session(), token)
     if found is None:
         logger.warning("API request with an unknown token from %s", request.remote_addr)
+        audit_events.token_refused()
         raise ApiError(
             401,
             "The token is not valid (unknown or revoked).",
@@ -157,6 +164,7 @@ def _authenticate() -> None:
         try:
             with writer().begin() as session:
                 record_use(session, row.id)
+                audit_events.token_login(session, user.username)
         except OperationalError:
             # Bookkeeping only: a busy database must not refuse the request itself.
             logger.warning("could not record the use of API token %s", row.id, exc_info=True)
@@ -367,7 +375,7 @@ def openapi_document() -> Response:
 @bp.get("/items")
 def list_items() -> Response:
     """The scheduled procedure steps of one day, filtered, ordered by start."""
-    _require(Role.VIEWER)
+    user = _require(Role.VIEWER)
     args = _query(openapi.ITEM_FILTERS)
     statuses = request.args.getlist("status")
     bad = [s for s in statuses if openapi.STATUS_FILTER.problem(s)]
@@ -382,16 +390,18 @@ def list_items() -> Response:
         statuses=frozenset(SpsStatus(s) for s in statuses) if statuses else None,
         text=args.get("q") or None,
     )
+    audit_events.items_read(user.username, items, f"GET /api/v1/items?date={day.isoformat()}")
     return jsonify({"date": day.isoformat(), "items": [item_json(item) for item in items]})
 
 
 @bp.get("/items/<int:key>")
 def show_item(key: int) -> Response:
     """One scheduled procedure step, whatever its status."""
-    _require(Role.VIEWER)
+    user = _require(Role.VIEWER)
     item = get_item(db_session(), _step_key(key))
     if item is None:
         raise ApiError(404, f"There is no scheduled procedure step with key {key}.")
+    audit_events.items_read(user.username, [item], f"GET /api/v1/items/{key}")
     return jsonify(item_json(item))
 
 
@@ -496,10 +506,14 @@ def list_messages() -> Response:
 @bp.get("/messages/<int:key>")
 def show_message(key: int) -> Response:
     """One HL7 message with its raw text and the ACK sent."""
-    _require(Role.VIEWER)
-    detail = message_detail(db_session(), key) if 1 <= key <= openapi.KEY_MAX else None
+    user = _require(Role.VIEWER)
+    session = db_session()
+    detail = message_detail(session, key) if 1 <= key <= openapi.KEY_MAX else None
     if detail is None:
         raise ApiError(404, f"There is no HL7 message with key {key}.")
+    audit_events.message_read(
+        user.username, message_changes(session, key), f"GET /api/v1/messages/{key}"
+    )
     return jsonify(
         {
             **_message_json(detail.summary),

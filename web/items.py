@@ -30,6 +30,7 @@ from mwl.orders.edits import (
 from mwl.orders.entry import NewOrder, create_order, known_stations
 from mwl.orders.history import audit_trail, messages_for_item, performed_steps_for_item
 from mwl.orders.values import PRIORITIES, SEXES
+from web import audit_events
 from web.display import ITEM_SECTIONS
 from web.roles import has_role, role_required
 from web.store import db_session, state, writer
@@ -148,6 +149,7 @@ def detail(key: int) -> str:
     session = db_session()
     lister = state().item_lister
     status = item.scheduled_procedure_step_status
+    audit_events.items_read(current_user.username, [item], f"item page {key}")
     return render_template(
         "item.html",
         item=item,

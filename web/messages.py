@@ -28,6 +28,7 @@ from mwl.operations.message_view import (
     ReprocessRefusal,
     reprocess_subject,
 )
+from web import audit_events
 from web.params import key_of
 from web.roles import has_role, role_required
 from web.store import db_session, state
@@ -163,12 +164,14 @@ def detail(key: int) -> str:
     message_view: MessageView | None = describe(message.raw) if describe else None
     ack_view: MessageView | None = describe(message.ack) if describe and message.ack else None
     reprocessable = message.summary.outcome in REPROCESSABLE_OUTCOMES
+    changes = message_changes(session, key)
+    audit_events.message_read(current_user.username, changes, f"message page {key}")
     return render_template(
         "message.html",
         message=message,
         message_view=message_view,
         ack_view=ack_view,
-        changes=message_changes(session, key),
+        changes=changes,
         trail=events_for_subject(session, reprocess_subject(key)),
         reprocessable=reprocessable,
         may_reprocess=has_role(Role.EDITOR),

@@ -15,6 +15,7 @@ from wtforms.validators import Length
 
 from mwl.admin.tokens import NAME_MAX_LENGTH, TokenError, create_token, list_tokens, revoke_token
 from mwl.admin.users import Role
+from web import audit_events
 from web.api import PREFIX
 from web.roles import has_role
 from web.store import db_session, rollback_session, writer
@@ -65,6 +66,9 @@ def create() -> ResponseReturnValue:
     try:
         with writer().begin() as session:
             token = create_token(session, current_user.username, form.name.data or "")
+            audit_events.token_changed(
+                session, current_user.username, current_user.username, "API token created"
+            )
     except TokenError:
         form.name.errors = [_("Line breaks, tabs and other control characters are not allowed.")]
         return _page(form, status=400)
@@ -86,6 +90,9 @@ def revoke(key: int) -> ResponseReturnValue:
     try:
         with writer().begin() as session:
             info = revoke_token(session, key, username=owner)
+            audit_events.token_changed(
+                session, current_user.username, info.username, "API token revoked"
+            )
     except TokenError:
         abort(404, description=_("There is no such token (revoked already?)."))
     logger.info("user %r revoked API token %s of %r", current_user.username, key, info.username)

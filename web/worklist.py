@@ -18,6 +18,7 @@ from flask_login import login_required
 
 from mwl.domain import SpsStatus
 from mwl.worklist.daylist import ModalityCount, items_for_day, modality_counts
+from web.alerts import firing_for_page
 from web.params import day_in_range, day_range_error
 from web.store import db_session
 
@@ -308,6 +309,7 @@ def day() -> ResponseReturnValue:
     next_day = shown + dt.timedelta(days=1) if shown < dt.date.max else None
     return render_template(
         "worklist.html",
+        alerts=firing_for_page(),
         items=items,
         counts=counts,
         open_count=open_count,

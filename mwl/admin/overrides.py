@@ -41,6 +41,13 @@ EDITABLE: tuple[str, ...] = (
     "hl7_accepted_senders",
     "hl7_protocol_code_component",
     "hl7_missing_start",
+    "watchdog_hours",
+    "watchdog_hl7_silent_minutes",
+    "watchdog_scanner_silent_minutes",
+    "watchdog_scanner_failures",
+    "watchdog_outbox_minutes",
+    "watchdog_overdue_minutes",
+    "watchdog_missing_station",
 )
 
 #: Specific Character Set defined terms the responses can be written in, with a name

@@ -65,6 +65,7 @@ SOP_CLASS_UID = CodedValue("110181", "SOP Class UID")
 STUDY_INSTANCE_UID = CodedValue("110180", "Study Instance UID")
 NODE_ID = CodedValue("110182", "Node ID")
 URI = CodedValue("12", "URI", "RFC-3881")
+USER_IDENTIFIER = CodedValue("11", "User Identifier", "RFC-3881")
 
 SUCCESS, MINOR_FAILURE, SERIOUS_FAILURE, MAJOR_FAILURE = "0", "4", "8", "12"
 
@@ -323,3 +324,104 @@ def security_alert(
         event_type=event_type,
         outcome_text=text,
     )
+
+
+def user_object(username: str) -> ParticipantObject:
+    """A user as what a security event concerns (person, role 6 User)."""
+    return ParticipantObject(username, USER_IDENTIFIER, "1", "6")
+
+
+def security_change(
+    source: Source,
+    event_type: CodedValue,
+    actor: Participant,
+    subject: ParticipantObject,
+    text: str,
+) -> str:
+    """110113 Security Alert for a change made on purpose (a setting, a user, a token).
+
+    DICOM uses Security Alert for configuration and user changes too; the event type
+    says which, the outcome is success (the change was allowed and made).
+    """
+    return build(
+        SECURITY_ALERT,
+        "E",
+        SUCCESS,
+        source,
+        [actor, broker(source)],
+        [subject],
+        event_type=event_type,
+        outcome_text=text,
+    )
+
+
+# Settings whose change alters who may do what (110129), or where the broker listens
+# and whom it talks to (110128); every other one is 110131 Software Configuration.
+_SECURITY_WORDS = (
+    "tls",
+    "password",
+    "login",
+    "session",
+    "allow",
+    "restrict",
+    "token",
+    "audit",
+    "trust",
+)
+_NETWORK_WORDS = ("port", "host", "ae_title", "profiles", "peer", "address", "ris_")
+
+
+def configuration_event(names: Sequence[str]) -> CodedValue:
+    """The event type of a change of the settings ``names`` (the most severe one wins)."""
+    if any(word in name for name in names for word in _SECURITY_WORDS):
+        return SECURITY_CONFIGURATION
+    if any(word in name for name in names for word in _NETWORK_WORDS):
+        return NETWORK_CONFIGURATION
+    return SOFTWARE_CONFIGURATION
+
+
+# A read of a long day list fills several messages rather than one unbounded one (a
+# UDP datagram holds at most 64 KiB; repositories cut long TCP records too).
+PATIENTS_PER_MESSAGE = 50
+
+
+def patient_reads(
+    source: Source,
+    requestor: Participant,
+    patients: Sequence[tuple[str, str, str]],
+    *,
+    what: str,
+) -> list[str]:
+    """110110 Patient Record, action R: ``requestor`` was shown these patients' data.
+
+    ``patients`` holds (patient ID, study instance UID, accession number), one per
+    step shown; repeats are merged. ``what`` (the page or resource) is the outcome
+    text, so a privacy officer sees where the data was shown. Empty for no patient.
+    """
+    studies: dict[str, dict[str, set[str]]] = {}
+    for patient_id, study_uid, accession in patients:
+        by_study = studies.setdefault(patient_id or "-", {})
+        if study_uid:
+            by_study.setdefault(study_uid, set()).update([accession] if accession else [])
+    ids = list(studies)
+    found = []
+    for start in range(0, len(ids), PATIENTS_PER_MESSAGE):
+        objects: list[ParticipantObject] = []
+        for patient_id in ids[start : start + PATIENTS_PER_MESSAGE]:
+            objects.append(patient_object(patient_id))
+            objects.extend(
+                study_object(uid, sorted(accessions))
+                for uid, accessions in sorted(studies[patient_id].items())
+            )
+        found.append(
+            build(
+                PATIENT_RECORD,
+                "R",
+                SUCCESS,
+                source,
+                [requestor, broker(source)],
+                objects,
+                outcome_text=what,
+            )
+        )
+    return found

@@ -161,30 +161,33 @@ class AuditSender:
         try:
             self._client.send([syslog_message(item.message, self._hostname) for item in items])
         except OSError as exc:
-            self._failures += 1
-            delay = min(self._initial * 2 ** min(self._failures - 1, 16), self._max)
-            self._retry_at = time.monotonic() + delay
-            if self._failures == 1:
-                logger.warning(
-                    "audit repository unreachable (%s); %d+ messages wait",
-                    type(exc).__name__,
-                    len(ids),
-                )
-            with self._session_factory.begin() as session:
-                queue.retry_later(
-                    session, ids, f"{type(exc).__name__}: {exc}", dt.timedelta(seconds=delay)
-                )
+            self._failed(ids, f"{type(exc).__name__}: {exc}", f"unreachable ({type(exc).__name__})")
             return False
-        if self._failures:
-            logger.info("audit repository reachable again")
-            self._failures = 0
         with self._session_factory.begin() as session:
             if self._client.transport == "udp":
                 queue.delivered(session, ids)  # fire and forget (RFC 5426)
+                self._recovered()
             else:
                 queue.retry_later(session, ids, "", _HOLD)
                 self._unconfirmed.append((time.monotonic(), ids))
         return len(ids) == _BATCH
+
+    def _failed(self, ids: list[int], error: str, why: str) -> None:
+        """A failed round: back off (doubling) and keep the messages for later."""
+        self._failures += 1
+        delay = min(self._initial * 2 ** min(self._failures - 1, 16), self._max)
+        self._retry_at = time.monotonic() + delay
+        if self._failures == 1:
+            logger.warning("audit repository %s; %d+ messages wait", why, len(ids))
+        with self._session_factory.begin() as session:
+            queue.retry_later(session, ids, error, dt.timedelta(seconds=delay))
+
+    def _recovered(self) -> None:
+        # Over TLS only a confirmed batch counts: a repository that refuses our client
+        # certificate completes the handshake from our side and closes afterwards.
+        if self._failures:
+            logger.info("audit repository reachable again")
+            self._failures = 0
 
     def _drain(self) -> None:
         # At shutdown: give the last stream messages their confirmation time.
@@ -192,6 +195,13 @@ class AuditSender:
         while self._unconfirmed and time.monotonic() < deadline:
             time.sleep(_CONFIRM_SECONDS / 4)
             self.run_once()  # confirms, and sends again what a closed connection lost
+        if self._unconfirmed:
+            # Not known to have arrived: due at once for the next start, rather than
+            # held as after a crash (at least once, never lost).
+            ids = [i for _, batch in self._unconfirmed for i in batch]
+            self._unconfirmed = []
+            with self._session_factory.begin() as session:
+                queue.retry_later(session, ids, "unconfirmed at shutdown", dt.timedelta(0))
 
     def _confirm(self) -> None:
         """Delete the stream messages the collector has kept; resend them if it dropped us."""
@@ -200,9 +210,12 @@ class AuditSender:
         if not self._client.connection_alive():
             ids = [i for _, batch in self._unconfirmed for i in batch]
             self._unconfirmed = []
-            logger.warning("audit repository closed the connection; %d message(s) resent", len(ids))
-            with self._session_factory.begin() as session:
-                queue.retry_later(session, ids, "connection closed", dt.timedelta(0))
+            self._failed(
+                ids,
+                "connection closed by the repository",
+                "closed the connection (restarted, or it refuses this broker's TLS client"
+                " certificate)",
+            )
             return
         settled = time.monotonic() - _CONFIRM_SECONDS
         done = [batch for at, batch in self._unconfirmed if at <= settled]
@@ -210,3 +223,4 @@ class AuditSender:
             self._unconfirmed = [(at, b) for at, b in self._unconfirmed if at > settled]
             with self._session_factory.begin() as session:
                 queue.delivered(session, [i for batch in done for i in batch])
+            self._recovered()

@@ -39,6 +39,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import QueuePool
 
 from mwl.operations.outbox import FAILED, PENDING
+from mwl.operations.watchdog import firing_counts
 from mwl.store.models import OutboxMessage, utcnow
 
 logger = logging.getLogger(__name__)
@@ -271,6 +272,7 @@ class DatabaseCollector(Collector):
         try:
             with sessions() as session:
                 outbox = outbox_depth(session)
+                alerts = firing_counts(session)
         except SQLAlchemyError as exc:
             logger.warning("metrics: the database does not answer (%s)", type(exc).__name__)
             up.add_metric([], 0)
@@ -290,6 +292,12 @@ class DatabaseCollector(Collector):
             "Age of the oldest RIS status message waiting (0 when none waits)",
             value=oldest,
         )
+        firing = GaugeMetricFamily(
+            "mwl_watchdog_alerts_firing", "Watchdog alerts firing now, by kind", labels=["kind"]
+        )
+        for kind, count in alerts.items():
+            firing.add_metric([kind], count)
+        yield firing
 
 
 def outbox_depth(session: Session) -> tuple[int, int, float]:

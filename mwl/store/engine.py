@@ -20,6 +20,8 @@ NAMING_CONVENTION = {
 }
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+# Seconds libpq waits for a PostgreSQL server to answer a new connection.
+POSTGRES_CONNECT_TIMEOUT_S = 5
 
 
 class Base(DeclarativeBase):
@@ -113,6 +115,12 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         event.listen(engine.pool, "close", turns.give_back)
         return engine
     kwargs.setdefault("pool_pre_ping", True)
+    # A firewalled database drops packets rather than refusing: without a bound, a
+    # connect (and /ready, and a metrics scrape) waits for the kernel's TCP timeout.
+    if "connect_timeout" not in parsed.query:
+        connect_args = kwargs.pop("connect_args", {})
+        connect_args.setdefault("connect_timeout", POSTGRES_CONNECT_TIMEOUT_S)
+        kwargs["connect_args"] = connect_args
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 20)
     return create_engine(parsed, **kwargs)

@@ -466,3 +466,29 @@ class AuditQueueMessage(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     last_error: Mapped[str] = mapped_column(Text, default="")
+
+
+class WatchdogAlert(Base):
+    """Something the watchdog noticed (mwl.operations.watchdog): firing, then resolved.
+
+    One row per occurrence: when a condition comes back after it was resolved, a new
+    row fires. ``notified`` is the state last told to e-mail and the webhook, so a
+    notification that failed is sent again on the next round.
+    """
+
+    __tablename__ = "watchdog_alert"
+    __table_args__ = (Index("ix_watchdog_alert_state", "state", "key"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # What and whom it is about, e.g. "scanner_silent:CT01"; stable across rounds.
+    key: Mapped[str] = mapped_column(String(128))
+    kind: Mapped[str] = mapped_column(String(32))
+    subject: Mapped[str] = mapped_column(String(64), default="")
+    # English one-liner for e-mail, webhook and logs (no patient data: counts, AEs).
+    summary: Mapped[str] = mapped_column(Text, default="")
+    # JSON of the figures behind it, for the translated text on the page.
+    details: Mapped[str] = mapped_column(Text, default="{}")
+    state: Mapped[str] = mapped_column(String(16), default="firing")
+    fired_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    resolved_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    notified: Mapped[str] = mapped_column(String(16), default="")

@@ -32,6 +32,19 @@ MESSAGES = {
         m.PROCEDURE_RECORD, "U", SOURCE, MODALITY, [m.study_object("1.2.3", ["A1"], ["1.2.3.9"])]
     ),
     "alert": m.security_alert(SOURCE, m.NODE_AUTHENTICATION, MODALITY, "CT01@127.0.0.1"),
+    "read": m.patient_reads(
+        SOURCE,
+        m.Participant("alice", True, address="127.0.0.1"),
+        [("PAT0001", "1.2.3.4", "ACC0001"), ("PAT0002", "", "")],
+        what="item page 1",
+    )[0],
+    "user change": m.security_change(
+        SOURCE,
+        m.SECURITY_ROLES_CHANGED,
+        m.Participant("alice", True),
+        m.user_object("bob"),
+        "role set to editor",
+    ),
 }
 
 
@@ -70,3 +83,36 @@ def test_application_activity_codes():
         document = etree.fromstring(MESSAGES[name].encode())
         assert document.find("EventIdentification/EventID").get("csd-code") == "110100"
         assert document.find("EventIdentification/EventTypeCode").get("csd-code") == code
+
+
+def test_a_read_names_each_patient_once_and_splits_long_lists():
+    reader = m.Participant("alice", True, address="127.0.0.1")
+    steps = [(f"PAT{n:04d}", f"1.2.3.{n}", f"ACC{n:04d}") for n in range(120)]
+    steps += [("PAT0001", "1.2.3.1", "ACC0001")]  # a second step of the same patient
+    documents = m.patient_reads(SOURCE, reader, steps, what="GET /api/v1/items")
+    assert len(documents) == 3  # 50 + 50 + 20 patients
+    patients = []
+    for text in documents:
+        document = etree.fromstring(text.encode())
+        assert SCHEMA.validate(document), SCHEMA.error_log
+        assert document.find("EventIdentification").get("EventActionCode") == "R"
+        patients += [
+            o.get("ParticipantObjectID")
+            for o in document.iterfind("ParticipantObjectIdentification")
+            if o.get("ParticipantObjectTypeCodeRole") == "1"
+        ]
+    assert sorted(patients) == sorted({p for p, _, _ in steps})
+    assert m.patient_reads(SOURCE, reader, [], what="nothing") == []
+
+
+@pytest.mark.parametrize(
+    ("names", "code"),
+    [
+        (["dicom_max_matches"], "110131"),
+        (["dicom_ae_profiles", "dicom_max_matches"], "110128"),
+        (["dicom_restrict_calling_ae"], "110129"),
+        (["hl7_allowed_peers", "dicom_ae_profiles"], "110129"),
+    ],
+)
+def test_a_settings_change_has_the_event_type_of_its_most_severe_setting(names, code):
+    assert m.configuration_event(names).code == code

@@ -73,7 +73,7 @@ def test_promtool_accepts_the_rules():
         [str(PROMTOOL), "check", "rules", str(RULES)], capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "SUCCESS: 10 rules found" in done.stdout
+    assert "SUCCESS: 11 rules found" in done.stdout
 
 
 @PROMTOOL.required

@@ -498,3 +498,59 @@ def test_overview_says_when_a_stored_value_is_not_valid(
     assert 'form="reset-dicom_max_matches"' in aes
     assert admin.post("/admin/settings/dicom_max_matches/reset").status_code == 302
     assert stored(session_factory) == {}
+
+
+def test_watchdog_thresholds_are_stored_live_and_checked(
+    admin: FlaskClient, settings: Settings, session_factory: sessionmaker[Session]
+) -> None:
+    page = admin.get("/alerts/settings")
+    assert page.status_code == 200 and "Hours watched" in text(page)
+    saved = submit(
+        admin,
+        "/alerts/settings",
+        {"hours-5": "08-12", "hl7_silent_minutes": "30", "missing_station": None},
+    )
+    assert saved.status_code == 302
+    assert stored(session_factory) == {
+        "watchdog_hours": ["07-19", "07-19", "07-19", "07-19", "07-19", "08-12", ""],
+        "watchdog_hl7_silent_minutes": 30.0,
+        "watchdog_missing_station": False,
+    }
+    live = effective(settings, session_factory)
+    assert live.watchdog_hours[5] == "08-12" and live.watchdog_hl7_silent_minutes == 30
+    # A window the setting refuses comes back with the reason, and nothing more is stored.
+    refused = submit(admin, "/alerts/settings", {"hours-0": "19-07"})
+    assert refused.status_code == 400 and "19-07" in text(refused)
+    assert stored(session_factory)["watchdog_hours"][0] == "07-19"  # type: ignore[index]
+    # The overview links the watchdog's settings to their page.
+    assert 'href="/alerts/settings"' in text(admin.get("/admin"))
+
+
+def test_the_day_list_and_the_alerts_page_show_firing_alerts(
+    admin: FlaskClient, session_factory: sessionmaker[Session]
+) -> None:
+    from mwl.store.models import WatchdogAlert, utcnow
+
+    with session_factory.begin() as session:
+        session.execute(delete(WatchdogAlert))
+        session.add(
+            WatchdogAlert(
+                key="scanner_failing:CT01",
+                kind="scanner_failing",
+                subject="CT01",
+                summary="the last 3 worklist queries of CT01 failed",
+                details=json.dumps({"count": 3, "status": "0xA900"}),
+                state="firing",
+                fired_at=utcnow(),
+                notified="",
+            )
+        )
+    day = text(admin.get("/", follow_redirects=True))
+    assert "The last 3 worklist queries of CT01 failed (status 0xA900)." in day
+    assert 'data-alert="scanner_failing:CT01"' in day
+    admin.post("/language", data={"lang": "de", "next": "/alerts"})
+    german = text(admin.get("/alerts"))
+    assert "Die letzten 3 Worklist-Abfragen von CT01 sind fehlgeschlagen" in german
+    with session_factory.begin() as session:
+        session.execute(delete(WatchdogAlert))
+    assert "data-alert" not in text(admin.get("/", follow_redirects=True))
