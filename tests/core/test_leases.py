@@ -77,6 +77,7 @@ def test_the_lease_connection_carries_keepalive_and_lifetime(engine: Engine):
         lease.release()
 
 
+@pytest.mark.slow  # waits out a 3 s lifetime
 def test_a_holder_that_stops_renewing_loses_the_lease_after_its_lifetime(engine: Engine):
     _postgres(engine)
     name = _name()
@@ -104,6 +105,7 @@ def test_a_holder_that_stops_renewing_loses_the_lease_after_its_lifetime(engine:
         other.release()
 
 
+@pytest.mark.slow  # holds a 3 s lease for 4.5 s
 def test_a_renewing_holder_keeps_the_lease_beyond_its_lifetime(engine: Engine):
     _postgres(engine)
     name = _name()
