@@ -85,7 +85,7 @@ def _start_haproxy(
     for name, target in targets.items():
         # HAProxy's health check on the MLLP port: a PROXY header with the LOCAL
         # command, then a close (the broker takes it for the balancer's own).
-        check = " check check-send-proxy inter 2s" if name == "hl7" else ""
+        check = " check check-send-proxy inter 1s fall 1 rise 1" if name == "hl7" else ""
         parts.append(
             FRONTEND.format(
                 name=name, port=front[name], target=target, source=BALANCER, check=check
@@ -361,12 +361,28 @@ def test_the_balancer_without_a_header_is_closed_with_one_log_line(setup: Setup)
         if "HL7 connection from balancer 127.0.0.5 closed: no valid PROXY protocol header" in line
     ]
     assert len(lines) == 1, lines  # rate-limited: one line a minute
+    # The same on the DICOM port: an A-ASSOCIATE-RQ where the header should be.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    with sock:
+        sock.settimeout(TIMEOUT_S)
+        sock.bind((BALANCER, 0))
+        sock.connect(("127.0.0.1", setup.broker.dicom_port))
+        sock.sendall(b"\x01\x00\x00\x00\x00\x10" + bytes(16))
+        with contextlib.suppress(ConnectionError):
+            assert sock.recv(4096) == b""  # closed, nothing answered
+    wait_for(
+        lambda: any(
+            "DICOM connection from balancer 127.0.0.5 closed: no valid PROXY" in line
+            for line in setup.broker.output
+        ),
+        "the DICOM listener logs the balancer's connection without a header",
+    )
 
 
 def test_haproxy_health_checks_with_local_are_served(setup: Setup):
-    # HAProxy checks every 2 s with a LOCAL header; it would log the server DOWN
+    # HAProxy checks every second with a LOCAL header; one failed check would mark the server DOWN
     # (and stop forwarding) if the broker closed those connections at once.
-    time.sleep(5)
+    time.sleep(2.5)
     assert mllp(setup.front["hl7"], order(7), source=CLIENT) is not None
     log = (setup.folder / "haproxy.log").read_text()
     assert "is DOWN" not in log, log
