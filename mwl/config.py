@@ -266,7 +266,20 @@ class Settings:
     """
 
     database_url: str = "sqlite:///mwl.db"
+    # Singleton leases on PostgreSQL (RIS and audit senders): TCP keepalive of the
+    # lease connection (idle and probe interval, 3 probes; 0: the kernel's), so a cut
+    # off peer is noticed; and a lifetime after which the server ends a lease whose
+    # holder stopped renewing it (renewed every third of it; 0: held while the
+    # connection lives). docs/admin-guide.md, "Several brokers".
+    lease_keepalive_seconds: float = 10.0
+    lease_lifetime_seconds: float = 30.0
     bind_address: str = "0.0.0.0"
+    # TCP balancers (addresses or networks) in front of the MLLP and DICOM ports that
+    # send the PROXY protocol header (HAProxy send-proxy-v2): their connections must
+    # start with one, and the caller it names is the peer. Empty: off.
+    proxy_protocol_from: tuple[str, ...] = field(
+        default=(), metadata={"convert": _hl7_allowed_peers}
+    )
     hl7_port: int = 2575
     dicom_port: int = 11112
     dicom_ae_title: str = "MWL"
@@ -584,6 +597,10 @@ def _validate_listeners(settings: Settings) -> None:
             raise SettingsError(
                 "bind_address", f"{settings.bind_address!r} is not an IP address"
             ) from None
+    if settings.lease_keepalive_seconds < 0:
+        raise SettingsError("lease_keepalive_seconds", "must be 0 (the kernel's) or positive")
+    if settings.lease_lifetime_seconds != 0 and settings.lease_lifetime_seconds < 3:
+        raise SettingsError("lease_lifetime_seconds", "must be 0 (off) or at least 3")
     try:
         make_url(settings.database_url)
     except ArgumentError:

@@ -2,24 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import secrets
 from collections.abc import Mapping
 from typing import Any
 
-from flask import Flask, Response, render_template, request
+from flask import Flask, Response, g, render_template, request
 from flask.typing import ResponseReturnValue
 from flask_babel import gettext, lazy_gettext
+from flask_login import AnonymousUserMixin
 from flask_wtf.csrf import CSRFError, CSRFProtect
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, ServiceUnavailable
 
 from mwl.admin.login_limits import LoginPolicy
 from mwl.admin.sessions import SessionPolicy
 from mwl.audit.auditor import Auditor
 from mwl.config import Settings
-from mwl.store.engine import make_engine, make_session_factory
+from mwl.store.engine import is_outage, make_engine, make_session_factory
 from web import (
     account,
     admin,
@@ -176,6 +179,7 @@ def create_app(
     app.after_request(_security_headers)
     app.register_error_handler(CSRFError, _csrf_error)
     app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(SQLAlchemyError, _database_error)
     app.register_error_handler(Exception, _server_error)
     app.wsgi_app = RequestIds(app.wsgi_app)  # type: ignore[method-assign]
     if settings.web_trusted_proxies:
@@ -244,6 +248,7 @@ _ERROR_NAMES = {
     405: lazy_gettext("Method Not Allowed"),
     413: lazy_gettext("Request Entity Too Large"),
     429: lazy_gettext("Too Many Requests"),
+    503: lazy_gettext("Service Unavailable"),
 }
 _DEFAULT_MESSAGES = {
     400: lazy_gettext("The request was not understood."),
@@ -275,6 +280,27 @@ def _http_error(error: HTTPException) -> ResponseReturnValue:
             message=_error_message(error),
         ),
         error.code,
+    )
+
+
+def _database_error(error: SQLAlchemyError) -> ResponseReturnValue:
+    # The database restarting or failing over is an outage, not a bug: 503, one line
+    # without a traceback, and the page says to try again. Other database errors are
+    # bugs (500, logged with their traceback).
+    if not is_outage(error):
+        return _server_error(error)
+    logger.warning("web request not served: the database is unavailable (%s)", type(error).__name__)
+    with contextlib.suppress(SQLAlchemyError):
+        rollback_session()
+    # The page must not ask the database who is logged in (flask_login's cache of
+    # the request's user): it shows no navigation then.
+    g._login_user = AnonymousUserMixin()
+    return _http_error(
+        ServiceUnavailable(
+            description=gettext(
+                "The worklist database cannot be reached at the moment. Try again in a few seconds."
+            )
+        )
     )
 
 

@@ -21,7 +21,7 @@ from flask import Blueprint, Response, abort, jsonify, request
 from prometheus_client import generate_latest
 
 from mwl.operations import metrics
-from mwl.operations.health import database_readiness
+from mwl.operations.health import DatabaseProbe, database_readiness
 from web.store import state
 
 logger = logging.getLogger(__name__)
@@ -33,6 +33,8 @@ bp = Blueprint("health", __name__)
 EXPOSITION_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Lent by the composition root: each listener's name -> whether it is bound now.
 ListenerStatus = Callable[[], Mapping[str, bool]]
+# The database as /health shows it (detail only: /health stays 200 while it is down).
+_DATABASE = DatabaseProbe()
 
 
 def _client_allowed() -> bool:
@@ -75,13 +77,19 @@ def metrics_page() -> Response:
 
 @bp.get("/health")
 def health() -> tuple[Response, int]:
-    """200 while every listener is bound; 503 with the ones that are not."""
+    """200 while every listener is bound; 503 with the ones that are not.
+
+    The database's state is shown but not counted: a node whose database is down or
+    restarting still answers (HL7 with AE, C-FIND with a failure status), and every
+    other node of that database would be taken out of the balancer with it.
+    """
     probe = state().listener_status
     listeners = dict(probe()) if probe is not None else {}
     up = all(listeners.values())
     body = {
         "status": "ok" if up else "unavailable",
         "listeners": {name: "ok" if bound else "down" for name, bound in listeners.items()},
+        "database": _DATABASE.state(state().session_factory.kw["bind"]),
     }
     return jsonify(body), 200 if up else 503
 

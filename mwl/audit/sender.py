@@ -94,7 +94,12 @@ class AuditSender:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         with session_factory() as session:
-            self._lease = SingletonLease(session.get_bind().engine, "audit-sender")
+            self._lease = SingletonLease(
+                session.get_bind().engine,
+                "audit-sender",
+                keepalive_seconds=settings.lease_keepalive_seconds,
+                lifetime_seconds=settings.lease_lifetime_seconds,
+            )
 
     def start(self) -> None:
         if self._thread is not None:

@@ -205,6 +205,7 @@ class WorklistScp:
                 max_per_ae=settings.dicom_max_associations_per_ae,
             ),
             caller_policy=self.admit,
+            proxy_protocol_from=settings.proxy_protocol_from,
         )
         try:
             if not (settings.dicom_tls_only and settings.dicom_tls_cert):

@@ -66,7 +66,12 @@ class OutboxSender:
         self._frames: list[bytes] = []  # frames read but not yet looked at
         # Brokers sharing the database must not both deliver: one holds the lease.
         with session_factory() as session:
-            self._lease = SingletonLease(session.get_bind().engine, "ris-sender")
+            self._lease = SingletonLease(
+                session.get_bind().engine,
+                "ris-sender",
+                keepalive_seconds=settings.lease_keepalive_seconds,
+                lifetime_seconds=settings.lease_lifetime_seconds,
+            )
         self._standing_by = False
         # MLLP over TLS while a CA is set; the files are looked at again per connection.
         self._tls: ReloadingClientContext | None = None
@@ -159,6 +164,12 @@ class OutboxSender:
             return False
         for item in items:
             if self._stop.is_set():
+                return False
+            if not self._lease.confirm():
+                # Lost while this round ran (the broker was stopped or cut off for
+                # longer than lease_lifetime_seconds): another broker sends now.
+                logger.warning("RIS sender: the lease is lost; this broker stands by")
+                self._close()
                 return False
             outcome, ack, error = self._exchange(item)
             with self._session_factory.begin() as session:

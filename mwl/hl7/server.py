@@ -48,6 +48,7 @@ from mwl.hl7.intake import Intake
 from mwl.hl7.mllp import FramingError, MllpFramer, frame
 from mwl.listening import Listener, Wakeup, listening_socket, ready_listeners
 from mwl.logs import log_context
+from mwl.proxy_protocol import Balancers, ProxyHeaderError, peer_behind, plain_address
 from mwl.ratelog import RateLimitedLog
 from mwl.tls import ReloadingContext, TlsFiles, peer_subject
 
@@ -76,13 +77,6 @@ class _Connection:
     @property
     def peer(self) -> str:
         return f"{self.host}:{self.port}"
-
-
-def _address_of(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    address = ipaddress.ip_address(host.split("%", 1)[0])
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
 
 
 class Hl7Server:
@@ -123,9 +117,11 @@ class Hl7Server:
         self._allowed: tuple[Network, ...] = tuple(
             ipaddress.ip_network(peer) for peer in settings.hl7_allowed_peers
         )
+        self._balancers = Balancers(settings.proxy_protocol_from)
         self._listeners: list[Listener] = []
         self._lock = threading.Lock()
         self._connections: set[_Connection] = set()
+        self._awaiting_header = 0  # balancer connections whose PROXY header is not read yet
         self._by_address: Counter[str] = Counter()
         self._threads: set[threading.Thread] = set()
         self._stopping = threading.Event()
@@ -269,18 +265,27 @@ class Hl7Server:
             return
         connection = _Connection(sock, str(address[0]), int(address[1]))
         host = connection.host
-        refusal = self._admit(connection)
-        if refusal is not None:
-            key, why = refusal
-            sock.close()
-            self.rate_log.warning(key, "HL7 connection from %s closed at once: %s", host, why)
-            if key.startswith("peer:"):
-                self._audit_refusal(host, why)
+        target = self._run_connection
+        if connection.host in self._balancers:
+            # Who called is known only after the header: it is read, and the
+            # connection admitted, on the connection's own thread.
+            with self._lock:
+                full = self._awaiting_header >= self.settings.hl7_max_connections
+                if not full:
+                    self._awaiting_header += 1
+            if full:
+                sock.close()
+                self.rate_log.warning(
+                    "proxy:total", "HL7 connection from balancer %s closed at once: too many", host
+                )
+                return
+            target = self._run_proxied
+        elif not self._admitted(connection):
             return
         with self._lock:
             self._serial += 1
             thread = threading.Thread(
-                target=self._run_connection,
+                target=target,
                 args=(connection, listener.tls),
                 name=f"hl7-connection-{self._serial}",
                 daemon=True,
@@ -290,10 +295,54 @@ class Hl7Server:
             thread.start()
         except RuntimeError:  # no thread to be had (memory, a process limit)
             self._forget(connection, thread)
+            if target == self._run_proxied:
+                self._header_done()
             sock.close()
             self.rate_log.warning(
                 "accept:thread", "HL7 connection from %s closed at once: no thread", host
             )
+
+    def _admitted(self, connection: _Connection) -> bool:
+        """Whether ``connection`` is admitted (and counted); if not, it is closed and logged."""
+        refusal = self._admit(connection)
+        if refusal is None:
+            return True
+        key, why = refusal
+        host = connection.host
+        connection.sock.close()
+        self.rate_log.warning(key, "HL7 connection from %s closed at once: %s", host, why)
+        if key.startswith("peer:"):
+            self._audit_refusal(host, why)
+        return False
+
+    def _run_proxied(self, connection: _Connection, tls: ReloadingContext | None) -> None:
+        """A balancer's connection: the PROXY header, then the caller it names as the peer."""
+        balancer = connection.host
+        try:
+            connection.host, connection.port = peer_behind(
+                connection.sock, (connection.host, connection.port)
+            )
+        except ProxyHeaderError as exc:
+            self.rate_log.warning(
+                f"proxy:{balancer}",
+                "HL7 connection from balancer %s closed: no valid PROXY protocol header (%s)",
+                balancer,
+                exc,
+            )
+            connection.sock.close()
+            self._forget(connection, threading.current_thread())
+            return
+        finally:
+            self._header_done()
+        if not self._admitted(connection):
+            self._forget(connection, threading.current_thread())
+            return
+        logger.debug("HL7 connection from %s through balancer %s", connection.peer, balancer)
+        self._run_connection(connection, tls)
+
+    def _header_done(self) -> None:
+        with self._lock:
+            self._awaiting_header -= 1
 
     def _audit_refusal(self, host: str, why: str) -> None:
         """ATNA 110113 Security Alert for a peer outside hl7_allowed_peers.
@@ -328,7 +377,7 @@ class Hl7Server:
         settings, host = self.settings, connection.host
         if self._allowed:
             try:
-                address = _address_of(host)
+                address = plain_address(host)
             except ValueError:
                 return f"peer:{host}", "not an IP address"
             if not any(address in network for network in self._allowed):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 from dataclasses import dataclass
 
 from sqlalchemy.engine import Engine
@@ -49,3 +50,35 @@ def database_readiness(engine: Engine) -> Readiness:
     if found != expected:
         return Readiness(False, "not migrated", found, expected)
     return Readiness(True, "ok", found, expected)
+
+
+class DatabaseProbe:
+    """The database's state for ``/health``, never waiting longer than ``wait`` seconds.
+
+    ``/health`` is the balancer's liveness check: it must answer at once even when
+    the database host is unreachable (a connect that hangs until its timeout). The
+    probe runs on a thread of its own, one at a time; a caller that does not get its
+    answer within ``wait`` reports "no answer" and a later call picks the result up.
+    """
+
+    def __init__(self, wait: float = 1.0) -> None:
+        self._wait = wait
+        self._lock = threading.Lock()
+        self._running: tuple[Engine, threading.Thread, list[Readiness]] | None = None
+
+    def state(self, engine: Engine) -> str:
+        """ "ok", "unavailable", "not migrated", or "no answer" (still asking)."""
+        with self._lock:
+            running = self._running
+            if running is None or running[0] is not engine or not running[1].is_alive():
+                found: list[Readiness] = []
+                thread = threading.Thread(
+                    target=lambda: found.append(database_readiness(engine)),
+                    name="mwl-health-database",
+                    daemon=True,
+                )
+                thread.start()
+                running = self._running = (engine, thread, found)
+        _engine, thread, found = running
+        thread.join(self._wait)
+        return found[0].database if found else "no answer"

@@ -7,6 +7,8 @@ from typing import Any
 
 from sqlalchemy import MetaData, event
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import DeclarativeBase, sessionmaker
 from sqlalchemy.orm import Session as Session  # re-exported for type hints
 
@@ -20,8 +22,7 @@ NAMING_CONVENTION = {
 }
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
-# Seconds libpq waits for a PostgreSQL server to answer a new connection.
-POSTGRES_CONNECT_TIMEOUT_S = 5
+CONNECT_TIMEOUT_SECONDS = 10
 
 
 class Base(DeclarativeBase):
@@ -114,16 +115,27 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         event.listen(engine.pool, "invalidate", turns.give_back)
         event.listen(engine.pool, "close", turns.give_back)
         return engine
+    # A database host that does not answer (failing over, cut off) fails a connect
+    # after this long instead of libpq's default of waiting for ever; pre-ping finds
+    # the connections a restart ended and replaces them before use.
+    connect_args = kwargs.pop("connect_args", {})
+    connect_args.setdefault("connect_timeout", CONNECT_TIMEOUT_SECONDS)
+    kwargs["connect_args"] = connect_args
     kwargs.setdefault("pool_pre_ping", True)
-    # A firewalled database drops packets rather than refusing: without a bound, a
-    # connect (and /ready, and a metrics scrape) waits for the kernel's TCP timeout.
-    if "connect_timeout" not in parsed.query:
-        connect_args = kwargs.pop("connect_args", {})
-        connect_args.setdefault("connect_timeout", POSTGRES_CONNECT_TIMEOUT_S)
-        kwargs["connect_args"] = connect_args
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 20)
     return create_engine(parsed, **kwargs)
+
+
+def is_outage(error: BaseException) -> bool:
+    """Whether a database error means the database is not there now (down, restarting).
+
+    As opposed to a bug or a bad value: the caller answers "try again later" (HL7
+    AE, a DICOM failure status, HTTP 503) instead of reporting an internal error.
+    """
+    if isinstance(error, OperationalError | InterfaceError | PoolTimeoutError):
+        return True
+    return bool(getattr(error, "connection_invalidated", False))
 
 
 def make_session_factory(engine: Engine, *, writer: bool = False) -> sessionmaker[Session]:

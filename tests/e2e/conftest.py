@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.own_postgres import own_postgres  # noqa: F401 (a fixture of the e2e tests)
 from tests.serve import ADMIN_PASSWORD, Broker, broker_env, run_mwl, start_broker
 
 

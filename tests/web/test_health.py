@@ -151,13 +151,18 @@ def test_health_names_each_listener(settings, reader_factory):
     client = _app(settings, reader_factory, listener_status=lambda: dict(bound)).test_client()
     response = client.get("/health")
     assert response.status_code == 200
-    assert response.get_json() == {"status": "ok", "listeners": {"hl7": "ok", "dicom": "ok"}}
+    assert response.get_json() == {
+        "status": "ok",
+        "listeners": {"hl7": "ok", "dicom": "ok"},
+        "database": "ok",
+    }
     bound["dicom"] = False
     response = client.get("/health")
     assert response.status_code == 503
     assert response.get_json() == {
         "status": "unavailable",
         "listeners": {"hl7": "ok", "dicom": "down"},
+        "database": "ok",
     }
 
 
@@ -194,7 +199,9 @@ def test_unready_when_the_database_does_not_answer(tmp_path: Path):
         assert response.get_json()["error"] == "OperationalError"
         assert str(tmp_path) not in response.get_data(as_text=True)
         # Up, but not ready: the balancer keeps the process, the orchestrator waits.
-        assert app.test_client().get("/health").status_code == 200
+        health = app.test_client().get("/health")
+        assert health.status_code == 200
+        assert health.get_json()["database"] == "unavailable"
     finally:
         app.extensions["mwl"].owned_engine.dispose()
 

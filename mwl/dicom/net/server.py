@@ -43,6 +43,7 @@ from mwl.dicom.net.negotiation import (
 from mwl.dicom.net.service import Services
 from mwl.listening import Listener, Wakeup, listening_socket, ready_listeners
 from mwl.operations import metrics
+from mwl.proxy_protocol import Balancers, ProxyHeaderError, peer_behind
 from mwl.ratelog import RateLimitedLog
 from mwl.tls import ReloadingContext, peer_subject
 
@@ -87,6 +88,9 @@ class AssociationServer:
         The association counts.
     caller_policy
         Extra admission checks (calling-AE allow-list, TLS required by a profile).
+    proxy_protocol_from
+        Balancers whose connections start with a PROXY protocol header
+        (:mod:`mwl.proxy_protocol`); the caller it names is the association's address.
     """
 
     def __init__(
@@ -95,6 +99,7 @@ class AssociationServer:
         services: Services,
         limits: AssociationLimits = AssociationLimits(),
         caller_policy: CallerPolicy | None = None,
+        proxy_protocol_from: tuple[str, ...] = (),
     ) -> None:
         self.settings = settings
         self.services = services
@@ -115,6 +120,8 @@ class AssociationServer:
         self._stopping = threading.Event()
         self._accept_thread: threading.Thread | None = None
         self._serial = 0
+        self._balancers = Balancers(proxy_protocol_from)
+        self._awaiting_header = 0  # balancer connections whose PROXY header is not read yet
 
     # -- ports ------------------------------------------------------------------------
 
@@ -255,9 +262,27 @@ class AssociationServer:
                 return
             raise
         host, port = str(address[0]), int(address[1])
+        if host in self._balancers:
+            self._accept_proxied(sock, host, port, listener)
+            return
+        association = self._open_association(sock, host, port, listener)
+        if association is None:
+            return
+        with self._lock:
+            self._serial += 1
+            thread = threading.Thread(
+                target=association.run, name=f"dicom-assoc-{self._serial}", daemon=True
+            )
+            self._threads[association] = thread
+        thread.start()
+
+    def _open_association(
+        self, sock: socket.socket, host: str, port: int, listener: Listener
+    ) -> Association | None:
+        """The association of an accepted connection from ``host``, counted; None if refused."""
         if not self._room_for(host):
             sock.close()
-            return
+            return None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
         subject = None
@@ -270,7 +295,7 @@ class AssociationServer:
                 logger.warning("DICOM TLS connection from %s refused: %s", host, exc)
                 sock.close()
                 self._release_room(host)
-                return
+                return None
             subject = _subject_if_verified
         association = Association(
             sock,
@@ -284,14 +309,61 @@ class AssociationServer:
             rate_log=self.rate_log,
         )
         with self._lock:
-            self._serial += 1
             self._open.add(association)
             metrics.association_opened()
-            thread = threading.Thread(
-                target=association.run, name=f"dicom-assoc-{self._serial}", daemon=True
+        return association
+
+    def _accept_proxied(
+        self, sock: socket.socket, host: str, port: int, listener: Listener
+    ) -> None:
+        """A balancer's connection: its own thread reads the PROXY header, then serves it."""
+        with self._lock:
+            full = self._awaiting_header >= self.limits.max_associations
+            if not full:
+                self._awaiting_header += 1
+                self._serial += 1
+                serial = self._serial
+        if full:
+            sock.close()
+            self.rate_log.warning(
+                "proxy:total", "DICOM connection from balancer %s closed at once: too many", host
             )
-            self._threads[association] = thread
-        thread.start()
+            return
+        thread = threading.Thread(
+            target=self._run_proxied,
+            args=(sock, host, port, listener),
+            name=f"dicom-assoc-{serial}",
+            daemon=True,
+        )
+        try:
+            thread.start()
+        except RuntimeError:  # no thread to be had
+            with self._lock:
+                self._awaiting_header -= 1
+            sock.close()
+
+    def _run_proxied(self, sock: socket.socket, host: str, port: int, listener: Listener) -> None:
+        try:
+            caller = peer_behind(sock, (host, port))
+        except ProxyHeaderError as exc:
+            self.rate_log.warning(
+                f"proxy:{host}",
+                "DICOM connection from balancer %s closed: no valid PROXY protocol header (%s)",
+                host,
+                exc,
+            )
+            sock.close()
+            return
+        finally:
+            with self._lock:
+                self._awaiting_header -= 1
+        association = self._open_association(sock, *caller, listener)
+        if association is None:
+            return
+        logger.debug("DICOM connection from %s:%d through balancer %s", *caller, host)
+        with self._lock:
+            self._threads[association] = threading.current_thread()
+        association.run()
 
     def _room_for(self, host: str) -> bool:
         """Count a new connection from ``host``, unless its not-yet-associated share is full."""
