@@ -444,7 +444,13 @@ class Watchdog:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         with session_factory() as session:
-            self._lease = SingletonLease(session.get_bind().engine, "watchdog")
+            base = settings()
+            self._lease = SingletonLease(
+                session.get_bind().engine,
+                "watchdog",
+                keepalive_seconds=base.lease_keepalive_seconds,
+                lifetime_seconds=base.lease_lifetime_seconds,
+            )
         self.rounds = 0
 
     def start(self) -> None:
