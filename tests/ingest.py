@@ -46,7 +46,7 @@ def order(number: int, day: dt.date) -> bytes:
     return "\r".join(lines).encode("latin-1") + b"\r"
 
 
-def numbers(start: int, step: int = 1) -> Iterator[int]:
+def numbers(start: int = 0, step: int = 1) -> Iterator[int]:
     """start, start + step, ... (two feeders: even and odd)."""
     number = start
     while True:
