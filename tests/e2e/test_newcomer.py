@@ -33,13 +33,13 @@ def startup(broker: Broker) -> list[str]:
     return broker.output[: broker.output.index("mwl is ready")]
 
 
-def findscu_today(broker: Broker) -> tuple[str, list[str]]:
+def findscu_today(broker: Broker, modality: str = "") -> tuple[str, list[str]]:
     """findscu -W for every step of today; (final status, accession numbers, sorted)."""
     args = [str(FINDSCU), "-v", "-W", "-aec", AE_TITLE, "-aet", "CT01", "127.0.0.1"]
     args += [str(broker.dicom_port), "-to", "20", "-ta", "20", "-td", "20"]
     sps = "ScheduledProcedureStepSequence[0]"
     args += ["-k", f"{sps}.ScheduledProcedureStepStartDate={dt.date.today():%Y%m%d}"]
-    args += ["-k", f"{sps}.Modality=", "-k", "AccessionNumber="]
+    args += ["-k", f"{sps}.Modality={modality}", "-k", "AccessionNumber="]
     done = subprocess.run(
         args, capture_output=True, timeout=60, env={**os.environ, "TCP_NODELAY": "1"}
     )
@@ -76,6 +76,8 @@ def test_summary_then_samples_of_today_reach_findscu(tmp_path: Path):
 
         status, accessions = findscu_today(broker)
         assert status == "Success" and accessions == TODAYS_STEPS
+        # The README's query: today's CT list.
+        assert findscu_today(broker, "CT") == ("Success", ["ACC0005", "ACC0005"])
         # Twice on one day: recognised as resends, nothing changes.
         again = run_mwl(["samples", "send", "--port", str(broker.hl7_port)], env, tmp_path)
         assert again.returncode == 0 and findscu_today(broker) == (status, accessions)
