@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import shutil
 import sqlite3
 import subprocess
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ from sqlalchemy import create_engine, make_url, text
 
 from tests.databases import POSTGRES_URL, fresh_database_url, postgres_unavailable
 from tests.ingest import Feeder, ct_accessions
+from tests.peers import PG_RESTORE
 from tests.serve import AE_TITLE, broker_env, run_mwl, start_broker
 
 pytestmark = pytest.mark.e2e
@@ -110,7 +110,7 @@ def restore_database() -> Iterator[str]:
         admin.dispose()
 
 
-@pytest.mark.skipif(shutil.which("pg_restore") is None, reason="pg_restore is not installed")
+@PG_RESTORE.required
 def test_pg_dump_during_ingest_restores_with_pg_restore(
     postgres_schema: str, restore_database: str, tmp_path: Path
 ):
@@ -118,7 +118,7 @@ def test_pg_dump_during_ingest_restores_with_pg_restore(
     before, output = backup_during_ingest(postgres_schema, dump, tmp_path)
     assert "pg_restore restores it" in output
     restored = subprocess.run(
-        ["pg_restore", "--no-owner", f"--dbname={restore_database}", str(dump)],
+        [str(PG_RESTORE), "--no-owner", f"--dbname={restore_database}", str(dump)],
         capture_output=True,
         text=True,
         timeout=300,

@@ -19,10 +19,11 @@ tree's). On one PostgreSQL schema:
 from __future__ import annotations
 
 import datetime as dt
+import io
 import os
-import shutil
 import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,6 +36,7 @@ from mwl.store.migrate import current_revision, head_revision
 from mwl.store.models import Hl7Message, RequestedProcedure
 from tests.databases import fresh_database_url
 from tests.ingest import Feeder, ct_accessions, numbers
+from tests.peers import GIT
 from tests.serve import AE_TITLE, Broker, broker_env, start_broker
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster]
@@ -46,14 +48,14 @@ PACKAGES = ("mwl", "migrations", "web")
 
 def _git(*args: str) -> str:
     return subprocess.run(
-        ["git", "-C", str(ROOT), *args], capture_output=True, text=True, check=True, timeout=60
+        [str(GIT), "-C", str(ROOT), *args], capture_output=True, text=True, check=True, timeout=60
     ).stdout.strip()
 
 
 def previous_release() -> tuple[str, str]:
     """(commit, why it is the one) of the previous release; skips without git history."""
-    if shutil.which("git") is None:
-        pytest.skip("git is not installed: the previous release cannot be exported")
+    if GIT.missing:
+        pytest.skip(f"{GIT.missing}: the previous release cannot be exported")
     newest = max(p.name for p in (ROOT / "migrations" / "versions").glob("0*.py"))
     try:
         added = _git(
@@ -73,12 +75,13 @@ def old_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     commit, _ = previous_release()
     target = tmp_path_factory.mktemp("previous-release")
     archive = subprocess.run(
-        ["git", "-C", str(ROOT), "archive", "--format=tar", commit, *PACKAGES],
+        [str(GIT), "-C", str(ROOT), "archive", "--format=tar", commit, *PACKAGES],
         capture_output=True,
         check=True,
         timeout=120,
     )
-    subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(target, filter="data")
     return target
 
 
