@@ -52,21 +52,43 @@ def _git(*args: str) -> str:
     ).stdout.strip()
 
 
+def _has_revision(commit: str, revision: str) -> bool:
+    found = subprocess.run(
+        [str(GIT), "-C", str(ROOT), "grep", "-q", "-E", f'^revision[^=]*= "{revision}"', commit]
+        + ["--", "migrations/versions"],
+        capture_output=True,
+        timeout=60,
+    )
+    return found.returncode == 0
+
+
 def previous_release() -> tuple[str, str]:
-    """(commit, why it is the one) of the previous release; skips without git history."""
+    """(commit, why it is the one) of the previous release; skips without git history.
+
+    The parent of the commit that added the newest migration file; should that file
+    have been renamed since (a re-chained migration keeps its revision), the first
+    parent further back whose migrations lack the head revision.
+    """
     if GIT.missing:
         pytest.skip(f"{GIT.missing}: the previous release cannot be exported")
     newest = max(p.name for p in (ROOT / "migrations" / "versions").glob("0*.py"))
+    head = head_revision() or ""
     try:
         added = _git(
             "log", "--diff-filter=A", "--format=%H", "-1", "--", f"migrations/versions/{newest}"
         )
         if not added:
             pytest.skip(f"no git history of migrations/versions/{newest} (not a git clone?)")
-        commit = _git("rev-parse", "--verify", f"{added}^")
+        touching = [added] + _git(
+            "log", "--format=%H", f"{added}^", "--", "migrations/versions"
+        ).split()
+        for commit in touching:
+            parent = _git("rev-parse", "--verify", f"{commit}^")
+            if not _has_revision(parent, head):
+                return parent, f"the parent of {commit[:10]}, which added {newest} ({head})"
     except subprocess.CalledProcessError as exc:
         pytest.skip(f"git history not available (a shallow clone?): {exc.stderr.strip()}")
-    return commit, f"the parent of {added[:10]}, which added {newest}"
+    pytest.skip(f"no commit in the history lacks the head revision {head}")
 
 
 @pytest.fixture(scope="module")
