@@ -228,14 +228,18 @@ def send_samples(settings: Settings, args: argparse.Namespace) -> int:
 
 def db_upgrade(settings: Settings) -> int:
     """``mwl db upgrade``: migrate the configured database to the newest schema."""
-    from mwl.store.migrate import upgrade
+    from mwl.store.migrate import current_revision, known_revision, upgrade
 
     engine = make_engine(settings.database_url)
     try:
         upgrade(engine)
+        found = current_revision(engine) or ""
     finally:
         engine.dispose()
-    print("database is at the newest schema")
+    if known_revision(found):
+        print("database is at the newest schema")
+    else:
+        print(f"database is at {found}, newer than this release: left as it is")
     return EXIT_OK
 
 

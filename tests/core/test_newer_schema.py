@@ -47,3 +47,19 @@ def test_a_newer_schema_is_ready_an_older_one_is_not(engine: Engine):
     _stamp(engine, "0009_audit_queue")
     found = database_readiness(engine)
     assert (found.ready, found.database) == (False, "not migrated")
+
+
+@pytest.mark.slow
+def test_db_upgrade_says_it_left_a_newer_schema(database_url: str, tmp_path):
+    from mwl.store.engine import make_engine
+    from tests.serve import broker_env, run_mwl
+
+    engine = make_engine(database_url)
+    try:
+        _stamp(engine, FUTURE)
+    finally:
+        engine.dispose()
+    done = run_mwl(["db", "upgrade"], broker_env(database_url), tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert f"database is at {FUTURE}, newer than this release" in done.stdout
+    assert "newer than this release knows" in done.stderr
