@@ -1,6 +1,6 @@
 """Rolling upgrade: the previous release's node keeps serving on the head's schema.
 
-"The previous release" is the code of the commit before the newest migration file
+"The previous release" is main just before the newest migration file
 was added (there are no release tags), exported with ``git archive`` into a
 temporary directory and run with this venv's interpreter and ``PYTHONPATH``
 pointing at it (checked: its ``mwl``, ``migrations`` and ``web`` are the old
@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import json
 import os
 import subprocess
 import sys
 import tarfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -65,9 +68,10 @@ def _has_revision(commit: str, revision: str) -> bool:
 def previous_release() -> tuple[str, str]:
     """(commit, why it is the one) of the previous release; skips without git history.
 
-    The parent of the commit that added the newest migration file; should that file
-    have been renamed since (a re-chained migration keeps its revision), the first
-    parent further back whose migrations lack the head revision.
+    Along the first parents (main as it was, not a side branch's own history): the
+    parent of the commit (a merge, as a rule) that added the newest migration file;
+    should that file have been renamed since (a re-chained migration keeps its
+    revision), the first parent further back whose migrations lack the head revision.
     """
     if GIT.missing:
         pytest.skip(f"{GIT.missing}: the previous release cannot be exported")
@@ -75,12 +79,18 @@ def previous_release() -> tuple[str, str]:
     head = head_revision() or ""
     try:
         added = _git(
-            "log", "--diff-filter=A", "--format=%H", "-1", "--", f"migrations/versions/{newest}"
+            "log",
+            "--first-parent",
+            "--diff-filter=A",
+            "--format=%H",
+            "-1",
+            "--",
+            f"migrations/versions/{newest}",
         )
         if not added:
             pytest.skip(f"no git history of migrations/versions/{newest} (not a git clone?)")
         touching = [added] + _git(
-            "log", "--format=%H", f"{added}^", "--", "migrations/versions"
+            "log", "--first-parent", "--format=%H", f"{added}^", "--", "migrations/versions"
         ).split()
         for commit in touching:
             parent = _git("rev-parse", "--verify", f"{commit}^")
@@ -150,6 +160,36 @@ def answers_for_both(old: Broker, head: Broker, feeders: list[Feeder], day: dt.d
     pytest.fail(f"the nodes do not answer for each other: {answered}")
 
 
+def _probe(broker: Broker, path: str) -> tuple[int, dict[str, object]]:
+    """Status and JSON body of a probe; {} for a body that is not JSON (a 404 page)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{broker.web_port}{path}", timeout=30) as r:
+            status, data = r.status, r.read()
+    except urllib.error.HTTPError as exc:
+        with exc:
+            status, data = exc.code, exc.read()
+    try:
+        return status, json.loads(data)
+    except ValueError:
+        return status, {}
+
+
+def probes_during_the_upgrade(old: Broker, head: Broker, tree: Path) -> None:
+    """/health stays 200 (what the balancer checks); /ready as each release says."""
+    assert _probe(head, "/health")[0] == 200
+    assert _probe(head, "/ready")[0] == 200
+    if _probe(old, "/health")[0] == 404:
+        return  # the previous release has no probes yet
+    assert _probe(old, "/health")[0] == 200
+    status, body = _probe(old, "/ready")
+    if "def known_revision" in (tree / "mwl" / "store" / "migrate.py").read_text():
+        assert (status, body["database"]) == (200, "newer schema")
+    else:
+        # Before this release: the old node calls itself unready once the schema is
+        # migrated (docs/upgrading.md: balancers check /health, not /ready).
+        assert (status, body.get("database")) == (503, "not migrated"), body
+
+
 def test_previous_release_serves_beside_head_on_the_migrated_schema(
     old_tree: Path, shared_schema: str, tmp_path: Path
 ):
@@ -178,6 +218,7 @@ def test_previous_release_serves_beside_head_on_the_migrated_schema(
         assert current_revision(engine) == head_revision()
         feeders.append(Feeder(head.hl7_port, day, numbers(1, 2)).start())
         answers_for_both(old, head, feeders, day)
+        probes_during_the_upgrade(old, head, old_tree)
     finally:
         for feeder in feeders:
             feeder.finish()
