@@ -34,8 +34,11 @@ if TYPE_CHECKING:
 
     from mwl.admin.overrides import LiveSettings
     from mwl.audit.auditor import Auditor
+    from mwl.dicom.scp import WorklistScp
     from mwl.domain import WorklistItem
+    from mwl.hl7.server import Hl7Server
     from mwl.orders.history import AttributeRow
+    from web.server import WebServer
 
 logger = logging.getLogger("mwl.cli")
 
@@ -88,6 +91,13 @@ def _build_parser() -> argparse.ArgumentParser:
     db_commands = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
     db_commands.add_parser("upgrade", help="migrate the database to the newest schema")
 
+    backup = commands.add_parser(
+        "backup",
+        help="copy the database to FILE while the broker runs (SQLite: online backup;"
+        " PostgreSQL: pg_dump custom format)",
+    )
+    backup.add_argument("file", type=Path, metavar="FILE")
+
     purge = commands.add_parser(
         "purge", help="delete finished and stale steps, old MPPS and sent RIS messages now"
     )
@@ -132,6 +142,25 @@ def _build_parser() -> argparse.ArgumentParser:
     send.add_argument("files", nargs="+", type=Path, metavar="FILE")
     send.add_argument("--host", default="127.0.0.1")
     send.add_argument("--port", type=int, help="default: the hl7_port setting")
+
+    samples = commands.add_parser("samples", help="the sample HL7 messages (samples/hl7)")
+    samples_commands = samples.add_subparsers(
+        dest="samples_command", metavar="ACTION", required=True
+    )
+    samples_send = samples_commands.add_parser(
+        "send",
+        help="send the samples dated today: new orders, then patient updates, then cancels",
+    )
+    samples_send.add_argument("--host", default="127.0.0.1")
+    samples_send.add_argument("--port", type=int, help="default: the hl7_port setting")
+    samples_send.add_argument(
+        "--date",
+        type=dt.date.fromisoformat,
+        help="schedule them on this day (YYYY-MM-DD), not today",
+    )
+    samples_send.add_argument(
+        "--dir", type=Path, help="the template files (default: samples/hl7 of the source tree)"
+    )
     return parser
 
 
@@ -153,6 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_OK
         if args.command == "db":
             return db_upgrade(settings)
+        if args.command == "backup":
+            return backup_now(settings, args.file)
         if args.command == "purge":
             return purge_now(settings, dry_run=args.dry_run)
         if args.command == "user":
@@ -164,6 +195,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             port = args.port if args.port is not None else settings.hl7_port
             return send_files(args.host, port, args.files, progress=sys.stderr.isatty())
+        if args.command == "samples":
+            return send_samples(settings, args)
     except MwlError as exc:
         print(f"mwl: {exc}", file=sys.stderr)
         return EXIT_FAILURE
@@ -176,16 +209,49 @@ def main(argv: Sequence[str] | None = None) -> int:
     return EXIT_USAGE
 
 
+def send_samples(settings: Settings, args: argparse.Namespace) -> int:
+    """``mwl samples send``: the sample messages, dated today, in a working order."""
+    from mwl.hl7.client import send_batch
+    from mwl.hl7.samples import sample_batch, samples_directory
+
+    day = args.date or dt.date.today()
+    batch = sample_batch(args.dir or samples_directory(), day)
+    port = args.port if args.port is not None else settings.hl7_port
+    code = send_batch(args.host, port, batch, progress=sys.stderr.isatty())
+    if code == 0:
+        print(
+            f"{len(batch)} sample messages sent; their steps are scheduled on {day:%Y-%m-%d}",
+            file=sys.stderr,
+        )
+    return code
+
+
 def db_upgrade(settings: Settings) -> int:
     """``mwl db upgrade``: migrate the configured database to the newest schema."""
-    from mwl.store.migrate import upgrade
+    from mwl.store.migrate import current_revision, known_revision, upgrade
 
     engine = make_engine(settings.database_url)
     try:
         upgrade(engine)
+        found = current_revision(engine) or ""
     finally:
         engine.dispose()
-    print("database is at the newest schema")
+    if known_revision(found):
+        print("database is at the newest schema")
+    else:
+        print(f"database is at {found}, newer than this release: left as it is")
+    return EXIT_OK
+
+
+def backup_now(settings: Settings, target: Path) -> int:
+    """``mwl backup FILE``: a consistent copy of the database (mwl.store.backup)."""
+    from mwl.store.backup import backup
+
+    done = backup(settings.database_url, target)
+    how = "pg_restore restores it" if done.method == "pg_dump" else "integrity_check ok"
+    print(
+        f"backup written to {done.path} ({done.bytes / 1e6:.1f} MB in {done.seconds:.1f} s; {how})"
+    )
     return EXIT_OK
 
 
@@ -454,6 +520,44 @@ def _audit_application(auditor: Auditor, writers: sessionmaker[Session], *, star
         )
 
 
+def _print_summary(
+    settings: Settings,
+    hl7: Hl7Server,
+    scp: WorklistScp,
+    web: WebServer,
+    readers: sessionmaker[Session],
+) -> None:
+    """The start-up summary: where each service listens, the database, the first login."""
+    from mwl.admin.users import list_users
+
+    lines = [f"HL7 MLLP listening on {hl7.address[0]}:{hl7.address[1]}"]
+    if hl7.tls_address is not None:
+        lines.append(f"HL7 MLLP over TLS listening on {hl7.tls_address[0]}:{hl7.tls_address[1]}")
+    for host, port, tls in scp.server.addresses:
+        over = " over TLS" if tls else ""
+        lines.append(
+            f"DICOM worklist SCP {settings.dicom_ae_title}{over} listening on {host}:{port}"
+        )
+    host, port = web.address[:2]
+    # 0.0.0.0 is where it listens, not an address a browser can open.
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    lines.append(f"web page on {web.scheme}://{shown}:{port}/")
+    lines.append(f"database {settings.redacted()['database_url']}")
+    try:
+        with readers() as session:
+            no_users = not list_users(session)
+    except SQLAlchemyError:
+        no_users = False
+    if no_users and not (settings.oidc_issuer or settings.ldap_url):
+        lines.append(
+            "no web user yet: create the first with `mwl user add NAME --role admin`,"
+            " then log in on the web page"
+        )
+    lines.append("all settings: `mwl settings` (or log_level = DEBUG logs them at start)")
+    for line in lines:
+        print(line, flush=True)
+
+
 def serve(settings: Settings) -> int:
     """``mwl serve``: migrate, start HL7, DICOM and web, run until SIGTERM or SIGINT."""
     from mwl.admin.overrides import LiveSettings
@@ -469,8 +573,10 @@ def serve(settings: Settings) -> int:
     from mwl.store.migrate import upgrade
     from web.server import WebServer
 
+    # The whole list only at DEBUG (`mwl settings` prints it any time); the start-up
+    # summary below says what a newcomer needs.
     for key, value in settings.redacted().items():
-        logger.info("setting %s = %r", key, value)
+        logger.debug("setting %s = %r", key, value)
     # Every connection costs a descriptor: as many as the system allows (mwl.descriptors).
     raise_open_file_limit()
     engine = make_engine(settings.database_url)
@@ -540,19 +646,7 @@ def serve(settings: Settings) -> int:
             watchdog = Watchdog(live.current, writers, notify)
             watchdog.start()
             services.append(watchdog)
-        host, port = hl7.address[:2]
-        print(f"HL7 MLLP listening on {host}:{port}", flush=True)
-        if hl7.tls_address is not None:
-            host, port = hl7.tls_address
-            print(f"HL7 MLLP over TLS listening on {host}:{port}", flush=True)
-        for host, port, tls in scp.server.addresses:
-            over = " over TLS" if tls else ""
-            print(
-                f"DICOM worklist SCP {settings.dicom_ae_title}{over} listening on {host}:{port}",
-                flush=True,
-            )
-        host, port = web.address[:2]
-        print(f"web page on {web.scheme}://{host}:{port}/", flush=True)
+        _print_summary(settings, hl7, scp, web, readers)
         print("mwl is ready", flush=True)
         stop.wait()
     except OSError as exc:

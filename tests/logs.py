@@ -15,7 +15,8 @@ from typing import Any
 
 STATUS_LINES = re.compile(
     r"^(HL7 MLLP (over TLS )?listening on |DICOM worklist SCP \S+ (over TLS )?listening on "
-    r"|web page on |RIS status messages to |mwl is ready$|mwl stopped$)"
+    r"|web page on |RIS status messages to |database |no web user yet: |all settings: "
+    r"|mwl is ready$|mwl stopped$)"
 )
 _TEXT_RECORD = re.compile(r"^\S+ \S+ (DEBUG|INFO|WARNING|ERROR|CRITICAL) (\S+): ")
 LEVELS_ABOVE_DEBUG = frozenset({"INFO", "WARNING", "ERROR", "CRITICAL"})

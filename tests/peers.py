@@ -64,6 +64,11 @@ LDAPADD = Peer(Path("/usr/bin/ldapadd"), "ldap-utils")
 # tests/audit: the ATNA audit repository (rsyslog-gnutls adds its TLS driver).
 RSYSLOGD = Peer(Path("/usr/sbin/rsyslogd"), "rsyslog rsyslog-gnutls")
 
+# tests/e2e/test_backup.py restores what `mwl backup` (pg_dump) wrote.
+PG_RESTORE = Peer(Path("/usr/bin/pg_restore"), "postgresql-client")
+# tests/e2e/test_rolling_upgrade.py exports the previous release with git archive.
+GIT = Peer(Path("/usr/bin/git"), "git")
+
 ALL = (
     FINDSCU,
     ECHOSCU,
@@ -78,4 +83,6 @@ ALL = (
     SLAPD,
     LDAPADD,
     RSYSLOGD,
+    PG_RESTORE,
+    GIT,
 )

@@ -120,10 +120,23 @@ def send_files(
         Exit code: 0 when every message got AA, 1 when any got AE/AR, 2 when a file
         could not be read or the listener could not be reached.
     """
-    out = out or sys.stdout
     batch = _read_messages(paths)
     if not batch:
         return 2
+    return send_batch(host, port, batch, progress, timeout=timeout, out=out)
+
+
+def send_batch(
+    host: str,
+    port: int,
+    batch: Sequence[tuple[str, bytes]],
+    progress: bool = True,
+    *,
+    timeout: float = 10.0,
+    out: TextIO | None = None,
+) -> int:
+    """Send ``(name, message)`` pairs in order; print and return as :func:`send_files`."""
+    out = out or sys.stdout
     bar = _ProgressBar(len(batch), enabled=progress and sys.stderr.isatty())
     status = 0
     acks = iter_acks(host, port, (message for _, message in batch), timeout)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from mwl.store.migrate import current_revision, head_revision
+from mwl.store.migrate import current_revision, head_revision, known_revision
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +25,8 @@ class Readiness:
     """Whether the node can serve, and why not."""
 
     ready: bool
-    # "ok", "unavailable" (no answer) or "not migrated" (another schema revision).
+    # "ok", "newer schema" (a newer release migrated it: a rolling upgrade, still
+    # ready), "unavailable" (no answer) or "not migrated" (an older or no revision).
     database: str
     # The schema revision found and the one expected ("" when unknown).
     revision: str = ""
@@ -47,6 +48,10 @@ def database_readiness(engine: Engine) -> Readiness:
     except SQLAlchemyError as exc:
         logger.warning("readiness: the database does not answer (%s)", type(exc).__name__)
         return Readiness(False, "unavailable", "", expected, type(exc).__name__)
+    if found and found != expected and not known_revision(found):
+        # The expand/contract rule (docs/upgrading.md) keeps a schema one release
+        # ahead usable by this one: the old node serves on while the new ones start.
+        return Readiness(True, "newer schema", found, expected)
     if found != expected:
         return Readiness(False, "not migrated", found, expected)
     return Readiness(True, "ok", found, expected)

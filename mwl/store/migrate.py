@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from alembic import command
@@ -9,6 +10,8 @@ from alembic.config import Config
 from sqlalchemy.engine import Engine
 
 import migrations
+
+logger = logging.getLogger(__name__)
 
 
 def alembic_config(engine: Engine) -> Config:
@@ -22,7 +25,22 @@ def alembic_config(engine: Engine) -> Config:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Migrate the database behind ``engine`` to ``revision`` (default: the newest)."""
+    """Migrate the database behind ``engine`` to ``revision`` (default: the newest).
+
+    A database that a newer release has migrated already (a revision these migrations
+    do not know) is left as it is: during a rolling upgrade the old node keeps running,
+    and may restart, on the new node's schema, which the expand/contract rule of
+    docs/upgrading.md keeps compatible with the previous release.
+    """
+    found = current_revision(engine)
+    if found is not None and not known_revision(found):
+        logger.warning(
+            "the database schema is at revision %s, newer than this release knows (%s);"
+            " running on it without migrating (a rolling upgrade: see docs/upgrading.md)",
+            found,
+            head_revision(),
+        )
+        return
     config = alembic_config(engine)
     with engine.begin() as connection:
         config.attributes["connection"] = connection
@@ -42,6 +60,18 @@ def head_revision() -> str | None:
     from alembic.script import ScriptDirectory
 
     return ScriptDirectory.from_config(alembic_config_without_engine()).get_current_head()
+
+
+def known_revision(revision: str) -> bool:
+    """Whether ``revision`` is one of the installed migrations."""
+    from alembic.script import ScriptDirectory
+    from alembic.util import CommandError
+
+    scripts = ScriptDirectory.from_config(alembic_config_without_engine())
+    try:
+        return scripts.get_revision(revision) is not None
+    except CommandError:
+        return False
 
 
 def current_revision(engine: Engine) -> str | None:
