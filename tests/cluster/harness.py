@@ -289,6 +289,18 @@ class Node:
     def web(self) -> str:
         return f"http://{HOST}:{self.web_port}"
 
+    def wait_line(self, text: str, timeout: float = 30.0) -> float:
+        """Wait until this run of the node printed a line containing ``text``.
+
+        Returns the monotonic time at which it was seen (polled every 20 ms).
+        """
+        deadline = time.monotonic() + timeout
+        while not any(text in line for line in list(self.output)):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name} did not print {text!r}")
+            time.sleep(0.02)
+        return time.monotonic()
+
     def backend(self) -> Backend:
         return Backend(self.name, HOST, self.hl7_port, self.dicom_port, self.web_port)
 
@@ -458,6 +470,15 @@ class Orders:
     def control_id(self, i: int) -> str:
         return f"C{self.tag}{i:07d}"
 
+    def study_uid(self, i: int) -> str:
+        return f"1.2.826.0.1.3680043.10.543.77.{int(self.tag)}.{i}"
+
+    def placer(self, i: int) -> str:
+        return f"PL{self.tag}{i:07d}"
+
+    def sps_id(self, i: int) -> str:
+        return f"S{self.tag}{i:07d}"[:16]
+
     def accession(self, i: int) -> str:
         return f"A{self.tag}{i:07d}"[:16]
 
@@ -475,7 +496,7 @@ class Orders:
             elif name == "PID":
                 f[3] = f"P{tag}{i:07d}^^^HOSPITAL^MR"
             elif name in ("ORC", "OBR"):
-                f[2], f[3] = f"PL{tag}{i:07d}", f"FI{tag}{i:07d}"
+                f[2], f[3] = self.placer(i), f"FI{tag}{i:07d}"
                 if name == "ORC":
                     timing = f[7].split("^")
                     timing[3] = start.strftime("%Y%m%d%H%M%S")
@@ -483,11 +504,11 @@ class Orders:
                 else:
                     f[18] = self.accession(i)
                     f[19] = f"R{tag}{i:07d}"[:16]
-                    f[20] = f"S{tag}{i:07d}"[:16]
+                    f[20] = self.sps_id(i)
                     f[24] = modality
             elif name == "ZDS":
                 parts = f[1].split("^")
-                parts[0] = f"1.2.826.0.1.3680043.10.543.77.{tag}.{i}"
+                parts[0] = self.study_uid(i)
                 f[1] = "^".join(parts)
             out.append("|".join(f))
         return ("\r".join(out) + "\r").encode("latin-1")
