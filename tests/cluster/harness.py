@@ -27,6 +27,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import lxml.html
+import requests
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
@@ -160,6 +162,8 @@ backend web_nodes
     # Plain HTTP from the balancer; the broker's web_trusted_proxies says whose
     # X-Forwarded-For to believe.
     option forwardfor
+    # Which node answered: for the tests, and for a site debugging its balancer.
+    http-response set-header X-Mwl-Node %s
 {servers("web")}
 frontend hl7
     mode tcp
@@ -599,3 +603,47 @@ def send_until(
 def temporary_directory(prefix: str = "mwl-cluster-") -> tempfile.TemporaryDirectory[str]:
     """A directory for HAProxy's files and the nodes' working directory (bench/)."""
     return tempfile.TemporaryDirectory(prefix=prefix)
+
+
+# --------------------------------------------------------------------------- web
+
+
+class Browser:
+    """A web client (requests) that fills in forms as a browser would submit them.
+
+    Cookies are kept per host, not per port (RFC 6265), so one ``Browser`` talks
+    to HAProxy and to each node directly with the same session cookie.
+    """
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.http = requests.Session()
+
+    def get(self, path: str, base: str = "", **kwargs: object) -> requests.Response:
+        kwargs.setdefault("allow_redirects", False)
+        kwargs.setdefault("timeout", 30)
+        return self.http.get((base or self.base) + path, **kwargs)  # type: ignore[arg-type]
+
+    def submit(
+        self,
+        page: requests.Response,
+        action: str,
+        changes: dict[str, str] | None = None,
+        base: str = "",
+    ) -> requests.Response:
+        """Submit the form of ``page`` whose action contains ``action``, with ``changes``."""
+        document = lxml.html.fromstring(page.text)
+        forms = [f for f in document.forms if action in (f.action or "")]
+        if not forms:
+            raise AssertionError(f"no form with action {action!r} on {page.url}")
+        form = forms[0]
+        values = [(k, v) for k, v in form.form_values() if k not in (changes or {})]
+        values.extend((changes or {}).items())
+        target = (base or self.base) + form.action
+        if (form.method or "GET").upper() == "GET":
+            return self.http.get(target, params=values, allow_redirects=False, timeout=30)
+        return self.http.post(target, data=values, allow_redirects=False, timeout=30)
+
+    def login(self, username: str, password: str, base: str = "") -> requests.Response:
+        page = self.get("/login", base)
+        return self.submit(page, "/login", {"username": username, "password": password}, base)
