@@ -95,7 +95,7 @@ class Frontends:
     stats_socket: str = ""
 
 
-def haproxy_config(frontends: Frontends, backends: Sequence[Backend]) -> str:
+def haproxy_config(frontends: Frontends, backends: Sequence[Backend], resolvers: str = "") -> str:
     """HAProxy's configuration for ``backends`` behind ``frontends``.
 
     MLLP and DICOM are ``mode tcp`` (an HL7 connection or a DICOM association stays
@@ -114,18 +114,27 @@ def haproxy_config(frontends: Frontends, backends: Sequence[Backend]) -> str:
         if frontends.stats_socket
         else ""
     )
+    # Behind names (docker-compose): looked up again while running, so a broker
+    # restarted with a new address is found, and HAProxy starts before every name is.
+    dns = " resolvers dns init-addr last,libc,none" if resolvers else ""
+    section = (
+        f"\nresolvers dns\n    nameserver dns1 {resolvers}\n    hold valid 5s\n"
+        if resolvers
+        else ""
+    )
 
     def servers(service: str) -> str:
         return "".join(
-            f"    server {b.name} {b.host}:{getattr(b, service)} {CHECK.format(web=b.web)}\n"
+            f"    server {b.name} {b.host}:{getattr(b, service)} {CHECK.format(web=b.web)}{dns}\n"
             for b in backends
         )
 
     return f"""\
-# Rendered by tests/cluster/harness.py haproxy_config(); keep the two in step.
+# Rendered by haproxy_config() in tests/cluster/harness.py (the cluster tests' balancer);
+# docker/haproxy.cfg is regenerated with `python -m tests.cluster.harness > docker/haproxy.cfg`.
 global
     maxconn 2000
-{stats}
+{stats}{section}
 defaults
     timeout connect 2s
     # An idle MLLP connection or DICOM association may stay open for long.
@@ -154,7 +163,6 @@ backend dicom_nodes
 backend web_nodes
     mode http
     balance roundrobin
-    timeout client 60s
     timeout server 60s
     option httpchk
     http-check send meth GET uri /health
@@ -181,6 +189,15 @@ frontend web
     bind {frontends.host}:{frontends.web}
     default_backend web_nodes
 """
+
+
+def compose_haproxy_config() -> str:
+    """``docker/haproxy.cfg``: two brokers by name in docker-compose.cluster.yml."""
+    return haproxy_config(
+        Frontends("0.0.0.0", 2575, 11112, 8080),
+        [Backend(name, name, 2575, 11112, 8080) for name in ("broker1", "broker2")],
+        resolvers="127.0.0.11:53",  # Docker's embedded DNS server
+    )
 
 
 class Haproxy:
@@ -647,3 +664,7 @@ class Browser:
     def login(self, username: str, password: str, base: str = "") -> requests.Response:
         page = self.get("/login", base)
         return self.submit(page, "/login", {"username": username, "password": password}, base)
+
+
+if __name__ == "__main__":
+    print(compose_haproxy_config(), end="")
