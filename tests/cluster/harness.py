@@ -503,8 +503,12 @@ class Orders:
     def accession(self, i: int) -> str:
         return f"A{self.tag}{i:07d}"[:16]
 
-    def make(self, i: int, modality: str = "CT") -> bytes:
-        """Order ``i``: MSH-10 :meth:`control_id`, OBR-18 :meth:`accession`."""
+    def make(self, i: int, modality: str = "CT", station: str = "") -> bytes:
+        """Order ``i``: MSH-10 :meth:`control_id`, OBR-18 :meth:`accession`.
+
+        ``station`` goes into ORC-18 (read as the station AE title with
+        ``hl7_station_from_orc18``).
+        """
         tag = self.tag
         start = self.start + dt.timedelta(minutes=5 * (i % 100))
         out = []
@@ -522,6 +526,9 @@ class Orders:
                     timing = f[7].split("^")
                     timing[3] = start.strftime("%Y%m%d%H%M%S")
                     f[7] = "^".join(timing)
+                    if station:
+                        f.extend([""] * (19 - len(f)))
+                        f[18] = station
                 else:
                     f[18] = self.accession(i)
                     f[19] = f"R{tag}{i:07d}"[:16]
