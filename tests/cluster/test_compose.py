@@ -49,3 +49,5 @@ def test_the_compose_file_runs_two_brokers_on_one_database_behind_haproxy():
         in services["haproxy"]["volumes"]
     )
     assert all("ports" not in b for b in brokers), "only HAProxy is published"
+    balancer = services["haproxy"]["networks"]["mwl"]["ipv4_address"]
+    assert {b["environment"]["MWL_WEB_TRUSTED_PROXIES"] for b in brokers} == {balancer}
