@@ -42,6 +42,21 @@ def stored_accessions(url: str) -> Counter[str]:
     return Counter({accession: count for accession, count in rows})
 
 
+def applied_control_ids(url: str) -> Counter[str]:
+    """MSH-10 -> how many log entries say it was applied (AA, not answered as a resend)."""
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                select(Hl7Message.message_control_id, func.count())
+                .where(Hl7Message.outcome == "AA", Hl7Message.error == "")
+                .group_by(Hl7Message.message_control_id)
+            ).all()
+    finally:
+        engine.dispose()
+    return Counter({control_id: count for control_id, count in rows})
+
+
 def accepted_acks(url: str) -> dict[str, list[bytes]]:
     """MSH-10 -> the ACKs of every AA'd log entry of that message (resends included)."""
     engine = make_engine(url)
@@ -113,6 +128,9 @@ def test_every_acked_order_is_stored_once_while_nodes_are_killed(start_cluster, 
     stored = stored_accessions(cluster_database)
     assert [a for a, n in stored.items() if n > 1] == []
     assert [i for i in acked | unanswered if stored[orders.accession(i)] != 1] == []
+    applied = applied_control_ids(cluster_database)
+    assert [c for c, n in applied.items() if n > 1] == []
+    assert [i for i in acked | unanswered if applied[orders.control_id(i)] != 1] == []
     print(
         f"\n{len(acked)} AA, {len(unanswered)} unanswered"
         f" ({sum(1 for i in unanswered if orders.control_id(i) in before)} stored), {kills} kills"
@@ -149,6 +167,10 @@ def test_one_message_sent_to_two_nodes_at_once_is_applied_once(start_cluster, cl
     assert {orders.accession(i): stored[orders.accession(i)] for i in range(DUPLICATE_ROUNDS)} == {
         orders.accession(i): 1 for i in range(DUPLICATE_ROUNDS)
     }
+    applied = applied_control_ids(cluster_database)
+    assert {
+        orders.control_id(i): applied[orders.control_id(i)] for i in range(DUPLICATE_ROUNDS)
+    } == {orders.control_id(i): 1 for i in range(DUPLICATE_ROUNDS)}
     logged = accepted_acks(cluster_database)
     for i in range(DUPLICATE_ROUNDS):
         first, second = answers[0][i], answers[1][i]
