@@ -22,8 +22,9 @@ from tests.cluster.harness import HOST, MllpLink, Orders, Outcome, ack_code, sen
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
 
 SENDERS = 4
-RUN_SECONDS = 30.0
-# A node is killed this long after the previous one is back (its restart takes 5-10 s).
+KILLS = 3
+# A node is killed this long after the previous one is back: with its restart (5-10 s
+# on an idle 2-core machine, up to 30 s on a loaded one) about 30-40 s in all.
 KILL_EVERY_SECONDS = 3.0
 DUPLICATE_ROUNDS = 20
 
@@ -88,25 +89,22 @@ def test_every_acked_order_is_stored_once_while_nodes_are_killed(start_cluster, 
     ]
     for sender in senders:
         sender.start()
-    kills = 0
     try:
-        deadline = time.monotonic() + RUN_SECONDS
-        while time.monotonic() < deadline:
+        for kill in range(KILLS):
             time.sleep(KILL_EVERY_SECONDS)
-            victim = nodes.nodes[kills % len(nodes.nodes)]
+            victim = nodes.nodes[kill % len(nodes.nodes)]
             victim.kill()
-            kills += 1
             victim.start()
             assert nodes.haproxy is not None
             nodes.haproxy.wait_status(victim.name, "UP")
+        time.sleep(KILL_EVERY_SECONDS)
     finally:
         stop.set()
         for sender in senders:
             sender.join(timeout=30)
-    assert kills >= 3
     acked = {i for i, code in outcome.acked.items() if code == "AA"}
     unanswered = outcome.lost | {i for i, code in outcome.acked.items() if code != "AA"}
-    assert len(acked) > 100, f"only {len(acked)} orders went through"
+    assert len(acked) > 50, f"only {len(acked)} orders went through"
 
     stored = stored_accessions(cluster_database)
     assert [a for a, n in stored.items() if n > 1] == []
@@ -133,7 +131,7 @@ def test_every_acked_order_is_stored_once_while_nodes_are_killed(start_cluster, 
     assert [i for i in acked | unanswered if applied[orders.control_id(i)] != 1] == []
     print(
         f"\n{len(acked)} AA, {len(unanswered)} unanswered"
-        f" ({sum(1 for i in unanswered if orders.control_id(i) in before)} stored), {kills} kills"
+        f" ({sum(1 for i in unanswered if orders.control_id(i) in before)} stored), {KILLS} kills"
     )
 
 
