@@ -51,6 +51,7 @@ SERVER_FIXTURES = frozenset(
         "sso_broker",  # tests/web/test_oidc_login.py: the page and an OIDC provider
         "start_broker",
         "start_cluster",  # tests/cluster: several `mwl serve` and HAProxy
+        "shared_cluster",
         "syslog",  # tests/audit: rsyslogd as the ATNA audit repository
         "tls_orthanc",
         "tls_scp",

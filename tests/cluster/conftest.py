@@ -31,6 +31,30 @@ def cluster_database() -> Iterator[str]:
 StartCluster = Callable[..., Cluster]
 
 
+def _need_haproxy() -> None:
+    if not os.access(HAPROXY, os.X_OK):
+        pytest.skip(f"{HAPROXY} is not installed (apt-get install haproxy)")
+
+
+@pytest.fixture(scope="module")
+def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """Two nodes and HAProxy for a whole module, on a schema of their own.
+
+    For tests that each leave the shared state as they found it (tests/cluster/test_web.py):
+    starting two nodes costs 10-40 s on the 2-core machine.
+    """
+    reason = postgres_unavailable()
+    if reason:
+        pytest.skip(reason)
+    _need_haproxy()
+    directory = tmp_path_factory.mktemp("cluster")
+    with (
+        migrated_schema(f"mwl_cluster_shared_{os.getpid()}") as url,
+        cluster(url, directory, 2) as nodes,
+    ):
+        yield nodes
+
+
 @pytest.fixture
 def start_cluster(cluster_database: str, tmp_path: Path) -> Iterator[StartCluster]:
     """Start nodes (and HAProxy) on :func:`cluster_database`; all are stopped afterwards.
@@ -39,8 +63,7 @@ def start_cluster(cluster_database: str, tmp_path: Path) -> Iterator[StartCluste
     :class:`~tests.cluster.harness.Cluster`; the fixture's finalizer stops (or kills)
     every process, also when the test fails.
     """
-    if not os.access(HAPROXY, os.X_OK):
-        pytest.skip(f"{HAPROXY} is not installed (apt-get install haproxy)")
+    _need_haproxy()
     with contextlib.ExitStack() as stack:
 
         def start(nodes: int = 2, **kwargs: object) -> Cluster:

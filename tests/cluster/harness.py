@@ -367,11 +367,19 @@ class Cluster:
         """Stop HAProxy and every node; kills what does not stop."""
         if self.haproxy is not None:
             self.haproxy.stop()
-        for node in self.nodes:
+
+        def stop(node: Node) -> None:
             try:
                 node.stop()
             except Exception:  # a node that will not stop is killed; the others still stop
                 node.kill()
+
+        # At once: each waits for its listeners to drain.
+        stopping = [threading.Thread(target=stop, args=(node,)) for node in self.nodes]
+        for thread in stopping:
+            thread.start()
+        for thread in stopping:
+            thread.join()
 
 
 def node_env(database_url: str, **extra: str) -> dict[str, str]:
@@ -474,6 +482,9 @@ def migrated_schema(schema: str | None = None) -> Iterator[str]:
 # --------------------------------------------------------------------------- HL7
 
 
+_ORDER_SETS = itertools.count(1)
+
+
 class Orders:
     """Unique synthetic ORM^O01 orders from the sample, one accession per MSH-10."""
 
@@ -483,7 +494,11 @@ class Orders:
             for s in split_messages(TEMPLATE.read_bytes())[0].decode("latin-1").split("\r")
             if s
         ]
-        self.tag = tag or f"{os.getpid() % 10000:04d}{int(time.time()) % 10000:04d}"
+        # Unique per process, per Orders made in it and per start time: test runs on one
+        # database never reuse an MSH-10 or an accession number.
+        self.tag = tag or (
+            f"{os.getpid() % 100:02d}{next(_ORDER_SETS) % 100:02d}{int(time.time()) % 10000:04d}"
+        )
         self.start = start or dt.datetime.now().replace(hour=8, minute=0, second=0, microsecond=0)
         self._counter = itertools.count()
         self._lock = threading.Lock()
