@@ -50,6 +50,8 @@ SERVER_FIXTURES = frozenset(
         "slapd",  # tests/web/test_ldap_login.py: a real LDAP directory
         "sso_broker",  # tests/web/test_oidc_login.py: the page and an OIDC provider
         "start_broker",
+        "start_cluster",  # tests/cluster: several `mwl serve` and HAProxy
+        "shared_cluster",
         "syslog",  # tests/audit: rsyslogd as the ATNA audit repository
         "tls_orthanc",
         "tls_scp",

@@ -9,7 +9,9 @@ Functions take the unit of work's session first and never commit.
 
 from __future__ import annotations
 
-from sqlalchemy import bindparam, insert, select, update
+import hashlib
+
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.util import identity_key
 
@@ -153,6 +155,10 @@ def original_ack(
     Only accepted (AA) messages count: a message that was rejected may be resent
     after the sender fixed the cause.
 
+    On PostgreSQL the unit of work holds a lock on this MSH-3/MSH-4/MSH-10 from here
+    to its end, so a concurrent unit of work with the same message (on this broker or
+    another) waits for it and then finds its ACK.
+
     Returns
     -------
     bytes or None
@@ -160,16 +166,23 @@ def original_ack(
     """
     if not message_control_id:
         return None
-    ack: bytes | None = (
-        session.connection()
-        .execute(
-            _ORIGINAL_ACK,
-            {
-                "application": _cut("sending_application", sending_application),
-                "facility": _cut("sending_facility", sending_facility),
-                "control_id": _cut("message_control_id", message_control_id),
-            },
+    key = {
+        "application": _cut("sending_application", sending_application),
+        "facility": _cut("sending_facility", sending_facility),
+        "control_id": _cut("message_control_id", message_control_id),
+    }
+    connection = session.connection()
+    if connection.dialect.name == "postgresql":
+        # A RIS resending after a fail-over may reach two brokers with one message at
+        # once. Without this both find no earlier ACK, both apply (the second as an
+        # update) and each answers its own AA. The lock, held to the end of the unit
+        # of work, makes the second wait for the first's commit and then find its
+        # ACK. (SQLite has one writer at a time.)
+        digest = hashlib.sha256(
+            "\x1f".join(("mwl:hl7", *key.values())).encode("utf-8", "surrogateescape")
+        ).digest()
+        connection.execute(
+            select(func.pg_advisory_xact_lock(int.from_bytes(digest[:8], "big", signed=True)))
         )
-        .scalar()
-    )
+    ack: bytes | None = connection.execute(_ORIGINAL_ACK, key).scalar()
     return ack

@@ -31,6 +31,7 @@ from mwl.config import Settings
 from mwl.domain import SpsStatus
 from mwl.operations import metrics
 from mwl.operations.outbox import DELIVERED
+from mwl.store.leases import SingletonLease
 from mwl.store.models import (
     OutboxMessage,
     PerformedProcedureStep,
@@ -261,8 +262,18 @@ def purge(
     return done
 
 
+# How often a broker that does not run housekeeping checks whether the one that did
+# is gone: the fail-over time of the job after its holder dies.
+STANDBY_CHECK_SECONDS = 2.0
+
+
 class Housekeeper:
     """Runs :func:`purge` in a thread: at start, then every ``retention_interval_seconds``.
+
+    Brokers sharing a database run it once between them: the one holding the
+    ``housekeeping`` lease (:class:`~mwl.store.leases.SingletonLease`) purges, the
+    others check every :data:`STANDBY_CHECK_SECONDS` whether it is still held and take
+    over when its holder is gone.
 
     Parameters
     ----------
@@ -281,6 +292,9 @@ class Housekeeper:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.runs = 0  # completed runs, for the status page and tests
+        with session_factory() as session:
+            self._lease = SingletonLease(session.get_bind().engine, "housekeeping")
+        self._standing_by = False
 
     def start(self) -> None:
         """Start the housekeeping thread."""
@@ -296,12 +310,27 @@ class Housekeeper:
         if thread is not None:
             self._stop.set()
             thread.join(timeout=60)
+            self._lease.release()
+
+    def _holds_lease(self) -> bool:
+        """Whether this broker runs housekeeping now (logged when that changes)."""
+        held = self._lease.acquire()
+        if not held and not self._standing_by:
+            logger.info("another broker runs housekeeping on this database; standing by")
+        elif held and self._standing_by:
+            logger.info("this broker now runs housekeeping on this database")
+        self._standing_by = not held
+        return held
 
     def _run(self) -> None:
         from sqlalchemy.exc import SQLAlchemyError
 
         while not self._stop.is_set():
+            wait = self._settings.retention_interval_seconds
             try:
+                if not self._holds_lease():
+                    self._stop.wait(min(wait, STANDBY_CHECK_SECONDS))
+                    continue
                 counts = purge(
                     self._session_factory,
                     self._policy,
@@ -328,5 +357,7 @@ class Housekeeper:
             except SQLAlchemyError as exc:
                 metrics.retention_ran(False)
                 logger.error("housekeeping: database failure: %s", type(exc).__name__)
+                if not self._lease.held:  # a standby tries again soon, not in an hour
+                    wait = min(wait, STANDBY_CHECK_SECONDS)
             self.runs += 1
-            self._stop.wait(self._settings.retention_interval_seconds)
+            self._stop.wait(wait)

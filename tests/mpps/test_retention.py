@@ -142,6 +142,25 @@ def test_housekeeping_thread(writers, settings):
     assert sorted(step_statuses(writers)) == ["S2", "S3"]
 
 
+def test_two_housekeepers_on_one_database_run_one_at_a_time(writers, settings, monkeypatch):
+    # Two brokers on one database: the second stands by while the first holds the
+    # lease, and takes over once the first is gone.
+    monkeypatch.setattr("mwl.operations.retention.STANDBY_CHECK_SECONDS", 0.05)
+    fast = settings.replace(retention_interval_seconds=0.05, retention_batch_size=10)
+    first, second = Housekeeper(fast, writers), Housekeeper(fast, writers)
+    first.start()
+    try:
+        wait_until(lambda: first.runs >= 1, what="the first housekeeper's run")
+        second.start()
+        wait_until(lambda: first.runs >= 4, what="more runs of the first")
+        assert second.runs == 0
+        first.shutdown()
+        wait_until(lambda: second.runs >= 1, what="the second taking over")
+    finally:
+        first.shutdown()
+        second.shutdown()
+
+
 def _mwl(args: list[str], database_url: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MWL_")}
     env["MWL_DATABASE_URL"] = database_url
