@@ -102,7 +102,7 @@ def routes(key: int) -> list[tuple[str, str, dict[str, str]]]:
         ("GET", f"/items/{key}", {}),
         ("GET", f"/items/{key}/edit", {}),
         ("POST", f"/items/{key}/edit", edit_form(name_given="Janet")),
-        ("POST", f"/items/{key}/cancel", {"reason": "no show"}),
+        ("POST", f"/items/{key}/cancel", {"reason": "no show", "confirm": "yes"}),
         ("POST", f"/items/{key}/restore", {}),
         ("GET", "/orders/new", {}),
         ("POST", "/orders/new", {"modality": "CT", "unidentified": "yes"}),
@@ -178,7 +178,8 @@ def test_editing_saves_records_and_shows_the_trail(app, sign_in, step_key, sessi
     trail = html[html.index("Audit trail") :]
     assert "editor" in trail and "Edited" in trail and "wrong name" in trail
     assert "Doe^Jane</span>" not in trail  # values are shown as text, not markup
-    assert "Doe^Jane → Doe^Janet" in trail
+    # ... in the forms the page shows them in (a name as people write it).
+    assert "Doe, Jane → Doe, Janet" in trail
     assert "2026-11-21 09:30:00 → 2026-11-21 11:45:00" in trail
     name, start, _status, events = stored(session_factory)
     assert (name, start, events) == ("Doe^Janet", dt.datetime(2026, 11, 21, 11, 45), 1)
@@ -272,12 +273,21 @@ def test_cancel_and_restore(app, sign_in, step_key, session_factory):
     client = sign_in(app, "editor")
     page = client.get(f"/items/{step_key}").get_data(as_text=True)
     assert "Cancel this step" in page and "Restore this step" not in page
+    # The button asks first (a page, no JavaScript); nothing changes until confirmed.
+    asked = client.post(f"/items/{step_key}/cancel", data={"reason": "patient left"})
+    question = asked.get_data(as_text=True)
+    assert asked.status_code == 200 and "Cancel this step?" in question
+    assert 'name="confirm" value="yes"' in question and 'value="patient left"' in question
+    assert stored(session_factory)[2] == "SCHEDULED"
     response = client.post(
-        f"/items/{step_key}/cancel", data={"reason": "patient left"}, follow_redirects=True
+        f"/items/{step_key}/cancel",
+        data={"reason": "patient left", "confirm": "yes"},
+        follow_redirects=True,
     )
     html = response.get_data(as_text=True)
     assert "The step is canceled; modalities no longer see it." in html
-    assert "Modalities do not see this step while its status is CANCELED." in html
+    assert "Modalities do not see this step while its status is Canceled." in html
+    assert "Undo: restore the step" in html
     assert "Restore this step" in html and "Cancel this step" not in html
     assert "patient left" in html
     assert stored(session_factory)[2] == "CANCELED"
