@@ -446,9 +446,14 @@ def _station_rules() -> tuple[Any, ...]:
     return effective.hl7_station_rules
 
 
-def station_rules_missing() -> bool:
-    """Whether no station rule exists (the day list and settings pages show a banner)."""
-    return not _station_rules()
+@bp.app_template_global()
+def station_rules_offer() -> bool:
+    """Whether to offer the station rules form: an admin looks, and no station rule exists.
+
+    For the banner of the day list and the settings pages
+    (``items_macros.html``, ``station_rules_banner``).
+    """
+    return has_role(Role.ADMIN) and not _station_rules()
 
 
 def _used_modalities() -> list[str]:
