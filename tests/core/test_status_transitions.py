@@ -1,4 +1,4 @@
-"""Manual status changes: the one transition table, as the admin guide prints it, on both databases."""
+"""Manual status changes: the one transition table, as the admin guide prints it."""
 
 from __future__ import annotations
 
