@@ -166,6 +166,13 @@ def _item_or_404(key: int) -> WorklistItem:
 @role_required(Role.VIEWER)
 def detail(key: int) -> str:
     """Everything about one item: stored values, the DICOM listing, messages, MPPS, trail."""
+    return _detail_page(key)
+
+
+def _detail_page(
+    key: int, status_form: FormValues | None = None, errors: Errors | None = None
+) -> str:
+    """The item page; with the status form as sent and its errors when a change was refused."""
     item = _item_or_404(key)
     session = db_session()
     lister = state().item_lister
@@ -188,6 +195,8 @@ def detail(key: int) -> str:
         can_restore=status is SpsStatus.CANCELED,
         next_statuses=[s for s in allowed_statuses(status) if s is not SpsStatus.CANCELED],
         undo_key=_undo_key(trail, key, status),
+        status_form=status_form or {},
+        errors=errors or {},
     )
 
 
@@ -354,9 +363,13 @@ def status(key: int) -> ResponseReturnValue:
         abort(404, description=_("There is no worklist item with this number."))
     except EditError as exc:
         logger.info("status change of worklist item %d refused", key)
-        for message in _translated(exc).values():
-            flash(message, "error")
-        return redirect(url_for("items.detail", key=key), 303)
+        errors = _translated(exc)
+        if "scheduled_procedure_step_status" in errors:
+            errors["status"] = errors.pop("scheduled_procedure_step_status")
+        form = {"status": target.value, "reason": request.form.get("reason", "")}
+        # Shown again next to the form's fields, with what was chosen and typed.
+        db_session().rollback()
+        return _detail_page(key, form, errors), 422
     logger.info("worklist item %d: status %s by %s", key, target.value, current_user.username)
     done = _("The status is now %(status)s.", status=step_status_text(target))
     if queued:

@@ -458,3 +458,37 @@ def test_without_the_dicom_service_the_page_says_so(app, sign_in, step_key):
     assert "No HL7 message is linked to this item" in html
     assert "No modality has reported performing this step." in html
     assert "Nobody has changed this item on the page." in html
+
+
+def test_a_refused_status_change_shows_its_errors_next_to_the_fields(app, sign_in, step_key):
+    client = sign_in(app, "editor")
+    page = client.get(f"/items/{step_key}").get_data(as_text=True)
+    # Only what the table allows after SCHEDULED is offered (cancel has its own button).
+    select = page[
+        page.index('id="new-status"') : page.index("</select>", page.index('id="new-status"'))
+    ]
+    assert re.findall(r'<option value="([A-Z]+)"', select) == [
+        "ARRIVED",
+        "READY",
+        "STARTED",
+        "HELD",
+    ]
+    response = client.post(f"/items/{step_key}/status", data={"status": "COMPLETED", "reason": ""})
+    html = response.get_data(as_text=True)
+    assert response.status_code == 422
+    assert 'id="status-error"' in html and 'id="reason-error"' in html
+    assert "A SCHEDULED step cannot become COMPLETED" in html
+    assert "Say why the status is changed by hand." in html
+    assert 'aria-describedby="status-hint reason-error"' in html
+    german = client.post(
+        f"/items/{step_key}/status",
+        data={"status": "COMPLETED", "reason": "x"},
+        headers={"Accept-Language": "de"},
+    ).get_data(as_text=True)
+    assert "Eine Untersuchung mit Status SCHEDULED kann nicht COMPLETED werden" in german
+    done = client.post(
+        f"/items/{step_key}/status", data={"status": "ARRIVED", "reason": "at the desk"}
+    )
+    assert done.status_code == 303
+    page = client.get(f"/items/{step_key}").get_data(as_text=True)
+    assert "Status changed" in page and "Scheduled → Arrived" in page and "at the desk" in page
