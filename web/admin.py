@@ -308,13 +308,13 @@ def aes() -> ResponseReturnValue:
     form = AesForm()
     if not form.is_submitted():
         return _render_aes(_aes_form(effective), problem)
-    if not form.validate():
+    # The fields' checks and the rows' checks both run, so every problem shows at once.
+    valid = form.validate()
+    profiles = _profile_values(form)
+    if not valid or profiles is None:
         return _render_aes(form, _("Some values are not valid; see the marked fields."), 400)
     if form.version.data != _version(effective, AE_SETTINGS):
         return _render_aes(_aes_form(effective), _conflict(), 409)
-    profiles = _profile_values(form)
-    if profiles is None:
-        return _render_aes(form, _("Some values are not valid; see the marked fields."), 400)
     removed = [
         _("Profile of %(ae)s", ae=entry.form.ae_title.data or "—")
         for entry in form.profiles.entries
@@ -415,13 +415,12 @@ def hl7() -> ResponseReturnValue:
     form = Hl7Form()
     if not form.is_submitted():
         return _render_hl7(_hl7_form(effective), problem)
-    if not form.validate():
+    valid = form.validate()
+    rows = _hl7_values(form)
+    if not valid or rows is None:
         return _render_hl7(form, _("Some values are not valid; see the marked fields."), 400)
     if form.version.data != _version(effective, HL7_SETTINGS):
         return _render_hl7(_hl7_form(effective), _conflict(), 409)
-    rows = _hl7_values(form)
-    if rows is None:
-        return _render_hl7(form, _("Some values are not valid; see the marked fields."), 400)
     removed = _removed_hl7_rows(form)
     if removed and not confirmed():
         return _confirm_removal(removed, url_for("admin.hl7"))

@@ -240,6 +240,15 @@ BAD_AE_FIELDS = [
 ]
 
 
+def test_field_and_row_problems_show_together(admin: FlaskClient, session_factory) -> None:
+    # A field WTForms refuses and a row missing its AE title: both marked in one answer.
+    changes = {"max_matches": "-5", "profiles-0-host": "10.0.0.9"}
+    page = text(submit(admin, "/admin/aes", changes))
+    assert "at least 0" in page and "Enter the calling AE title" in page
+    assert 'id="max_matches-error"' in page and 'id="profiles-0-ae_title-error"' in page
+    assert stored(session_factory) == {}
+
+
 def test_bad_fields_are_marked_and_nothing_is_stored(admin: FlaskClient, session_factory) -> None:
     for changes, message, field in BAD_AE_FIELDS:
         response = submit(admin, "/admin/aes", changes)
