@@ -68,6 +68,8 @@ def test_edit_create_and_cancel_reach_the_modality(
         # The item page: stored values and what the modality receives.
         page.goto(f"{base}/items/{key}")
         expect(page.get_by_role("heading", level=1)).to_contain_text("Doe, Jane")
+        # The full listing is folded away until asked for (it is long).
+        page.locator("details.dicom-listing summary").click()
         listing = page.get_by_role("table").filter(has_text="(0010,0010)")
         expect(listing.get_by_role("row").filter(has_text="Patient's Name")).to_contain_text(
             "Doe^Jane"
