@@ -470,7 +470,7 @@ def web_app(
     from mwl.dicom.listing import item_attributes
     from mwl.dicom.preview import WorklistPreviewer
     from mwl.hl7.describe import describe_message
-    from mwl.hl7.reprocess import reprocess_message
+    from mwl.hl7.reprocess import ChainRunner, reprocess_message
     from web import create_app
 
     def list_item(item: WorklistItem) -> list[AttributeRow]:
@@ -481,6 +481,7 @@ def web_app(
         readers,
         writer_factory=writers,
         hl7_reprocessor=functools.partial(reprocess_message, live.current, writers),
+        chain_reprocessor=ChainRunner(live.current, writers),
         hl7_describer=describe_message,
         query_previewer=WorklistPreviewer(live, readers),
         item_lister=list_item,

@@ -81,3 +81,31 @@ def screenshot(page: Any, name: str) -> Path:
     shot = ARTIFACTS / f"{name}.png"
     page.screenshot(path=str(shot), full_page=True)
     return shot
+
+
+# axe-core from tests/node (npm ci --prefix tests/node), injected into the page.
+AXE = REPO / "tests" / "node" / "node_modules" / "axe-core" / "axe.min.js"
+
+
+def axe_violations(page: Any, impacts: tuple[str, ...] = ("serious", "critical")) -> list[str]:
+    """axe-core's violations of the current page with these impacts, as readable lines.
+
+    Skips the test when axe-core is not installed (``npm ci --prefix tests/node``).
+    """
+    if not AXE.is_file():
+        pytest.skip(f"{AXE} missing: run npm ci --prefix tests/node")
+    # Evaluated, not added as a <script>: the page's CSP (script-src 'none') rightly
+    # refuses scripts, and the test must not loosen it.
+    if not page.evaluate("() => typeof window.axe !== 'undefined'"):
+        page.evaluate(f"() => {{ {AXE.read_text(encoding='utf-8')}\n}}")
+    found: list[str] = page.evaluate(
+        """async (impacts) => {
+            const result = await axe.run(document, {resultTypes: ["violations"]});
+            return result.violations
+                .filter(v => impacts.includes(v.impact))
+                .map(v => `${v.impact} ${v.id}: `
+                    + v.nodes.map(n => n.target.join(" ")).join(", "));
+        }""",
+        list(impacts),
+    )
+    return found

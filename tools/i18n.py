@@ -49,10 +49,11 @@ KEYWORDS = {
     "lazy_pgettext": ((1, "c"), 2),
 }
 COMMENT_TAGS = ("TRANSLATORS:",)
-# Only the web adapter has user-visible text, and the core's declaration of the
+# Only the web adapter has user-visible text, the core's refusals of page changes
+# (mwl/orders: N_), and the core's declaration of the
 # stored fields the labels the item page gives them (N_); walking the rest of the
 # tree (tests, virtual environments, artifacts) would only be slow.
-SOURCE_DIRS = (("web",), ("mwl", "worklist"))
+SOURCE_DIRS = (("web",), ("mwl", "worklist"), ("mwl", "orders"))
 PO_WIDTH = 100
 
 Key = tuple[str, str | None]  # (msgid, context); a plural message by its singular

@@ -44,6 +44,7 @@ from web import tokens as token_page
 from web.proxies import TrustedProxies
 from web.request_ids import RequestIds
 from web.store import (
+    ChainReprocessor,
     Hl7Describer,
     Hl7Reprocessor,
     ItemLister,
@@ -65,6 +66,7 @@ def create_app(
     config: Mapping[str, Any] | None = None,
     writer_factory: sessionmaker[Session] | None = None,
     hl7_reprocessor: Hl7Reprocessor | None = None,
+    chain_reprocessor: ChainReprocessor | None = None,
     query_previewer: QueryPreviewer | None = None,
     hl7_describer: Hl7Describer | None = None,
     item_lister: ItemLister | None = None,
@@ -86,7 +88,7 @@ def create_app(
     writer_factory
         Sessions for changes (edits, new orders, settings). When None, a writer
         factory on the same engine as ``session_factory``.
-    hl7_reprocessor, query_previewer, hl7_describer
+    hl7_reprocessor, chain_reprocessor, query_previewer, hl7_describer
         Services of the HL7 and DICOM adapters, lent by the composition root
         (see :mod:`web.store`); the pages that need them say so when they are absent.
     item_lister
@@ -141,6 +143,7 @@ def create_app(
         writer_factory=writer_factory,
         owned_engine=owned_engine,
         hl7_reprocessor=hl7_reprocessor,
+        chain_reprocessor=chain_reprocessor,
         query_previewer=query_previewer,
         hl7_describer=hl7_describer,
         item_lister=item_lister,

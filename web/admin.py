@@ -47,6 +47,7 @@ from mwl.domain import SpsStatus
 from mwl.errors import SettingsError
 from mwl.orders.apply import DEFAULT_STATUS_TABLE
 from web import audit_events
+from web.confirm import confirmation_page, confirmed
 from web.roles import role_required
 from web.store import db_session, state, writer
 
@@ -320,13 +321,20 @@ def aes() -> ResponseReturnValue:
     form = AesForm()
     if not form.is_submitted():
         return _render_aes(_aes_form(effective), problem)
-    if not form.validate():
+    # The fields' checks and the rows' checks both run, so every problem shows at once.
+    valid = form.validate()
+    profiles = _profile_values(form)
+    if not valid or profiles is None:
         return _render_aes(form, _("Some values are not valid; see the marked fields."), 400)
     if form.version.data != _version(effective, AE_SETTINGS):
         return _render_aes(_aes_form(effective), _conflict(), 409)
-    profiles = _profile_values(form)
-    if profiles is None:
-        return _render_aes(form, _("Some values are not valid; see the marked fields."), 400)
+    removed = [
+        _("Profile of %(ae)s", ae=entry.form.ae_title.data or "—")
+        for entry in form.profiles.entries
+        if entry.form.remove.data and (entry.form.ae_title.data or "").strip()
+    ]
+    if removed and not confirmed():
+        return _confirm_removal(removed, url_for("admin.aes"))
     changed, error = _save(
         {
             "dicom_ae_profiles": profiles,
@@ -420,18 +428,50 @@ def hl7() -> ResponseReturnValue:
     form = Hl7Form()
     if not form.is_submitted():
         return _render_hl7(_hl7_form(effective), problem)
-    if not form.validate():
+    valid = form.validate()
+    rows = _hl7_values(form)
+    if not valid or rows is None:
         return _render_hl7(form, _("Some values are not valid; see the marked fields."), 400)
     if form.version.data != _version(effective, HL7_SETTINGS):
         return _render_hl7(_hl7_form(effective), _conflict(), 409)
-    rows = _hl7_values(form)
-    if rows is None:
-        return _render_hl7(form, _("Some values are not valid; see the marked fields."), 400)
+    removed = _removed_hl7_rows(form)
+    if removed and not confirmed():
+        return _confirm_removal(removed, url_for("admin.hl7"))
     changed, error = _save(rows)
     if error:
         return _render_hl7(form, error, 400)
     _saved_message(changed)
     return redirect(url_for("admin.hl7"))
+
+
+def _removed_hl7_rows(form: Hl7Form) -> list[str]:
+    """The filled rows ticked Remove, as the confirmation page names them."""
+    removed = []
+    for entry in form.modality_map.entries:
+        if entry.form.remove.data and entry.form.sent.data:
+            removed.append(_("Modality map: %(sent)s", sent=entry.form.sent.data))
+    for entry in form.station_rules.entries:
+        if entry.form.remove.data and entry.form.station_ae_title.data:
+            removed.append(_("Station rule: %(ae)s", ae=entry.form.station_ae_title.data))
+    for entry in form.order_status.entries:
+        if entry.form.remove.data and entry.form.order_control.data:
+            pair = f"{entry.form.order_control.data}_{entry.form.order_status.data or ''}"
+            removed.append(_("Order status: %(pair)s", pair=pair))
+    return removed
+
+
+def _confirm_removal(removed: list[str], back_url: str) -> str:
+    return confirmation_page(
+        title=_("Remove these rows?"),
+        question=_("The services stop using them within a few seconds:"),
+        button=_("Remove and save"),
+        back_url=back_url,
+        details=removed,
+        undo=_(
+            "To undo, add the rows again on this page; the audit of settings changes"
+            " keeps their old values."
+        ),
+    )
 
 
 def _rows(

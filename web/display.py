@@ -3,11 +3,26 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 from flask import Flask
+from flask_babel import lazy_gettext as _l
 
 from mwl.domain import Code, SpsStatus, WorklistItem
-from mwl.worklist.fields import Kind, Section, StoredField, in_section
+from mwl.worklist.fields import BY_NAME, Kind, Section, StoredField, in_section
+
+# Step statuses as the page names them (the DICOM defined terms stay in the data).
+STATUS_LABELS: dict[SpsStatus, Any] = {
+    SpsStatus.SCHEDULED: _l("Scheduled"),
+    SpsStatus.ARRIVED: _l("Arrived"),
+    SpsStatus.READY: _l("Ready"),
+    SpsStatus.STARTED: _l("Started"),
+    SpsStatus.DEPARTED: _l("Departed"),
+    SpsStatus.COMPLETED: _l("Completed"),
+    SpsStatus.DISCONTINUED: _l("Discontinued"),
+    SpsStatus.CANCELED: _l("Canceled"),
+    SpsStatus.HELD: _l("Held"),
+}
 
 
 def person_name(value: str) -> str:
@@ -41,6 +56,19 @@ def local_time(value: dt.datetime | None, fmt: str = "%Y-%m-%d %H:%M:%S") -> str
     if value is None:
         return ""
     return value.replace(tzinfo=dt.UTC).astimezone().strftime(fmt)
+
+
+def step_status_text(value: SpsStatus | str) -> str:
+    """A step status as the page names it (translated); an unknown value as it is."""
+    try:
+        return str(STATUS_LABELS[SpsStatus(value)])
+    except ValueError:
+        return str(value)
+
+
+def start_text(value: dt.datetime) -> str:
+    """A scheduled start (local time of the department) as the page shows it."""
+    return value.strftime("%Y-%m-%d %H:%M:%S")
 
 
 def code_text(code: Code | None) -> str:
@@ -92,11 +120,36 @@ def field_text(item: WorklistItem, field: StoredField) -> str:
     if kind is Kind.CODES:
         return ", ".join(code_text(code) for code in value)
     if kind is Kind.START:
-        start: dt.datetime = value
-        return start.strftime("%Y-%m-%d %H:%M:%S")
+        return start_text(value)
     if kind is Kind.STATUS:
-        return SpsStatus(value).value
+        return step_status_text(value)
     text: str = value
+    return text
+
+
+def change_text(name: str, value: Any) -> str:
+    """A value of the audit trail (as stored: ``Doe^Jane``, ``19800214``) as the page shows it.
+
+    The trail keeps the raw values; the item page shows the same field the same way
+    (:func:`field_text`), so a change reads like the page around it. Fields the item
+    declaration does not know, and values that do not parse, are shown as stored.
+    """
+    if value is None or value == "":
+        return ""
+    field = BY_NAME.get(name)
+    kind = field.kind if field is not None else Kind.TEXT
+    text = str(value)
+    if kind is Kind.PERSON_NAME:
+        return person_name(text)
+    if kind is Kind.DATE:
+        return dicom_date(text)
+    if kind is Kind.START:
+        try:
+            return start_text(dt.datetime.fromisoformat(text))
+        except ValueError:
+            return text
+    if kind is Kind.STATUS:
+        return step_status_text(text)
     return text
 
 
@@ -112,5 +165,7 @@ def register_filters(app: Flask) -> None:
     app.add_template_filter(local_time, "local_time")
     app.add_template_filter(code_text, "code_text")
     app.add_template_filter(hl7_text, "hl7_text")
+    app.add_template_filter(step_status_text, "step_status")
     app.add_template_global(field_text, "field_text")
+    app.add_template_global(change_text, "change_text")
     app.add_template_test(_shown_for, "shown_for")

@@ -6,10 +6,13 @@ import datetime as dt
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from flask_babel import gettext as _
+from flask_babel import lazy_gettext as _l
+from flask_babel import ngettext
 from flask_login import current_user
 from werkzeug.routing import BuildError
 
@@ -23,15 +26,18 @@ from mwl.operations.activity import (
 from mwl.operations.audit import events_for_subject
 from mwl.operations.message_view import (
     REPROCESSABLE_OUTCOMES,
+    ChainPlan,
+    ChainRefusal,
     MessageView,
     ReprocessOutcome,
     ReprocessRefusal,
     reprocess_subject,
 )
+from mwl.worklist.fields import FIELDS
 from web import audit_events
 from web.params import key_of
 from web.roles import has_role, role_required
-from web.store import db_session, state
+from web.store import ChainReprocessor, db_session, state
 
 bp = Blueprint("messages", __name__)
 
@@ -176,6 +182,7 @@ def detail(key: int) -> str:
         reprocessable=reprocessable,
         may_reprocess=has_role(Role.EDITOR),
         can_reprocess=services.hl7_reprocessor is not None,
+        can_rerun=services.chain_reprocessor is not None,
         describer=describe is not None,
         item_url=_item_url,
     )
@@ -253,3 +260,94 @@ def _item_url(sps_key: int) -> str | None:
         return url_for(ITEM_ENDPOINT, key=sps_key)
     except BuildError:
         return None
+
+
+# --------------------------------------------------------------------------- chains
+
+
+def _chain_runner(key: int) -> ChainReprocessor:
+    if message_detail(db_session(), key) is None:
+        abort(404, description=_("There is no message with this number."))
+    runner = state().chain_reprocessor
+    if runner is None:
+        abort(
+            503,
+            description=_(
+                "Re-processing is not available: this web server runs without the HL7 service."
+            ),
+        )
+    return runner
+
+
+@bp.get("/messages/<int:key>/rerun")
+@role_required(Role.EDITOR)
+def reprocess_preview(key: int) -> ResponseReturnValue:
+    """What re-running this message and the later ones of its order would change."""
+    runner = _chain_runner(key)
+    db_session().rollback()
+    plan = runner.preview(key)
+    if plan.refusal is ChainRefusal.NOT_FOUND:
+        abort(404, description=_("There is no message with this number."))
+    return _chain_page(plan, applied=False)
+
+
+@bp.post("/messages/<int:key>/rerun")
+@role_required(Role.EDITOR)
+def reprocess_apply(key: int) -> ResponseReturnValue:
+    """Re-run the chain the preview showed, unless the order changed since."""
+    runner = _chain_runner(key)
+    db_session().rollback()
+    plan = runner.apply(key, current_user.username, request.form.get("fingerprint", ""))
+    if plan.refusal is ChainRefusal.NOT_FOUND:
+        abort(404, description=_("There is no message with this number."))
+    if plan.refusal is ChainRefusal.CHANGED:
+        flash(
+            _(
+                "Not re-processed: the order changed since the preview (a new message or an"
+                " edit). Here is the difference as it is now."
+            ),
+            "error",
+        )
+        return _chain_page(runner.preview(key), applied=False), 409
+    if plan.refusal is not None:
+        flash(_chain_refusal_text(plan.refusal), "error")
+        return redirect(url_for("messages.detail", key=key), 303)
+    flash(
+        ngettext(
+            "%(num)d message re-processed; the order's steps are as shown.",
+            "%(num)d messages re-processed in their order; the order's steps are as shown.",
+            len(plan.messages),
+        ),
+        "info",
+    )
+    return _chain_page(plan, applied=True)
+
+
+def _chain_refusal_text(refusal: ChainRefusal) -> str:
+    texts = {
+        ChainRefusal.NOT_FOUND: _("There is no message with this number."),
+        ChainRefusal.IN_PROGRESS: _(
+            "Not re-processed: the message is still being processed (RECEIVED)."
+        ),
+        ChainRefusal.CHANGED: _("Not re-processed: the order changed since the preview."),
+        ChainRefusal.DATABASE: _(
+            "Not re-processed: the database did not answer. Nothing was changed; try again."
+        ),
+    }
+    return texts[refusal]
+
+
+def _chain_page(plan: ChainPlan, *, applied: bool) -> str:
+    return render_template(
+        "reprocess.html",
+        plan=plan,
+        applied=applied,
+        refusal_text=_chain_refusal_text(plan.refusal) if plan.refusal else "",
+        labels=FIELD_NAMES,
+        item_url=_item_url,
+    )
+
+
+# The stored fields of a step as the item page names them (web/items.py FIELD_LABELS
+# for the editable ones; the field declaration's label for the rest).
+FIELD_NAMES: Mapping[str, Any] = {f.name: _l(f.label) for f in FIELDS}

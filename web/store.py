@@ -15,7 +15,7 @@ from mwl.admin.sessions import SessionPolicy
 from mwl.audit.auditor import Auditor
 from mwl.config import Settings
 from mwl.domain import WorklistItem
-from mwl.operations.message_view import MessageView, ReprocessOutcome
+from mwl.operations.message_view import ChainPlan, MessageView, ReprocessOutcome
 from mwl.orders.history import AttributeRow
 
 # What the composition root lends the web page from the other adapters, so that the
@@ -31,6 +31,23 @@ Hl7Describer = Callable[[bytes], MessageView]
 # - list what a modality receives for a worklist item: item -> rows (tag, keyword,
 #   name, VR, value; mwl.dicom.listing.item_attributes with the settings bound).
 ItemLister = Callable[[WorklistItem], Sequence[AttributeRow]]
+
+
+class ChainReprocessor(Protocol):
+    """Re-run a logged message and every later message of its order (``mwl.hl7.reprocess``).
+
+    ``preview`` applies them in a transaction that is rolled back and returns the
+    plan (outcomes, each step's before -> after, a fingerprint); ``apply`` does it
+    for good unless the fingerprint changed since the preview.
+    """
+
+    def preview(self, key: int) -> ChainPlan:
+        """What re-running would do; nothing is stored."""
+        ...
+
+    def apply(self, key: int, username: str, expected: str) -> ChainPlan:
+        """Re-run and commit, when the order is as the preview with ``expected`` saw it."""
+        ...
 
 
 class QueryPreviewer(Protocol):
@@ -71,6 +88,7 @@ class WebState:
     # Set only when create_app built the engine itself; its owner disposes it.
     owned_engine: Engine | None = None
     hl7_reprocessor: Hl7Reprocessor | None = None
+    chain_reprocessor: ChainReprocessor | None = None
     hl7_describer: Hl7Describer | None = None
     query_previewer: QueryPreviewer | None = None
     item_lister: ItemLister | None = None

@@ -17,6 +17,7 @@ from mwl.admin.tokens import NAME_MAX_LENGTH, TokenError, create_token, list_tok
 from mwl.admin.users import Role
 from web import audit_events
 from web.api import PREFIX
+from web.confirm import confirmation_page, confirmed
 from web.roles import has_role
 from web.store import db_session, rollback_session, writer
 
@@ -87,6 +88,28 @@ def revoke(key: int) -> ResponseReturnValue:
     """Revoke one token: the user's own, or anyone's for an admin."""
     # The CSRF token of each revoke button is checked by CSRFProtect for every POST.
     owner = None if has_role(Role.ADMIN) else current_user.username
+    if not confirmed():
+        listed = {t.key: t for t in list_tokens(db_session(), owner)}
+        token = listed.get(key)
+        if token is None:
+            abort(404, description=_("There is no such token (revoked already?)."))
+        return confirmation_page(
+            title=_("Revoke this token?"),
+            question=_(
+                "Scripts that use the token are refused from now on, on every broker"
+                " sharing this database."
+            ),
+            button=_("Revoke the token"),
+            back_url=url_for("tokens.index"),
+            details=[
+                _("Token: %(name)s", name=token.name or token.key),
+                _("User: %(user)s", user=token.username),
+            ],
+            undo=_(
+                "This cannot be undone: the token's value is not stored. Create a new"
+                " token and give it to the script instead."
+            ),
+        )
     try:
         with writer().begin() as session:
             info = revoke_token(session, key, username=owner)

@@ -6,6 +6,7 @@ renders them without importing the HL7 adapter. No patient data is logged here.
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
 from dataclasses import dataclass
 
@@ -118,3 +119,67 @@ class ReprocessOutcome:
     def accepted(self) -> bool:
         """Whether the message was applied this time."""
         return self.refusal is None and self.outcome_after == "AA"
+
+
+class ChainRefusal(enum.Enum):
+    """Why a chain re-run was not applied (nothing was changed)."""
+
+    NOT_FOUND = "not found"
+    IN_PROGRESS = "in progress"  # RECEIVED: the listener is still at it
+    CHANGED = "changed"  # the order changed since the preview: look again
+    DATABASE = "database"
+
+
+@dataclass(frozen=True)
+class ChainMessage:
+    """One message of a re-run chain: which, and what re-applying it gives now."""
+
+    key: int
+    message_control_id: str
+    message_type: str
+    received_at: dt.datetime | None
+    outcome_before: str
+    outcome_after: str
+    error_after: str = ""
+
+
+@dataclass(frozen=True)
+class FieldChange:
+    """One stored field of a step, before and after the re-run (values as stored)."""
+
+    field: str
+    before: str
+    after: str
+
+
+@dataclass(frozen=True)
+class StepDifference:
+    """What the re-run does to one scheduled step of the order.
+
+    ``label`` names the step (accession and SPS ID); ``created``/``removed`` say that
+    the step exists only after/before; ``changes`` the fields that differ.
+    """
+
+    label: str
+    sps_key: int | None
+    created: bool = False
+    removed: bool = False
+    changes: tuple[FieldChange, ...] = ()
+
+
+@dataclass(frozen=True)
+class ChainPlan:
+    """A re-run of a message and every later message of the same order, in order.
+
+    From a preview (rolled back) or an application (committed). ``fingerprint``
+    identifies the order's state and the chain the preview saw; the application is
+    refused (``ChainRefusal.CHANGED``) when it differs by then.
+    """
+
+    key: int
+    messages: tuple[ChainMessage, ...] = ()
+    differences: tuple[StepDifference, ...] = ()
+    fingerprint: str = ""
+    applied: bool = False
+    refusal: ChainRefusal | None = None
+    order_keys: tuple[str, ...] = ()

@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, aliased
 
+from mwl.config import Settings
 from mwl.domain import Code, MppsStatus, SpsStatus, StatusEvent
 from mwl.store.models import OutboxAttempt, OutboxMessage, utcnow
 
@@ -92,6 +93,11 @@ def event_from_json(text: str) -> StatusEvent:
 def control_id(message_id: int) -> str:
     """MSH-10 of an outbox message: the same on every retry, so the RIS can spot repeats."""
     return f"MWL{message_id:012d}"
+
+
+def ris_destination(settings: Settings) -> str | None:
+    """Where status events go (``host:port``), or None when no RIS is configured."""
+    return f"{settings.ris_host}:{settings.ris_port}" if settings.ris_host else None
 
 
 def enqueue(

@@ -42,12 +42,14 @@ from mwl.orders.patients import (
     apply_patient_message,
     copy_demographics,
 )
+from mwl.orders.transitions import STATUS, check_transition
 from mwl.orders.values import N_, SEXES, Checker, EditError
 from mwl.store.models import Patient, RequestedProcedure, ScheduledProcedureStep, mpps_sps
 from mwl.worklist.fields import BY_NAME
 from mwl.worklist.matching import worklist_item
 
 __all__ = [
+    "STATUS",
     "EditError",
     "StepChanges",
     "UnknownStepError",
@@ -58,11 +60,11 @@ __all__ = [
     "restore_step",
 ]
 
-STATUS = "scheduled_procedure_step_status"
 # Statuses a modality reported by MPPS: the step was performed, its schedule is history.
 PERFORMED = frozenset({SpsStatus.STARTED, SpsStatus.COMPLETED, SpsStatus.DISCONTINUED})
 # Statuses a restore may give back (those a step has before anyone performs it).
 RESTORABLE = frozenset({SpsStatus.SCHEDULED, SpsStatus.ARRIVED, SpsStatus.READY, SpsStatus.HELD})
+MPPS_NAMES_STEP = N_("A modality has reported performing this step (MPPS): it cannot be restored.")
 # Reason text is kept in AuditEvent.reason (String(255)).
 REASON_LENGTH = 255
 
@@ -139,9 +141,10 @@ def _joined(sps_key: int) -> Any:
     )
 
 
-def _load(
+def load_step(
     session: Session, sps_key: int
 ) -> tuple[ScheduledProcedureStep, RequestedProcedure, Patient]:
+    """Step ``sps_key`` with its procedure and patient, locked (:class:`UnknownStepError`)."""
     # FOR UPDATE (PostgreSQL) on step, procedure and patient: two people saving the
     # same item, or an HL7 message arriving meanwhile, wait for each other.
     row = session.execute(_joined(sps_key).with_for_update()).one_or_none()
@@ -204,7 +207,8 @@ def _check(check: Checker, name: str, value: Any, today: dt.date) -> None:
         check.long_string(name, value)
 
 
-def _check_reason(check: Checker, reason: str) -> str:
+def check_reason(check: Checker, reason: str) -> str:
+    """``reason`` stripped; a problem on ``check`` when it is too long for the audit trail."""
     reason = reason.strip()
     if len(reason) > REASON_LENGTH:
         check.add(
@@ -264,11 +268,11 @@ def edit_step(
     """
     settings = settings or Settings()
     today = today or dt.date.today()
-    step, procedure, patient = _load(session, sps_key)
+    step, procedure, patient = load_step(session, sps_key)
     before = _snapshot(step, procedure, patient)
     wanted = _wanted(changes, before)
     check = Checker(settings.dicom_response_charset)
-    reason = _check_reason(check, reason)
+    reason = check_reason(check, reason)
     _check_changes(check, wanted, step, patient, settings, today)
     identity = {"patient_id", "issuer_of_patient_id"} & wanted.keys()
     target = None
@@ -434,10 +438,12 @@ def _set_status(
 ) -> WorklistItem:
     step, procedure, patient = rows
     check = Checker()
-    reason = _check_reason(check, reason)
+    reason = check_reason(check, reason)
     current = SpsStatus(step.status)
     if current in refuse:
         check.add(STATUS, refuse[current], status=current.value)
+    else:
+        check_transition(check, current, status)
     check.raise_if_any()
     step.status = status.value
     record_event(
@@ -466,7 +472,7 @@ def cancel_step(session: Session, sps_key: int, username: str, reason: str = "")
     performed = N_("The modality has performed this step (%(status)s): it cannot be canceled.")
     refuse = {s: performed for s in PERFORMED}
     refuse[SpsStatus.CANCELED] = N_("The step is canceled already.")
-    rows = _load(session, sps_key)
+    rows = load_step(session, sps_key)
     return _set_status(session, rows, SpsStatus.CANCELED, "cancel", username, reason, refuse)
 
 
@@ -483,23 +489,25 @@ def restore_step(session: Session, sps_key: int, username: str, reason: str = ""
     EditError
         The step is not canceled, or an MPPS names it (a modality performed it).
     """
-    rows = _load(session, sps_key)
+    rows = load_step(session, sps_key)
     if rows[0].status != SpsStatus.CANCELED:
         raise EditError.one(
             STATUS,
             N_("Only a canceled step can be restored (this one is %(status)s)."),
             status=rows[0].status,
         )
-    performed = session.scalars(
-        select(mpps_sps.c.mpps_key).where(mpps_sps.c.sps_key == sps_key).limit(1)
-    ).first()
-    if performed is not None:
-        raise EditError.one(
-            STATUS,
-            N_("A modality has reported performing this step (MPPS): it cannot be restored."),
-        )
+    if performed_by_mpps(session, sps_key):
+        raise EditError.one(STATUS, MPPS_NAMES_STEP)
     target = _status_before_cancel(session, sps_key)
     return _set_status(session, rows, target, "restore", username, reason, {})
+
+
+def performed_by_mpps(session: Session, sps_key: int) -> bool:
+    """Whether an MPPS names step ``sps_key`` (a modality performed it: no way back)."""
+    found = session.scalars(
+        select(mpps_sps.c.mpps_key).where(mpps_sps.c.sps_key == sps_key).limit(1)
+    ).first()
+    return found is not None
 
 
 def _status_before_cancel(session: Session, sps_key: int) -> SpsStatus:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -323,6 +323,42 @@ def _match(session: Session, ref: ScheduledStepReference) -> list[ScheduledProce
     return []
 
 
+def status_event(
+    procedure: RequestedProcedure,
+    steps: Sequence[ScheduledProcedureStep],
+    mpps_status: MppsStatus,
+    mpps_sop_instance_uid: str,
+    now: dt.datetime,
+    modality: str,
+) -> StatusEvent:
+    """The RIS event for ``steps`` of one order now having their status after ``mpps_status``.
+
+    The MPPS path and a manual change (:mod:`mwl.orders.status`) both build it here, so
+    the RIS gets the same message either way.
+    """
+    patient = procedure.patient
+    return StatusEvent(
+        study_instance_uid=procedure.study_instance_uid,
+        requested_procedure_id=procedure.requested_procedure_id,
+        accession_number=procedure.accession_number,
+        placer_order_number=procedure.placer_order_number,
+        filler_order_number=procedure.filler_order_number,
+        scheduled_procedure_step_ids=tuple(s.scheduled_procedure_step_id for s in steps),
+        status=SpsStatus(steps[0].status),
+        mpps_status=mpps_status,
+        mpps_sop_instance_uid=mpps_sop_instance_uid,
+        occurred_at=now,
+        patient_id=patient.patient_id,
+        issuer_of_patient_id=patient.issuer_of_patient_id,
+        patient_name=patient.patient_name,
+        patient_birth_date=patient.patient_birth_date,
+        patient_sex=patient.patient_sex,
+        modality=modality,
+        requested_procedure_description=procedure.requested_procedure_description,
+        requested_procedure_code=procedure.requested_procedure_code,
+    )
+
+
 def _apply_status(
     session: Session,
     row: PerformedProcedureStep,
@@ -344,28 +380,8 @@ def _apply_status(
     if destination is None:
         return changed, events
     for steps in by_order.values():
-        procedure = steps[0].procedure
-        patient = procedure.patient
-        event = StatusEvent(
-            study_instance_uid=procedure.study_instance_uid,
-            requested_procedure_id=procedure.requested_procedure_id,
-            accession_number=procedure.accession_number,
-            placer_order_number=procedure.placer_order_number,
-            filler_order_number=procedure.filler_order_number,
-            scheduled_procedure_step_ids=tuple(s.scheduled_procedure_step_id for s in steps),
-            status=SpsStatus(steps[0].status),
-            mpps_status=status,
-            mpps_sop_instance_uid=row.sop_instance_uid,
-            occurred_at=now,
-            patient_id=patient.patient_id,
-            issuer_of_patient_id=patient.issuer_of_patient_id,
-            patient_name=patient.patient_name,
-            patient_birth_date=patient.patient_birth_date,
-            patient_sex=patient.patient_sex,
-            modality=row.modality or steps[0].modality,
-            requested_procedure_description=procedure.requested_procedure_description,
-            requested_procedure_code=procedure.requested_procedure_code,
-        )
+        modality = row.modality or steps[0].modality
+        event = status_event(steps[0].procedure, steps, status, row.sop_instance_uid, now, modality)
         enqueue(session, event, destination, now=now)
         events += 1
     return changed, events

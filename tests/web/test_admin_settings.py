@@ -200,7 +200,12 @@ def test_editing_and_removing_a_profile(admin: FlaskClient, settings, session_fa
     submit(admin, "/admin/aes", {"profiles-0-max_matches": "7", "profiles-1-ae_title": "MR01"})
     profiles = effective(settings, session_factory).dicom_ae_profiles
     assert [(p.ae_title, p.max_matches) for p in profiles] == [("CT01", 7), ("MR01", 0)]
-    submit(admin, "/admin/aes", {"profiles-0-remove": "y"})
+    # Removing asks first: the confirmation page names the profile and changes nothing.
+    asked = submit(admin, "/admin/aes", {"profiles-0-remove": "y"})
+    assert asked.status_code == 200 and "Remove these rows?" in text(asked)
+    assert "Profile of CT01" in text(asked)
+    assert len(effective(settings, session_factory).dicom_ae_profiles) == 2
+    submit(admin, "/admin/aes", {"profiles-0-remove": "y", "confirm": "yes"})
     profiles = effective(settings, session_factory).dicom_ae_profiles
     assert [p.ae_title for p in profiles] == ["MR01"]
     with session_factory() as session:
@@ -233,6 +238,15 @@ BAD_AE_FIELDS = [
     ),
     ({"response_charset": "KLINGON"}, "Not a valid choice", "response_charset"),
 ]
+
+
+def test_field_and_row_problems_show_together(admin: FlaskClient, session_factory) -> None:
+    # A field WTForms refuses and a row missing its AE title: both marked in one answer.
+    changes = {"max_matches": "-5", "profiles-0-host": "10.0.0.9"}
+    page = text(submit(admin, "/admin/aes", changes))
+    assert "at least 0" in page and "Enter the calling AE title" in page
+    assert 'id="max_matches-error"' in page and 'id="profiles-0-ae_title-error"' in page
+    assert stored(session_factory) == {}
 
 
 def test_bad_fields_are_marked_and_nothing_is_stored(admin: FlaskClient, session_factory) -> None:
@@ -287,7 +301,7 @@ def test_restriction_and_first_profile_can_be_set_together_then_not_emptied(
         == 302
     )
     before = stored(session_factory)
-    response = submit(admin, "/admin/aes", {"profiles-0-remove": "y"})
+    response = submit(admin, "/admin/aes", {"profiles-0-remove": "y", "confirm": "yes"})
     assert response.status_code == 400
     assert "needs dicom_ae_profiles" in text(response)
     assert stored(session_factory) == before
@@ -368,7 +382,8 @@ def test_hl7_rules_are_stored_from_the_structured_form(
 def test_removing_the_last_modality_row_empties_the_map(
     admin: FlaskClient, settings, session_factory
 ) -> None:
-    assert submit(admin, "/admin/hl7", {"modality_map-0-remove": "y"}).status_code == 302
+    removal = {"modality_map-0-remove": "y", "confirm": "yes"}
+    assert submit(admin, "/admin/hl7", removal).status_code == 302
     assert effective(settings, session_factory).hl7_modality_map == ()
     assert stored(session_factory) == {"hl7_modality_map": {}}
 

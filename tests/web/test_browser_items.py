@@ -68,6 +68,8 @@ def test_edit_create_and_cancel_reach_the_modality(
         # The item page: stored values and what the modality receives.
         page.goto(f"{base}/items/{key}")
         expect(page.get_by_role("heading", level=1)).to_contain_text("Doe, Jane")
+        # The full listing is folded away until asked for (it is long).
+        page.locator("details.dicom-listing summary").click()
         listing = page.get_by_role("table").filter(has_text="(0010,0010)")
         expect(listing.get_by_role("row").filter(has_text="Patient's Name")).to_contain_text(
             "Doe^Jane"
@@ -89,7 +91,7 @@ def test_edit_create_and_cancel_reach_the_modality(
         page.get_by_role("button", name="Save changes").click()
         expect(page.get_by_text("The changes are saved.")).to_be_visible()
         trail = page.get_by_role("table").filter(has_text="name misspelt")
-        expect(trail).to_contain_text("Doe^Jane → Doe^Janet")
+        expect(trail).to_contain_text("Doe, Jane → Doe, Janet")
         screenshot(page, "item_edited")
         seen = worklist(port)["ACC1"]
         assert seen.PatientName == "Doe^Janet"
@@ -114,8 +116,10 @@ def test_edit_create_and_cancel_reach_the_modality(
         assert emergency.ScheduledProcedureStepSequence[0].ScheduledStationAETitle == "CT01"
 
         # Cancel it again (ordered twice by mistake): the modality no longer sees it.
-        page.get_by_label("Reason (optional)").fill("ordered twice")
         page.get_by_role("button", name="Cancel this step").click()
+        expect(page.get_by_role("heading", name="Cancel this step?")).to_be_visible()
+        page.get_by_label("Reason (optional)").fill("ordered twice")
+        page.get_by_role("button", name="Cancel the step").click()
         expect(
             page.get_by_text("The step is canceled; modalities no longer see it.")
         ).to_be_visible()

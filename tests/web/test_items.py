@@ -102,7 +102,7 @@ def routes(key: int) -> list[tuple[str, str, dict[str, str]]]:
         ("GET", f"/items/{key}", {}),
         ("GET", f"/items/{key}/edit", {}),
         ("POST", f"/items/{key}/edit", edit_form(name_given="Janet")),
-        ("POST", f"/items/{key}/cancel", {"reason": "no show"}),
+        ("POST", f"/items/{key}/cancel", {"reason": "no show", "confirm": "yes"}),
         ("POST", f"/items/{key}/restore", {}),
         ("GET", "/orders/new", {}),
         ("POST", "/orders/new", {"modality": "CT", "unidentified": "yes"}),
@@ -178,7 +178,8 @@ def test_editing_saves_records_and_shows_the_trail(app, sign_in, step_key, sessi
     trail = html[html.index("Audit trail") :]
     assert "editor" in trail and "Edited" in trail and "wrong name" in trail
     assert "Doe^Jane</span>" not in trail  # values are shown as text, not markup
-    assert "Doe^Jane → Doe^Janet" in trail
+    # ... in the forms the page shows them in (a name as people write it).
+    assert "Doe, Jane → Doe, Janet" in trail
     assert "2026-11-21 09:30:00 → 2026-11-21 11:45:00" in trail
     name, start, _status, events = stored(session_factory)
     assert (name, start, events) == ("Doe^Janet", dt.datetime(2026, 11, 21, 11, 45), 1)
@@ -272,12 +273,21 @@ def test_cancel_and_restore(app, sign_in, step_key, session_factory):
     client = sign_in(app, "editor")
     page = client.get(f"/items/{step_key}").get_data(as_text=True)
     assert "Cancel this step" in page and "Restore this step" not in page
+    # The button asks first (a page, no JavaScript); nothing changes until confirmed.
+    asked = client.post(f"/items/{step_key}/cancel", data={"reason": "patient left"})
+    question = asked.get_data(as_text=True)
+    assert asked.status_code == 200 and "Cancel this step?" in question
+    assert 'name="confirm" value="yes"' in question and 'value="patient left"' in question
+    assert stored(session_factory)[2] == "SCHEDULED"
     response = client.post(
-        f"/items/{step_key}/cancel", data={"reason": "patient left"}, follow_redirects=True
+        f"/items/{step_key}/cancel",
+        data={"reason": "patient left", "confirm": "yes"},
+        follow_redirects=True,
     )
     html = response.get_data(as_text=True)
     assert "The step is canceled; modalities no longer see it." in html
-    assert "Modalities do not see this step while its status is CANCELED." in html
+    assert "Modalities do not see this step while its status is Canceled." in html
+    assert "Undo: restore the step" in html
     assert "Restore this step" in html and "Cancel this step" not in html
     assert "patient left" in html
     assert stored(session_factory)[2] == "CANCELED"
@@ -448,3 +458,37 @@ def test_without_the_dicom_service_the_page_says_so(app, sign_in, step_key):
     assert "No HL7 message is linked to this item" in html
     assert "No modality has reported performing this step." in html
     assert "Nobody has changed this item on the page." in html
+
+
+def test_a_refused_status_change_shows_its_errors_next_to_the_fields(app, sign_in, step_key):
+    client = sign_in(app, "editor")
+    page = client.get(f"/items/{step_key}").get_data(as_text=True)
+    # Only what the table allows after SCHEDULED is offered (cancel has its own button).
+    select = page[
+        page.index('id="new-status"') : page.index("</select>", page.index('id="new-status"'))
+    ]
+    assert re.findall(r'<option value="([A-Z]+)"', select) == [
+        "ARRIVED",
+        "READY",
+        "STARTED",
+        "HELD",
+    ]
+    response = client.post(f"/items/{step_key}/status", data={"status": "COMPLETED", "reason": ""})
+    html = response.get_data(as_text=True)
+    assert response.status_code == 422
+    assert 'id="status-error"' in html and 'id="reason-error"' in html
+    assert "A SCHEDULED step cannot become COMPLETED" in html
+    assert "Say why the status is changed by hand." in html
+    assert 'aria-describedby="status-hint reason-error"' in html
+    german = client.post(
+        f"/items/{step_key}/status",
+        data={"status": "COMPLETED", "reason": "x"},
+        headers={"Accept-Language": "de"},
+    ).get_data(as_text=True)
+    assert "Eine Untersuchung mit Status SCHEDULED kann nicht COMPLETED werden" in german
+    done = client.post(
+        f"/items/{step_key}/status", data={"status": "ARRIVED", "reason": "at the desk"}
+    )
+    assert done.status_code == 303
+    page = client.get(f"/items/{step_key}").get_data(as_text=True)
+    assert "Status changed" in page and "Scheduled → Arrived" in page and "at the desk" in page

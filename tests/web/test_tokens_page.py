@@ -86,7 +86,14 @@ def test_a_user_revokes_their_own_tokens_only(logged_in, session_factory, others
     assert refused.status_code == 404
     assert [t.key for t in tokens_of(session_factory, "bob")] == [bobs.key]
 
-    response = logged_in.post(f"/account/tokens/{mine.key}/revoke", follow_redirects=True)
+    # The button asks first; the confirmation page posts again with confirm=yes.
+    asked = logged_in.post(f"/account/tokens/{mine.key}/revoke")
+    assert asked.status_code == 200 and "Revoke this token?" in asked.get_data(as_text=True)
+    assert "This cannot be undone" in asked.get_data(as_text=True)
+    assert [t.key for t in tokens_of(session_factory, "alice")] == [mine.key]
+    response = logged_in.post(
+        f"/account/tokens/{mine.key}/revoke", data={"confirm": "yes"}, follow_redirects=True
+    )
     assert response.status_code == 200
     assert "Token mine revoked." in response.get_data(as_text=True)
     assert tokens_of(session_factory, "alice") == []
@@ -99,7 +106,7 @@ def test_an_admin_sees_and_revokes_everyones_tokens(app, session_factory, others
     assert "All tokens" in page and "bob&#39;s script" in page
     assert '<th scope="col">User</th>' in page and "<td>bob</td>" in page
     (bobs,) = tokens_of(session_factory, "bob")
-    response = admin.post(f"/account/tokens/{bobs.key}/revoke")
+    response = admin.post(f"/account/tokens/{bobs.key}/revoke", data={"confirm": "yes"})
     assert response.status_code == 302
     assert tokens_of(session_factory) == []
 
@@ -121,7 +128,9 @@ def test_forms_need_the_csrf_token(csrf_app, session_factory, others):
     created = client.post("/account/tokens", data={"name": "real", "csrf_token": csrf})
     assert created.status_code == 200 and "token-value" in created.get_data(as_text=True)
     assert (
-        client.post(f"/account/tokens/{bobs.key}/revoke", data={"csrf_token": csrf}).status_code
+        client.post(
+            f"/account/tokens/{bobs.key}/revoke", data={"csrf_token": csrf, "confirm": "yes"}
+        ).status_code
         == 302
     )
     assert [t.name for t in tokens_of(session_factory)] == ["real"]
