@@ -43,6 +43,11 @@ class DicomAeProfile:
     max_matches: int = 0
     # Only associations over DICOM TLS are accepted from this AE (dicom_tls_port).
     require_tls: bool = False
+    # Keys matched only on request (Pregnancy Status) that this AE's queries match on.
+    match_keys: tuple[str, ...] = ()
+    # Pending 0xFF01 when a key of the query was ignored (PS3.4 K.4.1.1.4); false:
+    # 0xFF00, for SCUs that take 0xFF01 for a final status (dcmjs-dimse 0.3.3).
+    warn_ignored_keys: bool = True
 
 
 def _dicom_ae_profiles(value: Any) -> tuple[DicomAeProfile, ...]:
@@ -69,6 +74,8 @@ def _dicom_ae_profiles(value: Any) -> tuple[DicomAeProfile, ...]:
                 visible_statuses=statuses,
                 max_matches=int(row.get("max_matches", 0)),
                 require_tls=bool(row.get("require_tls", False)),
+                match_keys=tuple(str(k) for k in row.get("match_keys", ())),
+                warn_ignored_keys=bool(row.get("warn_ignored_keys", True)),
             )
         )
     return tuple(profiles)

@@ -331,10 +331,24 @@ def _asked_text(condition: Any) -> str:
     if kind == "allowed":
         return _("%(ae)s may query", ae=asked)
     if kind == "ignored":
-        return _("ignored: the broker does not match on this key")
+        return _ignored_text(condition)
     if kind == "invalid":
         return _("refused: %(reason)s", reason=asked)
     return str(asked)
+
+
+def _ignored_text(condition: Any) -> str:
+    """Why a key of the query was not matched on (the codes of mwl.dicom.query)."""
+    reason = getattr(condition, "reason", "")
+    if reason == "on-request":
+        return _("ignored: matched only for AEs whose profile turns matching on for it")
+    if reason == "not-enumerated":
+        return _(
+            "ignored: %(value)s is not one of its values (%(allowed)s)",
+            value=condition.asked,
+            allowed=condition.allowed,
+        )
+    return _("ignored: the broker does not match on this key")
 
 
 def _source_text(source: str) -> str:

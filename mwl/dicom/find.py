@@ -108,8 +108,13 @@ class FindPlan:
 
     @property
     def pending_status(self) -> int:
-        """0xFF01 when keys were ignored (PS3.4 K.2.2.1.1.2), else 0xFF00."""
-        return PENDING_OPTIONAL_KEYS_NOT_SUPPORTED if self.parsed.unsupported_keys else PENDING
+        """0xFF01 when keys were ignored (PS3.4 K.2.2.1.1.2), else 0xFF00.
+
+        A profile may ask for 0xFF00 regardless (``warn_ignored_keys = false``).
+        """
+        if self.parsed.ignored and self.profile.warn_ignored_keys:
+            return PENDING_OPTIONAL_KEYS_NOT_SUPPORTED
+        return PENDING
 
 
 def plan_find(
@@ -153,7 +158,9 @@ def translate_query(
     calling = calling_ae_title.strip()
     profile = profile_for(settings, calling, host)
     try:
-        parsed = parse_identifier(identifier, limit=profile.max_matches)
+        parsed = parse_identifier(
+            identifier, limit=profile.max_matches, match_keys=profile.match_keys
+        )
     except InvalidQueryError as exc:
         return FindFailure(FAILURE_IDENTIFIER_DOES_NOT_MATCH, exc.reason, exc.offending_keyword)
     query = profile.apply(parsed.query, calling, today)

@@ -116,6 +116,9 @@ class QueryCondition:
         profile added it) or :data:`FROM_DEFAULT` (the broker's default).
     low, high
         The bounds of a :data:`RANGE`; ``""`` for an open end.
+    reason
+        For :data:`IGNORED`: why (one of the ``mwl.dicom.query`` reasons);
+        ``allowed`` the enumerated values when the value was not one of them.
     """
 
     keyword: str
@@ -124,6 +127,8 @@ class QueryCondition:
     source: str = FROM_QUERY
     low: str = ""
     high: str = ""
+    reason: str = ""
+    allowed: str = ""
 
 
 @dataclass(frozen=True)
@@ -282,8 +287,17 @@ def _conditions(
         configured = find_profile(settings, calling, host)
         source = FROM_PROFILE if configured is not None and configured.max_matches else FROM_DEFAULT
         out.append(QueryCondition(MAX_MATCHES, LIMIT, str(query.limit), source))
-    for keyword in parsed.unsupported_keys:
-        out.append(QueryCondition(keyword, IGNORED, "", FROM_QUERY))
+    for ignored in parsed.ignored:
+        out.append(
+            QueryCondition(
+                ignored.keyword,
+                IGNORED,
+                _TEXT_SEPARATOR.join(ignored.values),
+                FROM_QUERY,
+                reason=ignored.reason,
+                allowed=_TEXT_SEPARATOR.join(ignored.allowed),
+            )
+        )
     return tuple(out)
 
 
