@@ -16,6 +16,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from mwl.errors import SettingsError
+from mwl.timezones import site_zone
 
 ENV_PREFIX = "MWL_"
 
@@ -48,6 +49,9 @@ class DicomAeProfile:
     # Pending 0xFF01 when a key of the query was ignored (PS3.4 K.4.1.1.4); false:
     # 0xFF00, for SCUs that take 0xFF01 for a final status (dcmjs-dimse 0.3.3).
     warn_ignored_keys: bool = True
+    # Responses carry Timezone Offset From UTC (0008,0201): the site's offset at each
+    # step's start (PS3.3 C.12.1.1.8).
+    timezone_offset: bool = False
 
 
 def _dicom_ae_profiles(value: Any) -> tuple[DicomAeProfile, ...]:
@@ -76,6 +80,7 @@ def _dicom_ae_profiles(value: Any) -> tuple[DicomAeProfile, ...]:
                 require_tls=bool(row.get("require_tls", False)),
                 match_keys=tuple(str(k) for k in row.get("match_keys", ())),
                 warn_ignored_keys=bool(row.get("warn_ignored_keys", True)),
+                timezone_offset=bool(row.get("timezone_offset", False)),
             )
         )
     return tuple(profiles)
@@ -358,6 +363,9 @@ class Settings:
     )
     # A new step without TQ1-7 / ORC-7.4 / OBR-27.4: "now" (dcm4chee) or "reject" (AE 101).
     hl7_missing_start: str = "now"
+    # The site's time zone (IANA, e.g. "Europe/Zurich"); "" = the system's. Scheduled
+    # times are kept as its wall-clock time; HL7 and DICOM offsets are converted to it.
+    timezone: str = ""
     # Identifiers and message bodies are patient data: logged only when asked, at DEBUG.
     log_phi: bool = False
     log_level: str = "INFO"
@@ -559,6 +567,10 @@ def _validate_hl7(settings: Settings) -> None:
     _validate_tls_files(settings, "hl7_tls")
     if settings.hl7_missing_start not in ("now", "reject"):
         raise SettingsError("hl7_missing_start", 'must be "now" or "reject"')
+    try:
+        site_zone(settings.timezone)
+    except ValueError as exc:
+        raise SettingsError("timezone", str(exc)) from None
     if settings.hl7_protocol_code_component not in (1, 4):
         raise SettingsError("hl7_protocol_code_component", "must be 4 (OBR-4.4) or 1 (OBR-4.1)")
 

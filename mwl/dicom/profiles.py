@@ -43,6 +43,8 @@ class AeProfile:
         that this caller's queries are matched on.
     warn_ignored_keys
         Whether ignored keys make the pending status 0xFF01 (else 0xFF00).
+    timezone_offset
+        Whether the responses carry Timezone Offset From UTC (0008,0201).
     """
 
     charset: str
@@ -53,6 +55,7 @@ class AeProfile:
     known: bool = False
     match_keys: frozenset[str] = frozenset()
     warn_ignored_keys: bool = True
+    timezone_offset: bool = False
 
     def apply(
         self,
@@ -163,4 +166,5 @@ def profile_for(settings: Settings, calling_ae_title: str, host: str) -> AeProfi
         known=True,
         match_keys=frozenset(configured.match_keys),
         warn_ignored_keys=configured.warn_ignored_keys,
+        timezone_offset=configured.timezone_offset,
     )

@@ -21,12 +21,14 @@ from mwl.dicom import keys as keytable
 from mwl.dicom.keys import START, KeySpec, Level
 from mwl.domain import KeyMatch, MatchKind, SpsStatus, WorklistQuery
 from mwl.errors import InvalidQueryError
+from mwl.timezones import from_offset, parse_offset
 from mwl.worklist.matching import START_TIME, STATUS
 
 # VRs whose values may hold wildcards (PS3.4 C.2.2.2.4).
 WILDCARD_VRS = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"})
 # Keywords that are never matching keys (they describe the Identifier itself).
-_IGNORED = frozenset({"SpecificCharacterSet", "QueryRetrieveLevel", "TimezoneOffsetFromUTC"})
+_IGNORED = frozenset({"SpecificCharacterSet", "QueryRetrieveLevel"})
+_TIMEZONE_OFFSET = "TimezoneOffsetFromUTC"
 # Statuses a modality may ask for: the DICOM defined terms (HELD is the broker's own).
 _ASKABLE_STATUSES = {s.value: s for s in SpsStatus if s is not SpsStatus.HELD}
 
@@ -97,6 +99,11 @@ class ParsedIdentifier:
 
     query: WorklistQuery
     ignored: tuple[IgnoredKey, ...] = ()
+    #: Timezone Offset From UTC (0008,0201) of the query: its dates and times were
+    #: read in it, and the responses are written in it.
+    offset: dt.timedelta | None = None
+    #: Whether the query asked for Timezone Offset From UTC (with a value or without).
+    asks_offset: bool = False
 
     @property
     def unsupported_keys(self) -> tuple[str, ...]:
@@ -113,6 +120,7 @@ def parse_identifier(
     *,
     limit: int | None = None,
     match_keys: frozenset[str] = frozenset(),
+    zone: dt.tzinfo | None = None,
 ) -> ParsedIdentifier:
     """Translate a Modality Worklist C-FIND Identifier into a :class:`WorklistQuery`.
 
@@ -125,6 +133,9 @@ def parse_identifier(
     match_keys
         Keywords of the keys matched only on request (:attr:`KeySpec.on_request`)
         that the caller's profile turns matching on for.
+    zone
+        The site's zone (:mod:`mwl.timezones`): a query with Timezone Offset From
+        UTC has its SPS start date-time range converted from that offset to it.
 
     Returns
     -------
@@ -140,7 +151,7 @@ def parse_identifier(
     builder = _Builder(match_keys)
     for elem in identifier:
         builder.add(elem, Level.TOP)
-    return builder.build(limit)
+    return builder.build(limit, zone)
 
 
 def query_from_identifier(identifier: Dataset, *, limit: int | None = None) -> WorklistQuery:
@@ -156,10 +167,15 @@ class _Builder:
         self.statuses: set[SpsStatus] = set()
         self.start_date: str = ""
         self.start_time: str = ""
+        self.offset: dt.timedelta | None = None
+        self.asks_offset = False
 
     def add(self, elem: DataElement, level: Level) -> None:
         keyword = elem.keyword
         if elem.tag.is_private or elem.tag.element == 0 or not keyword or keyword in _IGNORED:
+            return
+        if keyword == _TIMEZONE_OFFSET and level is Level.TOP:
+            self._add_offset(elem)
             return
         if elem.VR == "SQ":
             self._add_sequence(elem)
@@ -234,10 +250,24 @@ class _Builder:
             # nothing, as PS3.4 C.2.2.2.1 says.
             self.keys.append(KeyMatch(STATUS, MatchKind.SINGLE, (values[0],)))
 
-    def build(self, limit: int | None) -> ParsedIdentifier:
+    def _add_offset(self, elem: DataElement) -> None:
+        self.asks_offset = True
+        values = _values(elem)
+        if not values:
+            return
+        try:
+            self.offset = parse_offset(_one(values, _TIMEZONE_OFFSET))
+        except ValueError as exc:
+            raise InvalidQueryError(f"{_TIMEZONE_OFFSET}: {exc}", _TIMEZONE_OFFSET) from None
+
+    def build(self, limit: int | None, zone: dt.tzinfo | None = None) -> ParsedIdentifier:
         start_from, start_until = None, None
         if self.start_date:
             start_from, start_until = _combined_start(self.start_date, self.start_time)
+            if self.offset is not None and zone is not None:
+                # Read in the query's offset: the instants, as the site's wall time.
+                start_from = from_offset(start_from, self.offset, zone) if start_from else None
+                start_until = from_offset(start_until, self.offset, zone) if start_until else None
         elif self.start_time:
             low, high = _time_range(self.start_time, "ScheduledProcedureStepStartTime")
             self.keys.append(
@@ -255,7 +285,7 @@ class _Builder:
             statuses=frozenset(self.statuses),
             limit=limit,
         )
-        return ParsedIdentifier(query, tuple(self.ignored))
+        return ParsedIdentifier(query, tuple(self.ignored), self.offset, self.asks_offset)
 
 
 def _not_matched(spec: KeySpec | None, match_keys: frozenset[str]) -> str:
