@@ -52,6 +52,26 @@ class DicomAeProfile:
     # Responses carry Timezone Offset From UTC (0008,0201): the site's offset at each
     # step's start (PS3.3 C.12.1.1.8).
     timezone_offset: bool = False
+    # What the device accepts (mwl.worklist.device; 0 / empty: no limit): the longest
+    # value of given keys ({PatientName = 32}), of a PN component, of LO and SH
+    # values; characters it refuses; keys it needs a value for (StudyInstanceUID).
+    max_length: tuple[tuple[str, int], ...] = ()
+    max_pn_component_length: int = 0
+    max_lo_length: int = 0
+    max_sh_length: int = 0
+    forbidden_characters: str = ""
+    required_keys: tuple[str, ...] = ()
+
+
+def _keyword_lengths(value: Any) -> tuple[tuple[str, int], ...]:
+    """``{PatientName = 32}`` (or its pairs) as sorted (keyword, length) pairs."""
+    pairs = value.items() if isinstance(value, Mapping) else value
+    out = []
+    for keyword, length in pairs:
+        if int(length) < 1:
+            raise ValueError(f"max_length of {keyword} must be positive")
+        out.append((str(keyword), int(length)))
+    return tuple(sorted(out))
 
 
 def _dicom_ae_profiles(value: Any) -> tuple[DicomAeProfile, ...]:
@@ -81,6 +101,12 @@ def _dicom_ae_profiles(value: Any) -> tuple[DicomAeProfile, ...]:
                 match_keys=tuple(str(k) for k in row.get("match_keys", ())),
                 warn_ignored_keys=bool(row.get("warn_ignored_keys", True)),
                 timezone_offset=bool(row.get("timezone_offset", False)),
+                max_length=_keyword_lengths(row.get("max_length", {})),
+                max_pn_component_length=int(row.get("max_pn_component_length", 0)),
+                max_lo_length=int(row.get("max_lo_length", 0)),
+                max_sh_length=int(row.get("max_sh_length", 0)),
+                forbidden_characters=str(row.get("forbidden_characters", "")),
+                required_keys=tuple(str(k) for k in row.get("required_keys", ())),
             )
         )
     return tuple(profiles)
