@@ -261,7 +261,7 @@ def _translate(
     calling: str,
     host: str,
     ds: Dataset,
-    today: Callable[[], dt.date],
+    today: Callable[[], dt.date] | None,
 ) -> _Translated | FindFailure:
     # The SCP's translation, with the same limit and the same clock.
     plan = translate_query(settings, calling, host, ds, today)
@@ -358,7 +358,7 @@ def preview_query(
     identifier: Dataset | str,
     *,
     peer_host: str = "",
-    today: Callable[[], dt.date] = dt.date.today,
+    today: Callable[[], dt.date] | None = None,
 ) -> QueryPreview:
     """What a C-FIND with ``identifier`` from ``calling_ae_title`` would get now.
 
@@ -376,7 +376,7 @@ def preview_query(
     peer_host
         The modality's IP address, for profiles bound to a host.
     today
-        The local date, for a profile's date window (as the SCP: ``date.today``).
+        The site's date, for a profile's date window (as the SCP: today in ``timezone``).
 
     Returns
     -------
@@ -486,7 +486,7 @@ def explain_exclusion(
     sps_key: int,
     *,
     peer_host: str = "",
-    today: Callable[[], dt.date] = dt.date.today,
+    today: Callable[[], dt.date] | None = None,
 ) -> list[KeyVerdict] | None:
     """Judge each condition of the AE's query against one stored step.
 
@@ -537,7 +537,7 @@ def explain_step(
     sps_key: int,
     *,
     peer_host: str = "",
-    today: Callable[[], dt.date] = dt.date.today,
+    today: Callable[[], dt.date] | None = None,
 ) -> Explanation | None:
     """:func:`explain_exclusion` with the step itself (for a page that shows both)."""
     calling = calling_ae_title.strip()
@@ -660,7 +660,7 @@ class WorklistPreviewer:
         self,
         settings: Settings | LiveSettings,
         session_factory: sessionmaker[Session],
-        today: Callable[[], dt.date] = dt.date.today,
+        today: Callable[[], dt.date] | None = None,
     ) -> None:
         self._settings = settings
         self._session_factory = session_factory
