@@ -572,6 +572,7 @@ def serve(settings: Settings) -> int:
     from mwl.operations.retention import Housekeeper
     from mwl.operations.watchdog import Watchdog
     from mwl.store.migrate import upgrade
+    from mwl.worklist.device import failing_counts
     from web.server import WebServer
 
     # The whole list only at DEBUG (`mwl settings` prints it any time); the start-up
@@ -599,6 +600,8 @@ def serve(settings: Settings) -> int:
     # it reads with a reader session, so it never waits for SQLite's write lock.
     live = LiveSettings(settings, readers)
     live.current()
+    # The profile gauge checks against the settings in force at each scrape.
+    metrics.watch_profile_checks(lambda session: failing_counts(session, live.current()))
     services: list[
         Hl7Server | WorklistScp | WebServer | OutboxSender | Housekeeper | AuditSender | Watchdog
     ] = []

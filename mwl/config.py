@@ -16,6 +16,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from mwl.errors import SettingsError
+from mwl.timezones import site_zone
 
 ENV_PREFIX = "MWL_"
 
@@ -43,6 +44,34 @@ class DicomAeProfile:
     max_matches: int = 0
     # Only associations over DICOM TLS are accepted from this AE (dicom_tls_port).
     require_tls: bool = False
+    # Keys matched only on request (Pregnancy Status) that this AE's queries match on.
+    match_keys: tuple[str, ...] = ()
+    # Pending 0xFF01 when a key of the query was ignored (PS3.4 K.4.1.1.4); false:
+    # 0xFF00, for SCUs that take 0xFF01 for a final status (dcmjs-dimse 0.3.3).
+    warn_ignored_keys: bool = True
+    # Responses carry Timezone Offset From UTC (0008,0201): the site's offset at each
+    # step's start (PS3.3 C.12.1.1.8).
+    timezone_offset: bool = False
+    # What the device accepts (mwl.worklist.device; 0 / empty: no limit): the longest
+    # value of given keys ({PatientName = 32}), of a PN component, of LO and SH
+    # values; characters it refuses; keys it needs a value for (StudyInstanceUID).
+    max_length: tuple[tuple[str, int], ...] = ()
+    max_pn_component_length: int = 0
+    max_lo_length: int = 0
+    max_sh_length: int = 0
+    forbidden_characters: str = ""
+    required_keys: tuple[str, ...] = ()
+
+
+def _keyword_lengths(value: Any) -> tuple[tuple[str, int], ...]:
+    """``{PatientName = 32}`` (or its pairs) as sorted (keyword, length) pairs."""
+    pairs = value.items() if isinstance(value, Mapping) else value
+    out = []
+    for keyword, length in pairs:
+        if int(length) < 1:
+            raise ValueError(f"max_length of {keyword} must be positive")
+        out.append((str(keyword), int(length)))
+    return tuple(sorted(out))
 
 
 def _dicom_ae_profiles(value: Any) -> tuple[DicomAeProfile, ...]:
@@ -69,6 +98,15 @@ def _dicom_ae_profiles(value: Any) -> tuple[DicomAeProfile, ...]:
                 visible_statuses=statuses,
                 max_matches=int(row.get("max_matches", 0)),
                 require_tls=bool(row.get("require_tls", False)),
+                match_keys=tuple(str(k) for k in row.get("match_keys", ())),
+                warn_ignored_keys=bool(row.get("warn_ignored_keys", True)),
+                timezone_offset=bool(row.get("timezone_offset", False)),
+                max_length=_keyword_lengths(row.get("max_length", {})),
+                max_pn_component_length=int(row.get("max_pn_component_length", 0)),
+                max_lo_length=int(row.get("max_lo_length", 0)),
+                max_sh_length=int(row.get("max_sh_length", 0)),
+                forbidden_characters=str(row.get("forbidden_characters", "")),
+                required_keys=tuple(str(k) for k in row.get("required_keys", ())),
             )
         )
     return tuple(profiles)
@@ -387,6 +425,9 @@ class Settings:
     )
     # A new step without TQ1-7 / ORC-7.4 / OBR-27.4: "now" (dcm4chee) or "reject" (AE 101).
     hl7_missing_start: str = "now"
+    # The site's time zone (IANA, e.g. "Europe/Zurich"); "" = the system's. Scheduled
+    # times are kept as its wall-clock time; HL7 and DICOM offsets are converted to it.
+    timezone: str = ""
     # Identifiers and message bodies are patient data: logged only when asked, at DEBUG.
     log_phi: bool = False
     log_level: str = "INFO"
@@ -623,6 +664,10 @@ def _validate_hl7(settings: Settings) -> None:
     _validate_tls_files(settings, "hl7_tls")
     if settings.hl7_missing_start not in ("now", "reject"):
         raise SettingsError("hl7_missing_start", 'must be "now" or "reject"')
+    try:
+        site_zone(settings.timezone)
+    except ValueError as exc:
+        raise SettingsError("timezone", str(exc)) from None
     if settings.hl7_protocol_code_component not in (1, 4):
         raise SettingsError("hl7_protocol_code_component", "must be 4 (OBR-4.4) or 1 (OBR-4.1)")
 

@@ -132,6 +132,8 @@ class Order:
     # The field that carries the scheduled start in this message's style (TQ1-7 or
     # ORC-7.4): named in the error when a start is required and missing.
     start_location: str = "TQ1-7"
+    # What the message log should show of an accepted message (fields that disagree).
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -323,7 +323,7 @@ def aes() -> ResponseReturnValue:
         return _render_aes(_aes_form(effective), problem)
     # The fields' checks and the rows' checks both run, so every problem shows at once.
     valid = form.validate()
-    profiles = _profile_values(form)
+    profiles = _profile_values(form, plain_value(effective, "dicom_ae_profiles"))
     if not valid or profiles is None:
         return _render_aes(form, _("Some values are not valid; see the marked fields."), 400)
     if form.version.data != _version(effective, AE_SETTINGS):
@@ -349,8 +349,15 @@ def aes() -> ResponseReturnValue:
     return redirect(url_for("admin.aes"))
 
 
-def _profile_values(form: AesForm) -> list[dict[str, Any]] | None:
-    """The profiles in TOML form; None (with field errors) when a row lacks its AE title."""
+def _profile_values(
+    form: AesForm, stored: list[dict[str, Any]] | None = None
+) -> list[dict[str, Any]] | None:
+    """The profiles in TOML form; None (with field errors) when a row lacks its AE title.
+
+    Keys the form does not show (``require_tls``, ``match_keys``, device limits, ...)
+    are kept from the ``stored`` profile of the same AE title and host.
+    """
+    kept = {(str(p.get("ae_title", "")), str(p.get("host", ""))): p for p in stored or []}
     profiles = []
     valid = True
     for entry in form.profiles.entries:
@@ -373,7 +380,8 @@ def _profile_values(form: AesForm) -> list[dict[str, Any]] | None:
                 valid = False
             # A row left empty (the one for a new profile) is no profile.
             continue
-        profiles.append(values)
+        host = (row.host.data or "").strip()
+        profiles.append({**kept.get((title, host), {}), **values})
     return profiles if valid else None
 
 

@@ -24,7 +24,9 @@ from wtforms.validators import (
     ValidationError,
 )
 
+from mwl.admin.overrides import apply_overrides, load_overrides
 from mwl.domain import KeyMatch, MatchKind, SpsStatus, WorklistItem, WorklistQuery
+from mwl.errors import SettingsError
 from mwl.operations.activity import scanner_activity
 from mwl.operations.querylog import (
     AskedKey,
@@ -36,6 +38,7 @@ from mwl.operations.querylog import (
     typical_keys_by_ae,
 )
 from mwl.worklist.daylist import items_for_day
+from mwl.worklist.device import DeviceLimits, check_item, limits_for_ae
 from mwl.worklist.matching import find_items
 from web.params import cursor, day_in_range, day_range_error
 from web.store import QueryPreviewer, db_session, state
@@ -331,10 +334,24 @@ def _asked_text(condition: Any) -> str:
     if kind == "allowed":
         return _("%(ae)s may query", ae=asked)
     if kind == "ignored":
-        return _("ignored: the broker does not match on this key")
+        return _ignored_text(condition)
     if kind == "invalid":
         return _("refused: %(reason)s", reason=asked)
     return str(asked)
+
+
+def _ignored_text(condition: Any) -> str:
+    """Why a key of the query was not matched on (the codes of mwl.dicom.query)."""
+    reason = getattr(condition, "reason", "")
+    if reason == "on-request":
+        return _("ignored: matched only for AEs whose profile turns matching on for it")
+    if reason == "not-enumerated":
+        return _(
+            "ignored: %(value)s is not one of its values (%(allowed)s)",
+            value=condition.asked,
+            allowed=condition.allowed,
+        )
+    return _("ignored: the broker does not match on this key")
 
 
 def _source_text(source: str) -> str:
@@ -542,8 +559,54 @@ def test() -> ResponseReturnValue:
         explanations=explanations,
         asked_why=asked_why,
         test_args=_args_without("why", "step"),
+        **_device_context(session, ae, host, result.items),
     )
     return render_template("scanner_test.html", **context)
+
+
+def _device_context(session: Any, ae: str, host: str, items: Iterable[Any]) -> dict[str, Any]:
+    """The device profile's verdict on each item of the answer (none without limits)."""
+    limits = _device_limits(session, ae, host)
+    findings = {p.step_key: check_item(p.item, limits) for p in items} if limits else {}
+    return {
+        "limits": limits,
+        "findings": findings,
+        "failing": sum(1 for found in findings.values() if found),
+        "finding_text": finding_text,
+    }
+
+
+def _device_limits(session: Any, ae: str, host: str) -> DeviceLimits | None:
+    """What the device querying as ``ae`` accepts, by its profile in force (page values too)."""
+    try:
+        settings = apply_overrides(state().settings, load_overrides(session))
+    except SettingsError:
+        settings = state().settings
+    return limits_for_ae(settings, ae, host)
+
+
+def finding_text(finding: Any) -> str:
+    """One check of the device profile that a value fails, for people."""
+    label = key_label(finding.keyword)
+    if finding.problem == "missing":
+        return _("%(key)s is empty: the device requires it and drops the item", key=label)
+    if finding.problem == "too long":
+        return _(
+            "%(key)s is longer than %(limit)s characters: truncated", key=label, limit=finding.limit
+        )
+    if finding.problem == "component too long":
+        return _(
+            "%(key)s has a name component longer than %(limit)s characters: truncated",
+            key=label,
+            limit=finding.limit,
+        )
+    if finding.problem == "forbidden character":
+        return _(
+            "%(key)s holds characters the device refuses: %(chars)s", key=label, chars=finding.limit
+        )
+    return _(
+        "%(key)s has characters outside %(charset)s: replaced", key=label, charset=finding.limit
+    )
 
 
 def _base_query(form: ScannerTestForm, ae: str) -> tuple[LoggedQuery | None, bool]:
@@ -612,3 +675,15 @@ def _args_without(*names: str) -> dict[str, str]:
 
 
 __all__ = ["bp", "local_midnight_utc"]
+
+
+def device_findings(item: WorklistItem) -> list[Any]:
+    """What the device of ``item``'s station would drop or truncate (its AE profile)."""
+    limits = _device_limits(db_session(), item.scheduled_station_ae_title, "")
+    return check_item(item, limits) if limits is not None else []
+
+
+@bp.app_context_processor
+def _device_check_helpers() -> dict[str, Any]:
+    # For the item page's note (templates/_device_checks.html), whichever blueprint renders it.
+    return {"device_findings": device_findings, "finding_text": finding_text}

@@ -17,10 +17,11 @@ from flask_babel.speaklater import LazyString
 from flask_login import login_required
 
 from mwl.domain import SpsStatus
+from mwl.timezones import site_today, site_zone
 from mwl.worklist.daylist import ModalityCount, items_for_day, modality_counts
 from web.alerts import firing_for_page
 from web.params import day_in_range, day_range_error
-from web.store import db_session
+from web.store import db_session, state
 
 bp = Blueprint("worklist", __name__)
 
@@ -246,8 +247,8 @@ def age_text(birth_date: str, on: dt.date) -> str:
 
 
 def local_today() -> dt.date:
-    """Today in the department's local time (the server's), like the stored starts."""
-    return dt.date.today()
+    """Today in the site's time zone (``timezone``), like the stored starts."""
+    return site_today(site_zone(state().settings.timezone))
 
 
 def open_count(count: ModalityCount) -> int:

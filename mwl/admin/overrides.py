@@ -102,6 +102,9 @@ class EffectiveSetting:
 def _profile_plain(profile: DicomAeProfile) -> dict[str, Any]:
     values = dataclasses.asdict(profile)
     values["visible_statuses"] = list(profile.visible_statuses)
+    values["match_keys"] = list(profile.match_keys)
+    values["required_keys"] = list(profile.required_keys)
+    values["max_length"] = dict(profile.max_length)
     return values
 
 

@@ -30,9 +30,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from mwl.config import Settings
 from mwl.dicom.profiles import AeProfile, profile_for
 from mwl.dicom.query import ParsedIdentifier, parse_identifier
-from mwl.dicom.response import ResponseBuilder
+from mwl.dicom.response import ResponseBuilder, ResponseTimes
 from mwl.domain import WorklistQuery
 from mwl.errors import InvalidQueryError
+from mwl.timezones import site_today, site_zone
 from mwl.worklist.matching import StoredItem, find_stored_items
 
 SUCCESS = int(Status.SUCCESS)
@@ -108,8 +109,13 @@ class FindPlan:
 
     @property
     def pending_status(self) -> int:
-        """0xFF01 when keys were ignored (PS3.4 K.2.2.1.1.2), else 0xFF00."""
-        return PENDING_OPTIONAL_KEYS_NOT_SUPPORTED if self.parsed.unsupported_keys else PENDING
+        """0xFF01 when keys were ignored (PS3.4 K.2.2.1.1.2), else 0xFF00.
+
+        A profile may ask for 0xFF00 regardless (``warn_ignored_keys = false``).
+        """
+        if self.parsed.ignored and self.profile.warn_ignored_keys:
+            return PENDING_OPTIONAL_KEYS_NOT_SUPPORTED
+        return PENDING
 
 
 def plan_find(
@@ -117,7 +123,7 @@ def plan_find(
     calling_ae_title: str,
     host: str,
     identifier: Dataset,
-    today: Callable[[], dt.date] = dt.date.today,
+    today: Callable[[], dt.date] | None = None,
 ) -> FindPlan | FindFailure:
     """The caller checked, then ``identifier`` translated: the plan, or the failure to answer.
 
@@ -130,7 +136,8 @@ def plan_find(
     identifier
         The request Identifier, decoded.
     today
-        The local date, for a profile's date window.
+        The site's date, for a profile's date window (default: today in
+        ``settings.timezone``).
     """
     refusal = caller_refusal(settings, calling_ae_title, host)
     if refusal is not None:
@@ -143,7 +150,7 @@ def translate_query(
     calling_ae_title: str,
     host: str,
     identifier: Dataset,
-    today: Callable[[], dt.date] = dt.date.today,
+    today: Callable[[], dt.date] | None = None,
 ) -> FindPlan | FindFailure:
     """The caller's profile, ``identifier`` translated and checked, the profile applied.
 
@@ -152,12 +159,19 @@ def translate_query(
     """
     calling = calling_ae_title.strip()
     profile = profile_for(settings, calling, host)
+    zone = site_zone(settings.timezone)
     try:
-        parsed = parse_identifier(identifier, limit=profile.max_matches)
+        parsed = parse_identifier(
+            identifier, limit=profile.max_matches, match_keys=profile.match_keys, zone=zone
+        )
     except InvalidQueryError as exc:
         return FindFailure(FAILURE_IDENTIFIER_DOES_NOT_MATCH, exc.reason, exc.offending_keyword)
-    query = profile.apply(parsed.query, calling, today)
-    return FindPlan(profile, parsed, query, ResponseBuilder(identifier, profile.charset))
+    query = profile.apply(parsed.query, calling, today or (lambda: site_today(zone)))
+    times = None
+    if parsed.offset is not None or parsed.asks_offset or profile.timezone_offset:
+        times = ResponseTimes(zone, parsed.offset)
+    builder = ResponseBuilder(identifier, profile.charset, times)
+    return FindPlan(profile, parsed, query, builder)
 
 
 def find_matches(

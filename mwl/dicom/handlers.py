@@ -212,6 +212,15 @@ def handle_find(
     plan = plan_find(policy, requestor.ae_title, requestor.address, identifier)
     if isinstance(plan, FindFailure):
         return query.failed(plan)
+    if plan.parsed.ignored:
+        # The keys only (their values may be patient data): the query log has the rest.
+        query.error = plan.parsed.warning()
+        logger.info(
+            "C-FIND from %s (%s): keys ignored for matching: %s",
+            requestor.ae_title,
+            query.peer,
+            ", ".join(plan.parsed.unsupported_keys),
+        )
     items = find_matches(session_factory, plan.query)
     if isinstance(items, FindFailure):
         logger.error(

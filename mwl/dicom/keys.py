@@ -9,7 +9,11 @@ the data dictionary, the SPS item level for the step's fields, and the matching
 the VR allows (with the exceptions named below). A row whose ``attribute`` is
 ``None`` is a Type 2 return key the broker does not hold: it is returned present
 and empty (PS3.4 K.6.1.2.2) and a value given for it is ignored for matching (an
-unsupported optional matching key, PS3.4 K.2.2.1.1.2).
+unsupported optional matching key, PS3.4 K.2.2.1.1.2). A row with ``on_request``
+is a key the broker holds and returns but matches on only for callers whose
+profile asks for it (``match_keys``): devices fill such keys from a template
+(dcmjs-dimse sends Pregnancy Status 0 in every query), and matching on them by
+default would empty their worklist.
 """
 
 from __future__ import annotations
@@ -61,6 +65,9 @@ class KeySpec:
         Kinds of matching supported (PS3.4 C.2.2.2); empty: returned only.
     multiple_values
         Whether several values (``A\\B``) are accepted and ORed (PS3.4 C.2.2.2.8).
+    on_request
+        Matched only when the caller's profile lists the key in ``match_keys``;
+        otherwise a value given for it is ignored (0xFF01, PS3.4 K.2.2.1.1.2).
     """
 
     keyword: str
@@ -69,6 +76,7 @@ class KeySpec:
     level: Level
     matching: frozenset[MatchKind] = _NONE
     multiple_values: bool = False
+    on_request: bool = False
 
 
 # How a key the broker holds may be matched, by its VR (PS3.4 C.2.2.2): wildcards
@@ -108,6 +116,11 @@ _MULTIPLE_VALUES = frozenset(
 )
 
 
+# Optional matching keys (PS3.4 Table K.6-1, "O") that describe the patient rather
+# than select the work: returned always, matched only when a profile asks for it.
+MATCHED_ON_REQUEST = frozenset({"PregnancyStatus"})
+
+
 def _held(keyword: str, field: StoredField) -> KeySpec:
     """The key of a stored field: VR from the data dictionary, the step's fields in the SPS item."""
     vr = dictionary_VR(keyword)
@@ -122,6 +135,7 @@ def _held(keyword: str, field: StoredField) -> KeySpec:
         Level.SPS if field.model is ScheduledProcedureStep else Level.TOP,
         matching,
         multiple_values=keyword in _MULTIPLE_VALUES,
+        on_request=keyword in MATCHED_ON_REQUEST,
     )
 
 

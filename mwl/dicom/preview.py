@@ -116,6 +116,9 @@ class QueryCondition:
         profile added it) or :data:`FROM_DEFAULT` (the broker's default).
     low, high
         The bounds of a :data:`RANGE`; ``""`` for an open end.
+    reason
+        For :data:`IGNORED`: why (one of the ``mwl.dicom.query`` reasons);
+        ``allowed`` the enumerated values when the value was not one of them.
     """
 
     keyword: str
@@ -124,6 +127,8 @@ class QueryCondition:
     source: str = FROM_QUERY
     low: str = ""
     high: str = ""
+    reason: str = ""
+    allowed: str = ""
 
 
 @dataclass(frozen=True)
@@ -256,7 +261,7 @@ def _translate(
     calling: str,
     host: str,
     ds: Dataset,
-    today: Callable[[], dt.date],
+    today: Callable[[], dt.date] | None,
 ) -> _Translated | FindFailure:
     # The SCP's translation, with the same limit and the same clock.
     plan = translate_query(settings, calling, host, ds, today)
@@ -282,8 +287,17 @@ def _conditions(
         configured = find_profile(settings, calling, host)
         source = FROM_PROFILE if configured is not None and configured.max_matches else FROM_DEFAULT
         out.append(QueryCondition(MAX_MATCHES, LIMIT, str(query.limit), source))
-    for keyword in parsed.unsupported_keys:
-        out.append(QueryCondition(keyword, IGNORED, "", FROM_QUERY))
+    for ignored in parsed.ignored:
+        out.append(
+            QueryCondition(
+                ignored.keyword,
+                IGNORED,
+                _TEXT_SEPARATOR.join(ignored.values),
+                FROM_QUERY,
+                reason=ignored.reason,
+                allowed=_TEXT_SEPARATOR.join(ignored.allowed),
+            )
+        )
     return tuple(out)
 
 
@@ -344,7 +358,7 @@ def preview_query(
     identifier: Dataset | str,
     *,
     peer_host: str = "",
-    today: Callable[[], dt.date] = dt.date.today,
+    today: Callable[[], dt.date] | None = None,
 ) -> QueryPreview:
     """What a C-FIND with ``identifier`` from ``calling_ae_title`` would get now.
 
@@ -362,7 +376,7 @@ def preview_query(
     peer_host
         The modality's IP address, for profiles bound to a host.
     today
-        The local date, for a profile's date window (as the SCP: ``date.today``).
+        The site's date, for a profile's date window (as the SCP: today in ``timezone``).
 
     Returns
     -------
@@ -472,7 +486,7 @@ def explain_exclusion(
     sps_key: int,
     *,
     peer_host: str = "",
-    today: Callable[[], dt.date] = dt.date.today,
+    today: Callable[[], dt.date] | None = None,
 ) -> list[KeyVerdict] | None:
     """Judge each condition of the AE's query against one stored step.
 
@@ -523,7 +537,7 @@ def explain_step(
     sps_key: int,
     *,
     peer_host: str = "",
-    today: Callable[[], dt.date] = dt.date.today,
+    today: Callable[[], dt.date] | None = None,
 ) -> Explanation | None:
     """:func:`explain_exclusion` with the step itself (for a page that shows both)."""
     calling = calling_ae_title.strip()
@@ -646,7 +660,7 @@ class WorklistPreviewer:
         self,
         settings: Settings | LiveSettings,
         session_factory: sessionmaker[Session],
-        today: Callable[[], dt.date] = dt.date.today,
+        today: Callable[[], dt.date] | None = None,
     ) -> None:
         self._settings = settings
         self._session_factory = session_factory

@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 from pydicom.charset import python_encoding
 
 from mwl.config import DicomAeProfile, Settings
+from mwl.dicom.keys import MATCHED_ON_REQUEST
 from mwl.domain import KeyMatch, MatchKind, SpsStatus, WorklistQuery
 from mwl.errors import SettingsError
 from mwl.worklist.matching import START_TIME, STATUS
@@ -37,6 +38,13 @@ class AeProfile:
         Limit on the matches returned, or ``None``.
     known
         Whether the caller matched a configured profile.
+    match_keys
+        Keys matched only on request (:data:`mwl.dicom.keys.MATCHED_ON_REQUEST`)
+        that this caller's queries are matched on.
+    warn_ignored_keys
+        Whether ignored keys make the pending status 0xFF01 (else 0xFF00).
+    timezone_offset
+        Whether the responses carry Timezone Offset From UTC (0008,0201).
     """
 
     charset: str
@@ -45,6 +53,9 @@ class AeProfile:
     visible_statuses: frozenset[SpsStatus] = frozenset()
     max_matches: int | None = None
     known: bool = False
+    match_keys: frozenset[str] = frozenset()
+    warn_ignored_keys: bool = True
+    timezone_offset: bool = False
 
     def apply(
         self,
@@ -108,6 +119,13 @@ def check_profiles(settings: Settings) -> None:
     check_charset(settings.dicom_response_charset, "dicom_response_charset")
     for profile in settings.dicom_ae_profiles:
         check_charset(profile.response_charset, "dicom_ae_profiles")
+        for keyword in profile.match_keys:
+            if keyword not in MATCHED_ON_REQUEST:
+                raise SettingsError(
+                    "dicom_ae_profiles",
+                    f"{keyword!r} is not a key matched on request ({profile.ae_title});"
+                    f" those are {', '.join(sorted(MATCHED_ON_REQUEST))}",
+                )
         for status in profile.visible_statuses:
             if status not in SpsStatus.__members__:
                 raise SettingsError(
@@ -146,4 +164,7 @@ def profile_for(settings: Settings, calling_ae_title: str, host: str) -> AeProfi
         visible_statuses=frozenset(SpsStatus(s) for s in configured.visible_statuses),
         max_matches=configured.max_matches or default_limit,
         known=True,
+        match_keys=frozenset(configured.match_keys),
+        warn_ignored_keys=configured.warn_ignored_keys,
+        timezone_offset=configured.timezone_offset,
     )

@@ -21,12 +21,14 @@ from mwl.dicom import keys as keytable
 from mwl.dicom.keys import START, KeySpec, Level
 from mwl.domain import KeyMatch, MatchKind, SpsStatus, WorklistQuery
 from mwl.errors import InvalidQueryError
+from mwl.timezones import from_offset, parse_offset
 from mwl.worklist.matching import START_TIME, STATUS
 
 # VRs whose values may hold wildcards (PS3.4 C.2.2.2.4).
 WILDCARD_VRS = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"})
 # Keywords that are never matching keys (they describe the Identifier itself).
-_IGNORED = frozenset({"SpecificCharacterSet", "QueryRetrieveLevel", "TimezoneOffsetFromUTC"})
+_IGNORED = frozenset({"SpecificCharacterSet", "QueryRetrieveLevel"})
+_TIMEZONE_OFFSET = "TimezoneOffsetFromUTC"
 # Statuses a modality may ask for: the DICOM defined terms (HELD is the broker's own).
 _ASKABLE_STATUSES = {s.value: s for s in SpsStatus if s is not SpsStatus.HELD}
 
@@ -37,11 +39,47 @@ _ASKABLE_STATUSES = {s.value: s for s in SpsStatus if s is not SpsStatus.HELD}
 _MAX_QUERY_LENGTH = {**MAX_VALUE_LEN, "AS": 4, "DA": 18, "DT": 54, "TM": 28}
 _PN_GROUP_LENGTH = 64
 
-# Keys whose values are enumerated (PS3.3 C.7.1.4: Pregnancy Status 1-4).
-_ENUMERATED = {"PregnancyStatus": frozenset({"1", "2", "3", "4"})}
+# Keys whose values are enumerated: a value outside them is held by no item, so it
+# is ignored (reported, 0xFF01) rather than matched into an empty worklist.
+# PS3.3 C.7.1.1 Patient's Sex: M, F, O; C.7.1.4 / CP-2447 Pregnancy Status: 1-4.
+ENUMERATED: dict[str, frozenset[str]] = {
+    "PatientSex": frozenset({"M", "F", "O"}),
+    "PregnancyStatus": frozenset({"1", "2", "3", "4"}),
+}
 
 _DATE = re.compile(r"^(\d{4})\.?(\d{2})\.?(\d{2})$")  # YYYYMMDD; YYYY.MM.DD (ACR-NEMA) too
+_WILDCARD = re.compile(r"[*?]")
 _TIME = re.compile(r"^(\d{2})(?::?(\d{2})(?::?(\d{2})(?:\.(\d{1,6}))?)?)?$")
+
+
+# Why a value was not used for matching: codes (the preview page translates them)
+# and the query log's English.
+NOT_HELD = "not-held"
+NOT_MATCHED = "return-only"
+ON_REQUEST = "on-request"
+NOT_ENUMERATED = "not-enumerated"
+_REASON_TEXT = {
+    NOT_HELD: "the broker holds no value for this key",
+    NOT_MATCHED: "a return key only, not matched on",
+    ON_REQUEST: "matched only for AEs whose profile lists it in match_keys",
+    NOT_ENUMERATED: "not one of its enumerated values",
+}
+
+
+@dataclass(frozen=True)
+class IgnoredKey:
+    """A key whose value was not used for matching, and why (PS3.4 K.2.2.1.1.2)."""
+
+    keyword: str
+    reason: str
+    values: tuple[str, ...] = ()
+    #: For :data:`NOT_ENUMERATED`: the values the key may have.
+    allowed: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        shown = " " + repr("\\".join(self.values)) if self.values else ""
+        allowed = f" ({', '.join(self.allowed)})" if self.allowed else ""
+        return f"{self.keyword}{shown} ignored: {_REASON_TEXT[self.reason]}{allowed}"
 
 
 @dataclass(frozen=True)
@@ -52,17 +90,38 @@ class ParsedIdentifier:
     ----------
     query
         The domain query.
-    unsupported_keys
-        Keywords that carried a matching value the broker does not match on; they
-        were ignored (PS3.4 K.2.2.1.1.2), which the pending status reports as
+    ignored
+        Keys that carried a matching value the broker did not use: keys it does not
+        match on (or only on request), values outside a key's enumerated values.
+        Each was ignored (PS3.4 K.2.2.1.1.2), which the pending status reports as
         0xFF01 (PS3.4 Table K.4-1).
     """
 
     query: WorklistQuery
-    unsupported_keys: tuple[str, ...] = ()
+    ignored: tuple[IgnoredKey, ...] = ()
+    #: Timezone Offset From UTC (0008,0201) of the query: its dates and times were
+    #: read in it, and the responses are written in it.
+    offset: dt.timedelta | None = None
+    #: Whether the query asked for Timezone Offset From UTC (with a value or without).
+    asks_offset: bool = False
+
+    @property
+    def unsupported_keys(self) -> tuple[str, ...]:
+        """The keywords of :attr:`ignored`, each once, in the Identifier's order."""
+        return tuple(dict.fromkeys(key.keyword for key in self.ignored))
+
+    def warning(self) -> str:
+        """One line for the query log: which keys were ignored and why ("" if none)."""
+        return "; ".join(str(key) for key in self.ignored)
 
 
-def parse_identifier(identifier: Dataset, *, limit: int | None = None) -> ParsedIdentifier:
+def parse_identifier(
+    identifier: Dataset,
+    *,
+    limit: int | None = None,
+    match_keys: frozenset[str] = frozenset(),
+    zone: dt.tzinfo | None = None,
+) -> ParsedIdentifier:
     """Translate a Modality Worklist C-FIND Identifier into a :class:`WorklistQuery`.
 
     Parameters
@@ -71,6 +130,12 @@ def parse_identifier(identifier: Dataset, *, limit: int | None = None) -> Parsed
         The C-FIND request Identifier, as pydicom decoded it.
     limit
         Upper bound on the number of matches, or ``None``.
+    match_keys
+        Keywords of the keys matched only on request (:attr:`KeySpec.on_request`)
+        that the caller's profile turns matching on for.
+    zone
+        The site's zone (:mod:`mwl.timezones`): a query with Timezone Offset From
+        UTC has its SPS start date-time range converted from that offset to it.
 
     Returns
     -------
@@ -83,10 +148,10 @@ def parse_identifier(identifier: Dataset, *, limit: int | None = None) -> Parsed
         allows one value carries several, or the SPS Sequence holds more than one
         item (PS3.4 C.2.2.2.6); ``offending_keyword`` names the key.
     """
-    builder = _Builder()
+    builder = _Builder(match_keys)
     for elem in identifier:
         builder.add(elem, Level.TOP)
-    return builder.build(limit)
+    return builder.build(limit, zone)
 
 
 def query_from_identifier(identifier: Dataset, *, limit: int | None = None) -> WorklistQuery:
@@ -95,16 +160,22 @@ def query_from_identifier(identifier: Dataset, *, limit: int | None = None) -> W
 
 
 class _Builder:
-    def __init__(self) -> None:
+    def __init__(self, match_keys: frozenset[str] = frozenset()) -> None:
+        self.match_keys = match_keys
         self.keys: list[KeyMatch] = []
-        self.unsupported: list[str] = []
+        self.ignored: list[IgnoredKey] = []
         self.statuses: set[SpsStatus] = set()
         self.start_date: str = ""
         self.start_time: str = ""
+        self.offset: dt.timedelta | None = None
+        self.asks_offset = False
 
     def add(self, elem: DataElement, level: Level) -> None:
         keyword = elem.keyword
         if elem.tag.is_private or elem.tag.element == 0 or not keyword or keyword in _IGNORED:
+            return
+        if keyword == _TIMEZONE_OFFSET and level is Level.TOP:
+            self._add_offset(elem)
             return
         if elem.VR == "SQ":
             self._add_sequence(elem)
@@ -114,14 +185,13 @@ class _Builder:
         _check_lengths(keyword, elem.VR, values)
         if not values or values == ["*"]:
             return  # universal matching, C.2.2.2.3 (and a lone '*', C.2.2.2.4)
-        if spec is None or not spec.matching or spec.attribute is None:
-            self.unsupported.append(keyword)
+        reason = _not_matched(spec, self.match_keys)
+        if reason:
+            self.ignored.append(IgnoredKey(keyword, reason, tuple(values)))
             return
-        if keyword in _ENUMERATED and not set(values) <= _ENUMERATED[keyword]:
-            # Not one of the key's enumerated values, so no stored value can be it: the
-            # SCU means "any". dcmjs-dimse, for one, always sends Pregnancy Status 0 (its
-            # API cannot leave a US element empty). Universal matching, as for an empty
-            # value; not 0xFF01, which dcmjs-dimse takes for a final status.
+        assert spec is not None
+        values = self._enumerated(keyword, values)
+        if not values:
             return
         if spec.attribute == START:
             if keyword == "ScheduledProcedureStepStartDate":
@@ -141,7 +211,7 @@ class _Builder:
         if elem.keyword != keytable.SPS_SEQUENCE:
             # Code and reference sequences are return keys only.
             if any(_has_value(e) for item in items for e in item):
-                self.unsupported.append(elem.keyword)
+                self.ignored.append(IgnoredKey(elem.keyword, NOT_MATCHED))
             return
         if len(items) > 1:
             raise InvalidQueryError(
@@ -152,18 +222,52 @@ class _Builder:
         for inner in items[0]:
             self.add(inner, Level.SPS)
 
+    def _enumerated(self, keyword: str, values: list[str]) -> list[str]:
+        """``values`` without those outside the key's enumerated values (reported).
+
+        No stored value can be one of them, so matching on them would only empty
+        the worklist: the SCU means "any" (dcmjs-dimse, for one, always sends
+        Pregnancy Status 0: its API cannot leave a US element empty). A wildcard
+        value is kept (the key's own matching decides).
+        """
+        allowed = ENUMERATED.get(keyword)
+        if allowed is None:
+            return values
+        outside = [v for v in values if v not in allowed and not _WILDCARD.search(v)]
+        if outside:
+            self.ignored.append(
+                IgnoredKey(keyword, NOT_ENUMERATED, tuple(outside), tuple(sorted(allowed)))
+            )
+        return [v for v in values if v not in outside]
+
     def _add_statuses(self, values: list[str]) -> None:
         known = {_ASKABLE_STATUSES[v] for v in values if v in _ASKABLE_STATUSES}
         if known:
             self.statuses |= known
         else:
-            # Only values no step can have: single value matching that finds nothing.
+            # Defined terms (PS3.3 C.4.10), not enumerated values: a term no step has
+            # (HELD, the broker's own, included) is single value matching that finds
+            # nothing, as PS3.4 C.2.2.2.1 says.
             self.keys.append(KeyMatch(STATUS, MatchKind.SINGLE, (values[0],)))
 
-    def build(self, limit: int | None) -> ParsedIdentifier:
+    def _add_offset(self, elem: DataElement) -> None:
+        self.asks_offset = True
+        values = _values(elem)
+        if not values:
+            return
+        try:
+            self.offset = parse_offset(_one(values, _TIMEZONE_OFFSET))
+        except ValueError as exc:
+            raise InvalidQueryError(f"{_TIMEZONE_OFFSET}: {exc}", _TIMEZONE_OFFSET) from None
+
+    def build(self, limit: int | None, zone: dt.tzinfo | None = None) -> ParsedIdentifier:
         start_from, start_until = None, None
         if self.start_date:
             start_from, start_until = _combined_start(self.start_date, self.start_time)
+            if self.offset is not None and zone is not None:
+                # Read in the query's offset: the instants, as the site's wall time.
+                start_from = from_offset(start_from, self.offset, zone) if start_from else None
+                start_until = from_offset(start_until, self.offset, zone) if start_until else None
         elif self.start_time:
             low, high = _time_range(self.start_time, "ScheduledProcedureStepStartTime")
             self.keys.append(
@@ -181,7 +285,18 @@ class _Builder:
             statuses=frozenset(self.statuses),
             limit=limit,
         )
-        return ParsedIdentifier(query, tuple(self.unsupported))
+        return ParsedIdentifier(query, tuple(self.ignored), self.offset, self.asks_offset)
+
+
+def _not_matched(spec: KeySpec | None, match_keys: frozenset[str]) -> str:
+    """Why a value of this key is not used for matching, or "" when it is."""
+    if spec is None or spec.attribute is None:
+        return NOT_HELD
+    if not spec.matching:
+        return NOT_MATCHED
+    if spec.on_request and spec.keyword not in match_keys:
+        return ON_REQUEST
+    return ""
 
 
 def _values(elem: DataElement) -> list[str]:

@@ -27,6 +27,7 @@ its next query).
 
 from __future__ import annotations
 
+import datetime as dt
 import struct
 import threading
 import unicodedata
@@ -48,6 +49,7 @@ from pydicom.valuerep import PersonName
 from mwl.dicom import keys as keytable
 from mwl.dicom.keys import START, KeySpec, Level
 from mwl.domain import Code, WorklistItem
+from mwl.timezones import aware, format_offset, utc_offset
 from mwl.worklist.matching import StoredItem
 
 # Unicode in UTF-8 unless a profile asks for another character set.
@@ -69,6 +71,37 @@ _LONG_LENGTH_VRS = frozenset(
     {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"}
 )
 _SPECIFIC_CHARACTER_SET = Tag(0x0008, 0x0005)
+_TIMEZONE_OFFSET = Tag(0x0008, 0x0201)
+# The attribute of the Timezone Offset From UTC pseudo key (not in the key table).
+_TZ_OFFSET = "timezone offset"
+
+
+@dataclass(frozen=True)
+class ResponseTimes:
+    """How the responses write their times (PS3.3 C.12.1.1.8).
+
+    With ``offset`` None each response carries the site's UTC offset at its step's
+    start and the times as stored (the site's wall-clock time); with ``offset``
+    every response carries it and the start converted to it.
+    """
+
+    zone: dt.tzinfo
+    offset: dt.timedelta | None = None
+
+    def start(self, local: dt.datetime) -> dt.datetime:
+        """The stored (site) start as written."""
+        if self.offset is None:
+            return local
+        moment = aware(local, self.zone)
+        return moment.astimezone(dt.timezone(self.offset)).replace(tzinfo=None)
+
+    def offset_text(self, local: dt.datetime | None) -> str:
+        """The Timezone Offset From UTC value of a response for a step starting at ``local``."""
+        if self.offset is not None:
+            return format_offset(self.offset)
+        return format_offset(utc_offset(local, self.zone)) if local is not None else ""
+
+
 _ITEM = struct.pack("<HH", 0xFFFE, 0xE000)
 _U16 = struct.Struct("<H").pack
 _U32 = struct.Struct("<I").pack
@@ -210,12 +243,24 @@ class ResponseBuilder:
         ``charset`` is not a character set pydicom can encode.
     """
 
-    def __init__(self, identifier: Dataset, charset: str = DEFAULT_CHARSET) -> None:
+    def __init__(
+        self,
+        identifier: Dataset,
+        charset: str = DEFAULT_CHARSET,
+        times: ResponseTimes | None = None,
+    ) -> None:
         self._codec = _codec(charset)
         self._charset = charset
+        self._times = times
         # As pydicom writes text: in the Specific Character Set, else ISO 646 (ISO_IR 6).
         self._encodings = convert_encodings(charset or DEFAULT_REPERTOIRE[1])
         self._keys = _requested(identifier, Level.TOP)
+        if times is not None:
+            # Timezone Offset From UTC, in tag order among the top-level keys.
+            tz_key = _key(
+                _TIMEZONE_OFFSET, KeySpec("TimezoneOffsetFromUTC", _TZ_OFFSET, "SH", Level.TOP)
+            )
+            self._keys = tuple(sorted((*self._keys, tz_key), key=lambda k: k.tag))
         # In one character set without code extensions (no ISO 2022 escapes) and not one
         # of pydicom's own JIS encoders, pydicom writes text as Python's codec does; encode
         # then calls the codec, a tenth of the cost of encode_string and PersonName.
@@ -225,7 +270,7 @@ class ResponseBuilder:
         self._writers_by_syntax = {
             implicit: self._writers(self._keys, implicit) for implicit in (True, False)
         }
-        self._shape = ENCODED.shape(charset, self._keys)
+        self._shape = ENCODED.shape(f"{charset}|{times!r}", self._keys)
         self._charset_key = (
             None
             if charset in DEFAULT_REPERTOIRE
@@ -320,7 +365,7 @@ class ResponseBuilder:
                     items.append(item)
                 value = Sequence(items)
             else:
-                value = _value(spec, source, self._codec)
+                value = _value(spec, source, self._codec, self._times)
             # The values come from the database already in their VR's form.
             out[key.tag] = DataElement(key.tag, spec.vr, value, validation_mode=config.IGNORE)
 
@@ -349,10 +394,11 @@ class ResponseBuilder:
             empty = value_bytes(_value(spec, None, codec))
             element = header + length(len(empty)) + empty
             return lambda source: element
-        if spec.vr in _NUMERIC_VRS or spec.attribute == START:
+        times = self._times
+        if spec.vr in _NUMERIC_VRS or spec.attribute in (START, _TZ_OFFSET):
 
             def element_of(source: _Source) -> bytes:
-                data = value_bytes(_value(spec, source, codec))
+                data = value_bytes(_value(spec, source, codec, times))
                 return header + length(len(data)) + data
 
             return element_of
@@ -506,13 +552,21 @@ def _item_sources(
     return ()  # Type 2 sequence the broker does not hold: present, empty
 
 
-def _value(spec: KeySpec, source: WorklistItem | Code | None, codec: str) -> str | int | None:
+def _value(
+    spec: KeySpec,
+    source: WorklistItem | Code | None,
+    codec: str,
+    times: ResponseTimes | None = None,
+) -> str | int | None:
     if spec.attribute is None or source is None:
         # Zero length: text VRs as "", numbers (US, DS) as None, as pydicom reads them.
         return None if spec.vr in _NUMERIC_VRS else ""
+    if spec.attribute == _TZ_OFFSET:
+        assert isinstance(source, WorklistItem) and times is not None
+        return times.offset_text(source.start)
     if spec.attribute == START:
         assert isinstance(source, WorklistItem)
-        start = source.start
+        start = source.start if times is None else times.start(source.start)
         # Not strftime: it takes three times as long (3 µs here), twice per response.
         if spec.vr == "DA":
             return f"{start.year:04}{start.month:02}{start.day:02}"

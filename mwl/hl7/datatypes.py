@@ -14,6 +14,7 @@ from hl7apy.utils import get_datetime_info
 from mwl.domain import Code
 from mwl.hl7.errors import DATA_TYPE_ERROR, Hl7MessageError
 from mwl.hl7.grammar import MessageHeader, Segment, unescape
+from mwl.timezones import from_offset, parse_offset
 
 # DICOM value length limits (PS3.5 6.2) of the attributes the mapping fills.
 SH, LO, CS, AE, PN = 16, 64, 16, 16, 64 * 5
@@ -25,11 +26,13 @@ _PN_DELIMITERS = str.maketrans({"^": " ", "=": " ", "\\": " ", "\r": " ", "\n": 
 # --------------------------------------------------------------------------- time
 
 
-def parse_timestamp(value: str, location: str) -> dt.datetime | None:
+def parse_timestamp(value: str, location: str, zone: dt.tzinfo | None = None) -> dt.datetime | None:
     """HL7 TS/DTM (``YYYY[MM[DD[HH[MM[SS[.S...]]]]]][+/-ZZZZ]``) to a naive datetime.
 
-    The offset is dropped: the broker schedules in the department's local time, which
-    is what the RIS sends. Empty -> None.
+    The broker keeps scheduled times as the site's wall-clock time
+    (:mod:`mwl.timezones`): a value with an offset is an instant, converted to
+    ``zone`` (the site's); one without is taken as the site's time already. Without
+    ``zone`` the offset is dropped. Empty -> None.
 
     Raises
     ------
@@ -40,10 +43,13 @@ def parse_timestamp(value: str, location: str) -> dt.datetime | None:
     if not value:
         return None
     try:
-        moment, _fmt, _offset, _precision = get_datetime_info(value)
+        moment, _fmt, offset, _precision = get_datetime_info(value)
+        shift = parse_offset(offset) if offset and zone is not None else None
     except (ValueError, IndexError):
         raise Hl7MessageError(DATA_TYPE_ERROR, location, "invalid date/time") from None
     result: dt.datetime = moment.replace(tzinfo=None)
+    if shift is not None and zone is not None:
+        result = from_offset(result, shift, zone)
     return result
 
 

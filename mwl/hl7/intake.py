@@ -442,7 +442,8 @@ class Intake:
                 assert header is not None  # parse() refuses a message without MSH
                 applied = processor.apply_changes(session, parsed)
                 ack = build_ack(header, ACCEPT)
-                applied.link(session, received.record(session, ACCEPT, ack))
+                note = "; ".join(parsed.warnings) if isinstance(parsed, Order) else ""
+                applied.link(session, received.record(session, ACCEPT, ack, note))
                 if self._auditor is not None and self._auditor.enabled:
                     for message in _audit_messages(self._auditor, received, parsed, applied):
                         self._auditor.record(session, message)

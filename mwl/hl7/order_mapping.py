@@ -44,6 +44,7 @@ from mwl.hl7.errors import (
 )
 from mwl.hl7.grammar import MessageHeader, Segment
 from mwl.hl7.patient_mapping import patient_demographics
+from mwl.timezones import site_zone
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +89,8 @@ class MappingOptions:
     modality_map: Mapping[str, str] = field(default_factory=dict)
     station_rules: Sequence[Hl7StationRule] = ()
     station_from_orc18: bool = False
+    #: The site's zone: timestamps with a UTC offset are converted to it.
+    zone: dt.tzinfo | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> MappingOptions:
@@ -99,6 +102,7 @@ class MappingOptions:
             modality_map=dict(settings.hl7_modality_map),
             station_rules=settings.hl7_station_rules,
             station_from_orc18=settings.hl7_station_from_orc18,
+            zone=site_zone(settings.timezone),
         )
 
 
@@ -191,8 +195,10 @@ def map_order(header: MessageHeader, segments: list[Segment], options: MappingOp
     order_control, order_status = _order_control(found.groups)
     referring = truncated(xcn_name(pv1, 8), PN) if pv1 is not None else ""
     procedures: list[RequestedProcedure] = []
+    warnings: list[str] = []
     for group in found.groups:
         procedures.extend(_procedures(header, group, referring, options))
+        warnings.extend(_timing_disagreements(group, options.zone))
     return Order(
         order_control=order_control,
         order_status=order_status,
@@ -207,6 +213,7 @@ def map_order(header: MessageHeader, segments: list[Segment], options: MappingOp
             if any(g.tq1 is not None for g in found.groups) or header.version_id in {"2.5", "2.5.1"}
             else "ORC-7.4"
         ),
+        warnings=tuple(warnings),
     )
 
 
@@ -273,7 +280,7 @@ def _shared(
         requested_code = universal
     description = truncated(requested_code.meaning, LO) if requested_code else ""
     protocol = checked_code(coded(obr, 4, options.protocol_code_components), "OBR-4")
-    start = _start(group)
+    start = _start(group, options.zone)
     performing = truncated(ndl_name(obr, 34), PN)
     procedure = dict(
         requested_procedure_description=description,
@@ -400,16 +407,48 @@ def _first(candidates: Sequence[tuple[str, str]], target: str) -> str:
     return _picked(candidates, target)[0]
 
 
-def _start(group: _Group) -> dt.datetime | None:
-    """TQ1-7, else ORC-7.4, else OBR-27.4 (first non-empty; docs/hl7-mapping.md 2.2)."""
+def _start_candidates(group: _Group) -> list[tuple[str, str]]:
+    """The start fields in precedence order: TQ1-7, ORC-7.4, OBR-27.4."""
     candidates: list[tuple[str, str]] = []
     if group.tq1 is not None:
         candidates.append((group.tq1.get(7, 1), "TQ1-7"))
     candidates.append((group.orc.get(7, 4), "ORC-7.4"))
     if group.obr is not None:
         candidates.append((group.obr.get(27, 4), "OBR-27.4"))
-    value, location = _picked(candidates, "step start")
-    return parse_timestamp(value, location) if value else None
+    return candidates
+
+
+def _start(group: _Group, zone: dt.tzinfo | None = None) -> dt.datetime | None:
+    """TQ1-7, else ORC-7.4, else OBR-27.4 (first non-empty; docs/hl7-mapping.md 2.2)."""
+    value, location = _picked(_start_candidates(group), "step start")
+    return parse_timestamp(value, location, zone) if value else None
+
+
+def _timing_disagreements(group: _Group, zone: dt.tzinfo | None) -> list[str]:
+    """A warning for each start field that names another time than the one used.
+
+    HL7 defines OBR-27 as a copy of ORC-7, and TQ1 replaces both in v2.5; a sender
+    whose fields disagree has a bug worth seeing in the message log. Compared as
+    instants (offsets applied); a field that is not a valid time is left to the
+    mapping, which refuses it only when it is the one used.
+    """
+    given = [(v, loc) for v, loc in _start_candidates(group) if v]
+    if len(given) < 2:
+        return []
+    used_value, used_at = given[0]
+    used = parse_timestamp(used_value, used_at, zone or dt.UTC)
+    warnings = []
+    for value, location in given[1:]:
+        try:
+            other = parse_timestamp(value, location, zone or dt.UTC)
+        except Hl7MessageError:
+            continue
+        if other != used:
+            warnings.append(
+                f"timing: {used_at} {used_value} and {location} {value} disagree;"
+                f" {used_at} was used"
+            )
+    return warnings
 
 
 def _priority(group: _Group) -> str:

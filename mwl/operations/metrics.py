@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import (
@@ -252,6 +252,17 @@ class DatabaseCollector(Collector):
         self._lock = threading.Lock()
         self._engine: Engine | None = None
         self._sessions: sessionmaker[Session] | None = None
+        self._failing: Callable[[Session], Mapping[str, int]] | None = None
+
+    def watch_profile_checks(self, failing: Callable[[Session], Mapping[str, int]]) -> None:
+        """Count, per station AE title, the open items its device would not take.
+
+        ``failing`` is :func:`mwl.worklist.device.failing_counts` with the settings in
+        force, lent by the composition root (this package imports no worklist code).
+        Its keys are configured AE titles, so the label stays bounded.
+        """
+        with self._lock:
+            self._failing = failing
 
     def watch(self, engine: Engine, sessions: sessionmaker[Session]) -> None:
         """Read this engine's pool and, through ``sessions``, its outbox."""
@@ -280,6 +291,7 @@ class DatabaseCollector(Collector):
             return
         up.add_metric([], 1)
         yield up
+        yield from self._profile_metrics(sessions)
         pending, failed, oldest = outbox
         yield GaugeMetricFamily(
             "mwl_outbox_pending", "RIS status messages waiting to be delivered", value=pending
@@ -298,6 +310,26 @@ class DatabaseCollector(Collector):
         for kind, count in alerts.items():
             firing.add_metric([kind], count)
         yield firing
+
+    def _profile_metrics(self, sessions: sessionmaker[Session]) -> Iterator[GaugeMetricFamily]:
+        with self._lock:
+            failing = self._failing
+        if failing is None:
+            return
+        try:
+            with sessions() as session:
+                counts = failing(session)
+        except SQLAlchemyError as exc:
+            logger.warning("metrics: profile checks failed (%s)", type(exc).__name__)
+            return
+        gauge = GaugeMetricFamily(
+            "mwl_items_failing_profile",
+            "Open worklist items the station's device would drop or truncate (its AE profile)",
+            labels=["calling_ae"],
+        )
+        for ae, count in sorted(counts.items()):
+            gauge.add_metric([bounded(ae, counts)], count)
+        yield gauge
 
 
 def outbox_depth(session: Session) -> tuple[int, int, float]:
@@ -340,3 +372,8 @@ def watch_database(engine: Engine, sessions: sessionmaker[Session]) -> None:
     if not event.contains(engine, "handle_error", _database_error):
         event.listen(engine, "handle_error", _database_error)
     DATABASE.watch(engine, sessions)
+
+
+def watch_profile_checks(failing: Callable[[Session], Mapping[str, int]]) -> None:
+    """Report ``mwl_items_failing_profile`` at each scrape (see :class:`DatabaseCollector`)."""
+    DATABASE.watch_profile_checks(failing)

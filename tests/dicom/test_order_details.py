@@ -21,7 +21,7 @@ from pynetdicom.status import Status
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from mwl.config import Settings
+from mwl.config import DicomAeProfile, Settings
 from mwl.dicom.scp import WorklistScp
 from mwl.domain import Order, PatientDemographics, RequestedProcedure, ScheduledStep
 from mwl.hl7.client import ack_summary, send_messages
@@ -96,6 +96,14 @@ def module_engine(module_database_url: str) -> Iterator[Engine]:
             apply_order(session, order)
     yield engine
     engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def module_settings(module_settings: Settings) -> Settings:
+    """The package's, with the test SCU matching on Pregnancy Status (matched on request)."""
+    return module_settings.replace(
+        dicom_ae_profiles=(DicomAeProfile("TESTSCU", match_keys=("PregnancyStatus",)),)
+    )
 
 
 def _query(**keys: object) -> Dataset:

@@ -11,7 +11,13 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
 from mwl.dicom import keys as keytable
-from mwl.dicom.query import parse_identifier, query_from_identifier
+from mwl.dicom.query import (
+    NOT_ENUMERATED,
+    ON_REQUEST,
+    IgnoredKey,
+    parse_identifier,
+    query_from_identifier,
+)
 from mwl.domain import KeyMatch, MatchKind, SpsStatus
 from mwl.errors import InvalidQueryError
 from mwl.worklist.matching import MATCHABLE_ATTRIBUTES, START_TIME, STATUS
@@ -226,13 +232,40 @@ def test_iso_2022_query_is_decoded_before_matching():
     assert key == KeyMatch("patient_name", MatchKind.SINGLE, ("Yamada^Tarou=山田^太郎",))
 
 
-def test_a_pregnancy_status_outside_its_enumerated_values_means_any():
-    # dcmjs-dimse always sends Pregnancy Status 0: not a value a step can hold.
+def test_pregnancy_status_is_matched_only_on_request():
+    # dcmjs-dimse always sends Pregnancy Status 0; others send the template's 4.
+    ds = Dataset()
+    ds.PatientID = "P1"
+    ds.PregnancyStatus = 3
+    parsed = parse_identifier(ds)
+    assert [key.attribute for key in parsed.query.keys] == ["patient_id"]
+    assert parsed.ignored == (IgnoredKey("PregnancyStatus", ON_REQUEST, ("3",)),)
+    asked = parse_identifier(ds, match_keys=frozenset({"PregnancyStatus"}))
+    assert "pregnancy_status" in {key.attribute for key in asked.query.keys}
+    assert asked.ignored == ()
+
+
+def test_a_value_outside_the_enumerated_values_is_ignored_and_reported():
     ds = Dataset()
     ds.PatientID = "P1"
     ds.PregnancyStatus = 0
-    parsed = parse_identifier(ds)
+    parsed = parse_identifier(ds, match_keys=frozenset({"PregnancyStatus"}))
     assert [key.attribute for key in parsed.query.keys] == ["patient_id"]
-    assert parsed.unsupported_keys == ()
-    ds.PregnancyStatus = 3
-    assert "pregnancy_status" in {key.attribute for key in parse_identifier(ds).query.keys}
+    (ignored,) = parsed.ignored
+    assert (ignored.keyword, ignored.reason, ignored.values) == (
+        "PregnancyStatus",
+        NOT_ENUMERATED,
+        ("0",),
+    )
+    assert "PregnancyStatus '0' ignored: not one of its enumerated values (1, 2, 3, 4)" in (
+        parsed.warning()
+    )
+    # Patient's Sex: M, F, O; an outside value is dropped from a list, the rest matched.
+    sex = parse_identifier(top_query(PatientSex="X"))
+    assert sex.query.keys == ()
+    assert sex.unsupported_keys == ("PatientSex",)
+    some = parse_identifier(top_query(PatientSex="F\\X"))
+    assert some.query.keys == (KeyMatch("patient_sex", MatchKind.SINGLE, ("F",)),)
+    assert some.unsupported_keys == ("PatientSex",)
+    assert parse_identifier(top_query(PatientSex="F")).ignored == ()
+    assert parse_identifier(top_query(PatientSex="?")).ignored == ()  # wildcard: matched

@@ -144,7 +144,8 @@ def test_modality_kept_as_sent_without_mapping() -> None:
 
 
 def test_v25_utf8_tq1_escapes() -> None:
-    order = parse(sample("orm_o01_nw_v25_tq1.hl7"))
+    zurich = MappingOptions.from_settings(Settings(timezone="Europe/Zurich"))
+    order = parse(sample("orm_o01_nw_v25_tq1.hl7"), zurich)
     assert order.patient.patient_name == "Åström^Zoë^^^PhD"  # XPN.6 degree -> suffix
     assert order.patient.patient_sex == "O"  # A -> O
     (procedure,) = order.procedures
@@ -155,7 +156,11 @@ def test_v25_utf8_tq1_escapes() -> None:
     )
     assert procedure.requested_procedure_priority == "STAT"  # TQ1-9 S
     (step,) = procedure.steps
-    assert step.start == dt.datetime(2026, 11, 22, 8, 15)  # TQ1-7, offset dropped
+    assert step.start == dt.datetime(2026, 11, 22, 8, 15)  # TQ1-7 +0100: 08:15 in Zurich
+    utc = parse(
+        sample("orm_o01_nw_v25_tq1.hl7"), MappingOptions.from_settings(Settings(timezone="UTC"))
+    )
+    assert utc.procedures[0].steps[0].start == dt.datetime(2026, 11, 22, 7, 15)
     assert step.scheduled_protocol_codes[0].meaning == "Thorax pa & lateral"  # \T\
 
 

@@ -212,6 +212,23 @@ def test_editing_and_removing_a_profile(admin: FlaskClient, settings, session_fa
         assert len(events_for_subject(session, "dicom_ae_profiles")) == 3
 
 
+def test_saving_the_form_keeps_profile_keys_it_does_not_show(
+    admin: FlaskClient, settings, session_factory
+) -> None:
+    from mwl.admin.overrides import set_overrides
+
+    hidden = {"match_keys": ["PregnancyStatus"], "max_length": {"PatientName": 32}}
+    with session_factory.begin() as session:
+        set_overrides(
+            session, settings, {"dicom_ae_profiles": [{"ae_title": "CT01", **hidden}]}, "admin"
+        )
+    submit(admin, "/admin/aes", {"profiles-0-ae_title": "CT01", "profiles-0-max_matches": "5"})
+    (profile,) = effective(settings, session_factory).dicom_ae_profiles
+    assert profile.max_matches == 5
+    assert profile.match_keys == ("PregnancyStatus",)
+    assert profile.max_length == (("PatientName", 32),)
+
+
 # (changes, message, field marked): WTForms and row checks, before the core is asked.
 BAD_AE_FIELDS = [
     (

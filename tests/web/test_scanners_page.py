@@ -547,3 +547,43 @@ def test_without_the_dicom_service_the_page_says_so(module_settings, readers):
     assert "The DICOM service is not available" in response.get_data(as_text=True)
     history = client.get("/scanners/history?ae=CT01").get_data(as_text=True)
     assert "The DICOM service is not available" in history
+
+
+def test_test_page_shows_what_the_device_would_truncate(module_settings, readers, accounts):
+    """A profile that declares device limits: each item of the answer gets the verdict."""
+    from mwl.config import DicomAeProfile
+
+    settings = module_settings.replace(
+        dicom_ae_profiles=(DicomAeProfile("CT01", max_length=(("AccessionNumber", 9),)),)
+    )
+    client = logged_in(make_app(settings, readers, csrf=False, dicom=True), "viewer")
+    page = client.get("/scanners/test?ae=CT01&station=CT01").get_data(as_text=True)
+    assert 'id="device-check"' in page
+    assert "would drop or truncate" in page
+    assert "is longer than 9 characters: truncated" in page  # ACC-CT01-A: 10 characters
+    # Without limits the page says nothing of devices.
+    plain = logged_in(make_app(module_settings, readers, csrf=False, dicom=True), "viewer")
+    page = plain.get("/scanners/test?ae=CT01&station=CT01").get_data(as_text=True)
+    assert 'id="device-check"' not in page and "device-findings" not in page
+
+
+def test_item_page_macro_names_what_the_station_would_truncate(module_settings, readers, accounts):
+    """templates/_device_checks.html, for the item page: the note on the station's device."""
+    from flask import render_template_string
+
+    from mwl.config import DicomAeProfile
+    from mwl.worklist.daylist import items_for_day
+
+    settings = module_settings.replace(
+        dicom_ae_profiles=(DicomAeProfile("CT01", max_length=(("AccessionNumber", 9),)),)
+    )
+    app = make_app(settings, readers, csrf=False, dicom=True)
+    with readers() as session:
+        items = [i for i in items_for_day(session, TODAY) if i.scheduled_station_ae_title == "CT01"]
+    assert items
+    template = (
+        '{% from "_device_checks.html" import device_note with context %}{{ device_note(item) }}'
+    )
+    with app.test_request_context("/"):
+        html = render_template_string(template, item=items[0])
+    assert 'id="device-findings"' in html and "characters: truncated" in html
