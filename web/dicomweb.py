@@ -7,8 +7,11 @@ rules, are the DICOM adapter's, lent by the composition root
 (:class:`web.store.DicomWebService`): a REST search runs the C-FIND pipeline of the
 SCP, and an MPPS the path of N-CREATE and N-SET.
 
-Only ``application/dicom+json`` is served (the chapters' Default media type); an
-Accept that excludes it gets 406 (docs/conformance-statement.md says so).
+Answers are ``application/dicom+json`` (the chapters' Default media type), or the
+same Data Sets in XML (:mod:`web.dicomxml`): ``multipart/related;
+type="application/dicom+xml"`` (one part per Data Set) and, for a Retrieve,
+``application/dicom+xml``. Payloads are DICOM JSON only. An Accept that admits none
+of these gets 406 (docs/conformance-statement.md says so).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from flask import Blueprint, Response, request, url_for
 from mwl.admin.users import Role
 from web import params
 from web.api import ApiError, authenticate, error_response, require
+from web.dicomxml import DICOM_XML, MULTIPART_XML, multipart, native_dicom_model
 from web.store import DicomWebService, state
 
 logger = logging.getLogger(__name__)
@@ -56,16 +60,33 @@ def _service() -> DicomWebService:
     return service
 
 
-def _accepts_dicom_json() -> None:
-    """406 unless the Accept header admits ``application/dicom+json`` (absent: it does)."""
-    accept = request.accept_mimetypes
-    if request.headers.get("Accept") and not accept.best_match([DICOM_JSON, "application/json"]):
-        raise ApiError(406, f"Only {DICOM_JSON} is served; send Accept: {DICOM_JSON}.")
+# What each transaction can answer in, the default first.
+_LISTS = (DICOM_JSON, "application/json", MULTIPART_XML)
+_ONE = (DICOM_JSON, "application/json", DICOM_XML, MULTIPART_XML)
 
 
-def _dicom_json(body: Any, status: int = 200) -> Response:
-    response = Response(json.dumps(body, ensure_ascii=False), status=status, mimetype=DICOM_JSON)
+def _negotiated(offered: tuple[str, ...] = _ONE) -> str:
+    """The media type to answer in; 406 when the Accept header admits none offered."""
+    if not request.headers.get("Accept"):
+        return DICOM_JSON
+    chosen = request.accept_mimetypes.best_match(list(offered))
+    if chosen is None:
+        raise ApiError(406, "Send Accept: " + " or ".join(offered) + ".")
+    return chosen
+
+
+def _datasets(datasets: list[dict[str, Any]], media_type: str) -> Response:
+    """The Data Sets in ``media_type``: a JSON array, XML parts, or one XML document."""
+    if media_type == MULTIPART_XML:
+        body, content_type = multipart((native_dicom_model(d) for d in datasets), DICOM_XML)
+        response = Response(body, content_type=content_type)
+    elif media_type == DICOM_XML:
+        (dataset,) = datasets
+        response = Response(native_dicom_model(dataset), mimetype=DICOM_XML)
+    else:
+        response = Response(json.dumps(datasets, ensure_ascii=False), mimetype=DICOM_JSON)
     response.headers["Cache-Control"] = "no-store"  # worklist items are patient data
+    response.headers["Vary"] = "Accept"
     return response
 
 
@@ -116,7 +137,7 @@ def _bounded_parameters() -> list[tuple[str, str]]:
 def search() -> Response:
     """Search Transaction (PS3.18 14.4): the worklist as a C-FIND with these keys gets it."""
     require(Role.VIEWER)
-    _accepts_dicom_json()
+    media_type = _negotiated(_LISTS)
     pairs = _bounded_parameters()
     fuzzy = _fuzzy()
     offset = _number("offset", 0, params.DICOMWEB_MAX_OFFSET) or 0
@@ -134,7 +155,7 @@ def search() -> Response:
         raise ApiError(answer.status, answer.reason)
     items = answer.items[:limit]
     cut = len(answer.items) > limit and (asked is None or asked > limit)
-    response = _dicom_json(list(items)) if items else Response(status=204)
+    response = _datasets(list(items), media_type) if items else Response(status=204)
     for text in answer.warnings:
         _warning(response, text)
     if cut:
@@ -153,7 +174,7 @@ def _payload() -> bytes:
 def create_or_update(uid: str) -> Response:
     """Create (PS3.18 15.4) or, with ``?update``, Update (15.5) a performed step."""
     user = require(Role.EDITOR)
-    _accepts_dicom_json()
+    _negotiated()  # no payload in the answer, but an Accept it cannot meet is still 406
     body = _payload()
     service = _service()
     address = request.remote_addr or ""
@@ -173,11 +194,11 @@ def create_or_update(uid: str) -> Response:
 def retrieve(uid: str) -> Response:
     """Retrieve Transaction (PS3.18 15.6): the step's attributes, ``includefield`` honoured."""
     require(Role.VIEWER)
-    _accepts_dicom_json()
+    media_type = _negotiated()
     includes = request.args.getlist("includefield")
     if sum(len(v) for v in includes) > params.DICOMWEB_MAX_VALUE_LENGTH:
         raise ApiError(400, "includefield is too long.")
     answer = _service().retrieve_mpps(uid, includes)
     if answer.status >= 400:
         raise ApiError(answer.status, answer.reason)
-    return _dicom_json([answer.dataset])
+    return _datasets([answer.dataset or {}], media_type)

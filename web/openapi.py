@@ -367,16 +367,23 @@ _DICOM_DATASET = {
 }
 
 
-def _dicom_json(description: str) -> dict[str, Any]:
+def _dicom_json(description: str, *, single: bool = False) -> dict[str, Any]:
     schema = {"type": "array", "items": _DICOM_DATASET}
-    return {"description": description, "content": {DICOM_JSON: {"schema": schema}}}
+    xml = {"schema": {"type": "string", "description": "Native DICOM Model (PS3.19 A.1)."}}
+    content: dict[str, Any] = {
+        DICOM_JSON: {"schema": schema},
+        'multipart/related; type="application/dicom+xml"': xml,
+    }
+    if single:
+        content["application/dicom+xml"] = xml
+    return {"description": description, "content": content}
 
 
 def _dicomweb_errors(*codes: str) -> dict[str, Any]:
     meanings = {
         "400": "A parameter or the payload was not accepted; the error says why.",
         "404": "No Modality Performed Procedure Step has this UID.",
-        "406": f"The Accept header does not admit {DICOM_JSON}, the only media type served.",
+        "406": "The Accept header admits none of the media types served.",
         "409": "The UID is in use (create), or the step may no longer take this change.",
         "413": "The payload is larger than the bound (1 MiB).",
         "415": f"The payload is not {DICOM_JSON}.",
@@ -467,7 +474,7 @@ def _dicomweb_paths() -> dict[str, Any]:
                 "summary": "MPPS-RS Retrieve (PS3.18 15.6, N-GET)",
                 "parameters": [uid, _includefield()],
                 "responses": {
-                    "200": _dicom_json("The step's attributes (one Data Set)."),
+                    "200": _dicom_json("The step's attributes (one Data Set).", single=True),
                     **_READ_ERRORS,
                     **_dicomweb_errors("400", "404", "406", "503"),
                 },

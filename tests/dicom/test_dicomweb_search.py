@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -203,9 +204,54 @@ def test_bad_parameters_are_400_with_a_reason(rest, params, reason):
     assert reason in response.json["error"]
 
 
-def test_only_dicom_json_is_served(rest):
-    response = get(rest, [], Accept='multipart/related; type="application/dicom+xml"')
-    assert response.status_code == 406
+NS = {"d": "http://dicom.nema.org/PS3.19/models/NativeDICOM"}
+
+
+def _xml_values(attribute: ET.Element) -> list[str]:
+    if attribute.get("vr") == "PN":
+        return [
+            "^".join(c.text or "" for c in group)
+            for name in attribute.findall("d:PersonName", NS)
+            for group in name.findall("d:Alphabetic", NS)
+        ]
+    return [v.text or "" for v in attribute.findall("d:Value", NS)]
+
+
+def _json_values(element: dict) -> list[str]:
+    if element["vr"] == "PN":
+        return [v["Alphabetic"].rstrip("^") for v in element.get("Value", [])]
+    return [str(v) for v in element.get("Value", [])]
+
+
+def test_multipart_xml_holds_the_same_data_sets(rest):
+    params = [("PatientName", "Doe*")]
+    as_json = get(rest, params).json
+    response = get(rest, params, Accept='multipart/related; type="application/dicom+xml"')
+    assert response.status_code == 200
+    content_type = response.headers["Content-Type"]
+    assert content_type.startswith('multipart/related; type="application/dicom+xml"; boundary=')
+    boundary = content_type.rsplit("boundary=", 1)[1]
+    parts = response.data.split(f"--{boundary}".encode())[1:-1]
+    assert len(parts) == len(as_json) == 3
+    for part, dataset in zip(parts, as_json, strict=True):
+        head, _, body = part.partition(b"\r\n\r\n")
+        assert b"Content-Type: application/dicom+xml" in head
+        root = ET.fromstring(body.strip())
+        attributes = {a.get("tag"): a for a in root.findall("d:DicomAttribute", NS)}
+        assert sorted(attributes) == sorted(dataset)
+        for tag, element in dataset.items():
+            assert attributes[tag].get("vr") == element["vr"]
+            if element["vr"] != "SQ":
+                assert _xml_values(attributes[tag]) == _json_values(element), tag
+        sps = attributes["00400100"].find("d:Item", NS)
+        assert sps is not None
+        sps_json = dataset["00400100"]["Value"][0]
+        assert {a.get("tag") for a in sps.findall("d:DicomAttribute", NS)} == set(sps_json)
+
+
+def test_media_types_not_served_are_406(rest):
+    assert get(rest, [], Accept="application/dicom+xml").status_code == 406
+    assert get(rest, [], Accept="text/html").status_code == 406
     assert get(rest, [("PatientID", "P1")], Accept="*/*").status_code == 200
 
 

@@ -13,6 +13,7 @@ import copy
 import json
 import os
 import re
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,7 @@ from .conftest import (
 
 PATH = "/dicomweb/modality-performed-procedure-steps"
 DICOM_JSON = "application/dicom+json"
+DICOM_XML = "application/dicom+xml"
 # What differs between two runs of the same events: MSH-7 and other times, MSH-10.
 _TIMESTAMP = re.compile(rb"\d{14}(\.\d+)?[+-]\d{4}")
 
@@ -94,10 +96,10 @@ class RestSide:
             },
         )
 
-    def get(self, uid: str, query: str = "", token: str = ""):
+    def get(self, uid: str, query: str = "", token: str = "", accept: str = DICOM_JSON):
         return self.client.get(
             f"{PATH}/{uid}{query}",
-            headers={"Authorization": f"Bearer {token or self.viewer}", "Accept": DICOM_JSON},
+            headers={"Authorization": f"Bearer {token or self.viewer}", "Accept": accept},
         )
 
 
@@ -188,6 +190,15 @@ def test_rest_mpps_gives_the_same_statuses_and_ris_messages_as_dimse(
     assert str(dataset.PatientName) == "Müller^Hans"
     only = rest_side.get(uid, "?includefield=00400252,PatientName")
     assert set(only.json[0]) == {"00400252", "00100010"}
+    xml = rest_side.get(uid, "?includefield=PerformedProcedureStepStatus", accept=DICOM_XML)
+    assert xml.status_code == 200 and xml.mimetype == DICOM_XML
+    root = ET.fromstring(xml.data)
+    (status,) = root.findall("{http://dicom.nema.org/PS3.19/models/NativeDICOM}DicomAttribute")
+    assert (status.get("tag"), status.get("keyword")) == (
+        "00400252",
+        "PerformedProcedureStepStatus",
+    )
+    assert [v.text for v in status] == ["COMPLETED"]
 
 
 def test_rest_mpps_refusals_are_the_dimse_ones_as_http(rest_side, ris):
