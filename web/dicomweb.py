@@ -136,7 +136,7 @@ def _bounded_parameters() -> list[tuple[str, str]]:
 @bp.get("/modality-scheduled-procedure-steps")
 def search() -> Response:
     """Search Transaction (PS3.18 14.4): the worklist as a C-FIND with these keys gets it."""
-    require(Role.VIEWER)
+    user = require(Role.VIEWER)
     media_type = _negotiated(_LISTS)
     pairs = _bounded_parameters()
     fuzzy = _fuzzy()
@@ -150,6 +150,14 @@ def search() -> Response:
         limit=limit + 1,
         fuzzy=fuzzy,
         peer_host=request.remote_addr or "",
+    )
+    # Who and how many, never the keys (patient data), as the C-FIND log line.
+    logger.info(
+        "MWL-RS search by %s (%s): %d matches, HTTP %d",
+        user.username,
+        request.remote_addr,
+        min(len(answer.items), limit),
+        answer.status,
     )
     if answer.status >= 400:
         raise ApiError(answer.status, answer.reason)
