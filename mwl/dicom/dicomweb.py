@@ -28,6 +28,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydicom import config
 from pydicom.datadict import dictionary_has_tag, dictionary_keyword, dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
@@ -76,6 +77,8 @@ FUZZY_WARNING = (
 )
 
 _TAG = re.compile(r"^[0-9A-Fa-f]{8}$")
+# Bulk data VRs: no query matches them (PS3.4 C.2.2.2), and DICOMweb sends no bulk data.
+_BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 # What pydicom raises on a JSON value it cannot take for the element's VR.
 _JSON_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError)
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
@@ -129,7 +132,7 @@ def _attribute(part: str) -> BaseTag:
         if number is None:
             raise DicomWebError(400, f"{part!r} is neither a DICOM keyword nor a tag (ggggeeee)")
         tag = Tag(number)
-    if tag.is_private or not dictionary_has_tag(tag):
+    if tag.is_private or not dictionary_has_tag(tag) or tag.group in (0x0000, 0xFFFE):
         raise DicomWebError(400, f"{part!r} is not an attribute of the DICOM dictionary")
     return tag
 
@@ -166,13 +169,20 @@ def _item_of(dataset: Dataset, tag: BaseTag) -> Dataset:
 
 def _element(tag: BaseTag, value: str) -> DataElement:
     """The query element for ``value`` (empty: a return key, PS3.4 C.2.2.1.2)."""
-    vr = dictionary_VR(tag)
+    # An ambiguous VR of the dictionary ("US or SS", "OB or OW"): its first form.
+    choices = dictionary_VR(tag).split(" or ")
+    vr = "OB" if _BINARY_VRS.intersection(choices) else choices[0]
     if vr == "SQ":
         if value:
             raise DicomWebError(400, f"{dictionary_keyword(tag)} is a sequence: it takes no value")
         return DataElement(tag, "SQ", DicomSequence([]))
     if not value:
         return DataElement(tag, vr, None)
+    if vr in _BINARY_VRS:
+        raise DicomWebError(400, f"{dictionary_keyword(tag)} (VR {vr}) cannot be matched on")
+    if "\x00" in value:
+        # No text VR holds a NUL (PS3.5 6.2), and PostgreSQL refuses one in a string.
+        raise DicomWebError(400, f"{dictionary_keyword(tag)} has a NUL character")
     if vr == "UI":
         # PS3.18 8.3.4.1: a list of UIDs may be separated by commas.
         value = value.replace(",", "\\")
@@ -183,8 +193,14 @@ def _element(tag: BaseTag, value: str) -> DataElement:
             raise DicomWebError(
                 400, f"{dictionary_keyword(tag)} takes whole numbers, not {value!r}"
             ) from None
-        return DataElement(tag, vr, numbers if len(numbers) > 1 else numbers[0])
-    return DataElement(tag, vr, value)
+        return _checked_by_the_pipeline(tag, vr, numbers if len(numbers) > 1 else numbers[0])
+    return _checked_by_the_pipeline(tag, vr, value)
+
+
+def _checked_by_the_pipeline(tag: BaseTag, vr: str, value: object) -> DataElement:
+    # The C-FIND translation judges the value (and names the key in its 400); pydicom's
+    # own check would only log it, value and all, which may be patient data.
+    return DataElement(tag, vr, value, validation_mode=config.IGNORE)
 
 
 def _add(identifier: _Identifier, path: tuple[BaseTag, ...], value: str, *, match: bool) -> None:

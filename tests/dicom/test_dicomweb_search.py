@@ -196,6 +196,9 @@ def test_fuzzymatching_true_is_answered_with_a_warning(rest):
         ([("fuzzymatching", "maybe")], "true or false"),
         ([("PatientID", "P1"), ("PatientID", "P2")], "given twice"),
         ([("PregnancyStatus", "four")], "whole numbers"),
+        ([("PixelData", "x")], "cannot be matched on"),
+        ([("FFFEE000", "x")], "not an attribute"),
+        ([("PatientID", "P\x001")], "NUL"),
     ],
 )
 def test_bad_parameters_are_400_with_a_reason(rest, params, reason):
