@@ -8,7 +8,7 @@ DICOM JSON. Everything DICOM happens here:
 - **Search** (PS3.18 14.4, "corresponds to the DIMSE MWL C-FIND"): the query
   parameters become a C-FIND Identifier (:func:`search_identifier`), which goes
   through the SCP's own pipeline (:func:`mwl.dicom.find.translate_query`,
-  :func:`~mwl.dicom.find.find_matches`, :class:`~mwl.dicom.response.ResponseBuilder`),
+  :func:`~mwl.dicom.find.find_matches`, the plan's response builder),
   so a REST search and a C-FIND with that Identifier match the same steps and return
   the same elements.
 - **Create, Update, Retrieve** (PS3.18 15.4-15.6, N-CREATE, N-SET, N-GET): the
@@ -58,13 +58,10 @@ from mwl.dicom.mpps import (
     create_mpps,
     set_mpps,
 )
-from mwl.dicom.response import ResponseBuilder
 from mwl.store.models import PerformedProcedureStep
 
 logger = logging.getLogger(__name__)
 
-#: DICOM JSON is UTF-8 (PS3.18 F.2): the responses say so whatever the DIMSE profile.
-RESPONSE_CHARSET = "ISO_IR 192"
 #: Modality Performed Procedure Step SOP Class (PS3.4 F.7.1).
 MPPS_SOP_CLASS = "1.2.840.10008.3.1.2.3.3"
 #: The query parameters of PS3.18 Table 8.3.4-1 that are not attribute matches.
@@ -410,8 +407,9 @@ class DicomWebService:
             status = 503 if found.status == FAILURE_UNABLE_TO_PROCESS else 400
             return SearchAnswer(status, reason=found.comment)
         page = found[offset:] if limit is None else found[offset : offset + limit]
-        builder = ResponseBuilder(identifier, RESPONSE_CHARSET)
-        items = tuple(builder.build(stored.item).to_json_dict() for stored in page)
+        # The plan's own builder: the responses a modality without a profile gets
+        # (its Specific Character Set, and whatever else the profile shapes).
+        items = tuple(plan.builder.build(stored.item).to_json_dict() for stored in page)
         warnings = []
         if fuzzy:
             warnings.append(FUZZY_WARNING)
