@@ -467,6 +467,7 @@ def web_app(
     The web package never imports the other adapters; this composition root hands it
     their functions (see :mod:`web.store`).
     """
+    from mwl.dicom.dicomweb import DicomWebService
     from mwl.dicom.listing import item_attributes
     from mwl.dicom.preview import WorklistPreviewer
     from mwl.hl7.describe import describe_message
@@ -487,6 +488,7 @@ def web_app(
         item_lister=list_item,
         listener_status=listener_status,
         auditor=auditor,
+        dicomweb_service=DicomWebService(live, readers, writers, auditor),
     )
 
 

@@ -29,6 +29,7 @@ from web import (
     alerts,
     api,
     auth,
+    dicomweb,
     display,
     health,
     i18n,
@@ -45,6 +46,7 @@ from web.proxies import TrustedProxies
 from web.request_ids import RequestIds
 from web.store import (
     ChainReprocessor,
+    DicomWebService,
     Hl7Describer,
     Hl7Reprocessor,
     ItemLister,
@@ -72,6 +74,7 @@ def create_app(
     item_lister: ItemLister | None = None,
     listener_status: health.ListenerStatus | None = None,
     auditor: Auditor | None = None,
+    dicomweb_service: DicomWebService | None = None,
 ) -> Flask:
     """Build the admin web application.
 
@@ -97,6 +100,9 @@ def create_app(
         stored values only.
     listener_status
         Whether each listener (HL7, DICOM) is bound, for ``/health`` (:mod:`web.health`).
+    dicomweb_service
+        MWL-RS and MPPS-RS on the DICOM adapter's pipelines, for ``/dicomweb``
+        (:mod:`web.dicomweb`); without it those resources answer 503.
 
     Returns
     -------
@@ -149,12 +155,14 @@ def create_app(
         item_lister=item_lister,
         listener_status=listener_status,
         auditor=auditor,
+        dicomweb=dicomweb_service,
     )
 
     csrf = CSRFProtect(app)
     # The API authenticates by bearer token only, never by the session cookie, so a
     # cross-site form cannot act through it.
     csrf.exempt(api.bp)
+    csrf.exempt(dicomweb.bp)
     auth.init_login(app)
     account.init_password_change(app)
     i18n.init_i18n(app)
@@ -169,6 +177,7 @@ def create_app(
     app.register_blueprint(scanners.bp)
     app.register_blueprint(items.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(dicomweb.bp)
     app.register_blueprint(admin.bp)
     app.register_blueprint(alerts.bp)
     app.register_blueprint(token_page.bp)

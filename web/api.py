@@ -88,9 +88,16 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
+#: MWL-RS and MPPS-RS (web.dicomweb): the same tokens, and errors as JSON too.
+DICOMWEB_PREFIX = "/dicomweb"
+
+
 def is_api_request() -> bool:
-    """Whether the current request is for the API (its errors are JSON, never HTML)."""
-    return request.path == PREFIX or request.path.startswith(PREFIX + "/")
+    """Whether the current request is for the API or DICOMweb (errors are JSON, never HTML)."""
+    path = request.path
+    return any(
+        path == prefix or path.startswith(prefix + "/") for prefix in (PREFIX, DICOMWEB_PREFIX)
+    )
 
 
 def error_response(
@@ -135,6 +142,11 @@ def _api_error(error: ApiError) -> Response:
 def _authenticate() -> None:
     if request.endpoint == "api.openapi_document":
         return
+    authenticate()
+
+
+def authenticate() -> None:
+    """Who the request's bearer token acts as, in ``g.api_user``; 401 without a valid one."""
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
@@ -171,6 +183,11 @@ def _authenticate() -> None:
 
 
 def _require(role: Role) -> ApiUser:
+    return require(role)
+
+
+def require(role: Role) -> ApiUser:
+    """The token's user, or 403 when the user lacks ``role`` (after :func:`authenticate`)."""
     user: ApiUser = g.api_user
     order = list(Role)  # each role includes the ones before it
     if user.role is None or order.index(user.role) < order.index(role):

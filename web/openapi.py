@@ -356,6 +356,176 @@ def _status_operation(action: str, summary: str) -> dict[str, Any]:
     }
 
 
+# DICOMweb (PS3.18 chapters 14 and 15, web.dicomweb): DICOM JSON in and out.
+DICOM_JSON = "application/dicom+json"
+# A UID (PS3.5 9.1): digits and dots, at most 64 characters.
+UID = r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$"
+_DICOM_DATASET = {
+    "type": "object",
+    "description": "A Data Set in the DICOM JSON Model (PS3.18 F.2): tag (ggggeeee) -> element.",
+    "additionalProperties": {"type": "object"},
+}
+
+
+def _dicom_json(description: str, *, single: bool = False) -> dict[str, Any]:
+    schema = {"type": "array", "items": _DICOM_DATASET}
+    xml = {"schema": {"type": "string", "description": "Native DICOM Model (PS3.19 A.1)."}}
+    content: dict[str, Any] = {
+        DICOM_JSON: {"schema": schema},
+        'multipart/related; type="application/dicom+xml"': xml,
+    }
+    if single:
+        content["application/dicom+xml"] = xml
+    return {"description": description, "content": content}
+
+
+def _dicomweb_errors(*codes: str) -> dict[str, Any]:
+    meanings = {
+        "400": "A parameter or the payload was not accepted; the error says why.",
+        "404": "No Modality Performed Procedure Step has this UID.",
+        "406": "The Accept header admits none of the media types served.",
+        "409": "The UID is in use (create), or the step may no longer take this change.",
+        "413": "The payload is larger than the bound (1 MiB).",
+        "415": f"The payload is not {DICOM_JSON}.",
+        "503": "The database is unavailable.",
+    }
+    return {code: _error(meanings[code]) for code in codes}
+
+
+def _includefield() -> dict[str, Any]:
+    return {
+        "name": "includefield",
+        "in": "query",
+        "required": False,
+        "description": "Attributes to return (keywords or tags, comma-separated), or all.",
+        "style": "form",
+        "explode": True,
+        "schema": {"type": "array", "items": {"type": "string", "maxLength": 256}},
+    }
+
+
+def _dicomweb_paths() -> dict[str, Any]:
+    """The MWL-RS and MPPS-RS resources (PS3.18 14.4, 15.4-15.6)."""
+    from web import params  # web.params reads this module's KEY_MAX
+
+    uid = {
+        "name": "uid",
+        "in": "path",
+        "required": True,
+        "description": "The MPPS UID (the SOP Instance UID of DIMSE MPPS).",
+        "schema": {"type": "string", "pattern": UID, "maxLength": 64},
+    }
+    matching = {
+        "name": "match",
+        "in": "query",
+        "required": False,
+        "description": (
+            "Matching keys, {attributeID}={value}: a keyword or tag, sequence paths"
+            " joined by '.' (00400100.00080060=CT); the matching of the DIMSE worklist."
+        ),
+        "style": "form",
+        "explode": True,
+        "schema": {"type": "object", "additionalProperties": {"type": "string"}},
+    }
+    return {
+        "/dicomweb/modality-scheduled-procedure-steps": {
+            "get": {
+                "operationId": "searchScheduledProcedureSteps",
+                "summary": "MWL-RS Search (PS3.18 14.4): the worklist as C-FIND matches it",
+                "parameters": [
+                    matching,
+                    _includefield(),
+                    _query(
+                        "fuzzymatching",
+                        Spec("Not supported: a Warning says so.", enum=("true", "false")),
+                    ),
+                    _query(
+                        "offset",
+                        Spec(
+                            "Matches to skip.",
+                            "integer",
+                            minimum=0,
+                            maximum=params.DICOMWEB_MAX_OFFSET,
+                        ),
+                    ),
+                    _query(
+                        "limit",
+                        Spec(
+                            "Most matches returned (beyond the bound: the bound, and a Warning).",
+                            "integer",
+                            minimum=1,
+                        ),
+                    ),
+                ],
+                "responses": {
+                    "200": {
+                        **_dicom_json("The matches, one Data Set per scheduled procedure step."),
+                        "headers": {"Warning": {"schema": {"type": "string"}}},
+                    },
+                    "204": {"description": "No step matches."},
+                    **_READ_ERRORS,
+                    **_dicomweb_errors("400", "406", "503"),
+                },
+            }
+        },
+        "/dicomweb/modality-performed-procedure-steps/{uid}": {
+            "get": {
+                "operationId": "retrievePerformedProcedureStep",
+                "summary": "MPPS-RS Retrieve (PS3.18 15.6, N-GET)",
+                "parameters": [uid, _includefield()],
+                "responses": {
+                    "200": _dicom_json("The step's attributes (one Data Set).", single=True),
+                    **_READ_ERRORS,
+                    **_dicomweb_errors("400", "404", "406", "503"),
+                },
+            },
+            "post": {
+                "operationId": "createOrUpdatePerformedProcedureStep",
+                "summary": "MPPS-RS Create (15.4, N-CREATE) or, with ?update, Update (15.5, N-SET)",
+                "parameters": [
+                    uid,
+                    {
+                        "name": "update",
+                        "in": "query",
+                        "required": False,
+                        "allowEmptyValue": True,
+                        "description": "Present: an Update of an existing step.",
+                        "schema": {"type": "string", "maxLength": 0},
+                    },
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        DICOM_JSON: {
+                            "schema": {
+                                "oneOf": [
+                                    _DICOM_DATASET,
+                                    {
+                                        "type": "array",
+                                        "items": _DICOM_DATASET,
+                                        "minItems": 1,
+                                        "maxItems": 1,
+                                    },
+                                ]
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": {"description": "Updated."},
+                    "201": {
+                        "description": "Created.",
+                        "headers": {"Location": {"schema": {"type": "string"}}},
+                    },
+                    "401": _UNAUTHORIZED,
+                    "403": _error("The token's user is not an editor."),
+                    **_dicomweb_errors("400", "404", "406", "409", "413", "415", "503"),
+                },
+            },
+        },
+    }
+
+
 def document() -> dict[str, Any]:
     """The OpenAPI 3.0 document of ``/api/v1``, served at ``/api/v1/openapi.json``."""
     item_list = _object(
@@ -498,6 +668,7 @@ def document() -> dict[str, Any]:
                     },
                 }
             },
+            **_dicomweb_paths(),
             "/api/v1/aes": {
                 "get": {
                     "operationId": "listAes",

@@ -74,3 +74,16 @@ def day_range_error() -> str:
         first=FIRST_DAY.isoformat(),
         last=LAST_DAY.isoformat(),
     )
+
+
+# DICOMweb (web.dicomweb): what one Search may ask. A modality's worklist is some
+# hundred steps; a page larger than this is refused work, not a service.
+#: Query parameters per request (keys, includefield, paging), and the length of each.
+DICOMWEB_MAX_PARAMETERS = 64
+DICOMWEB_MAX_VALUE_LENGTH = 1024
+#: Matches per page: a larger ``limit``, or none, gets this many and a Warning.
+DICOMWEB_MAX_LIMIT = 1000
+#: The largest ``offset`` (beyond every match limit the settings allow).
+DICOMWEB_MAX_OFFSET = 1_000_000
+#: MPPS attribute lists: Performed Series Sequences with their image references.
+DICOMWEB_MAX_PAYLOAD_BYTES = 1024 * 1024

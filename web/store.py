@@ -28,6 +28,8 @@ from mwl.orders.history import AttributeRow
 #   the answer: QueryPreviewer below (mwl.dicom.preview.WorklistPreviewer).
 Hl7Reprocessor = Callable[[int, str], ReprocessOutcome]
 Hl7Describer = Callable[[bytes], MessageView]
+# - answer DICOMweb worklist searches and MPPS: DicomWebService below
+#   (mwl.dicom.dicomweb.DicomWebService);
 # - list what a modality receives for a worklist item: item -> rows (tag, keyword,
 #   name, VR, value; mwl.dicom.listing.item_attributes with the settings bound).
 ItemLister = Callable[[WorklistItem], Sequence[AttributeRow]]
@@ -74,6 +76,84 @@ class QueryPreviewer(Protocol):
         ...
 
 
+class MppsRsAnswer(Protocol):
+    """What an MPPS-RS transaction answers (``mwl.dicom.dicomweb.MppsAnswer``)."""
+
+    @property
+    def status(self) -> int:
+        """The HTTP status: 200, 201, or a failure (400, 404, 409, 503)."""
+        ...
+
+    @property
+    def reason(self) -> str:
+        """Why it failed, in words (empty on success)."""
+        ...
+
+    @property
+    def dataset(self) -> dict[str, Any] | None:
+        """The retrieved step as a DICOM JSON object (Retrieve only)."""
+        ...
+
+
+class MwlRsAnswer(Protocol):
+    """What a Search answers (``mwl.dicom.dicomweb.SearchAnswer``)."""
+
+    @property
+    def status(self) -> int:
+        """200 with matches, 204 without, or a failure (400, 503)."""
+        ...
+
+    @property
+    def reason(self) -> str:
+        """Why it failed, in words (empty on success)."""
+        ...
+
+    @property
+    def items(self) -> tuple[dict[str, Any], ...]:
+        """The matches as DICOM JSON objects, in the SCP's order."""
+        ...
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """Texts for ``Warning: 299`` headers (PS3.18 8.3.4.1)."""
+        ...
+
+
+class DicomWebService(Protocol):
+    """MWL-RS and MPPS-RS (PS3.18 chapters 14, 15) on the SCP's own pipelines.
+
+    Lent by the composition root (:class:`mwl.dicom.dicomweb.DicomWebService`): the
+    search is the C-FIND pipeline, the MPPS transactions the N-CREATE and N-SET
+    path, so a REST client and a modality get the same matches, statuses and RIS
+    messages. Parameters and payloads travel as text and bytes, answers as DICOM
+    JSON objects (``items`` of a search, ``dataset`` of a retrieve).
+    """
+
+    def search(
+        self,
+        params: Sequence[tuple[str, str]],
+        *,
+        offset: int = 0,
+        limit: int | None = None,
+        fuzzy: bool = False,
+        peer_host: str = "",
+    ) -> MwlRsAnswer:
+        """Search Transaction (14.4): ``SearchAnswer`` (status, items, reason, warnings)."""
+        ...
+
+    def create_mpps(self, uid: str, body: bytes, user: str, address: str) -> MppsRsAnswer:
+        """Create Transaction (15.4): ``MppsAnswer`` (status, reason)."""
+        ...
+
+    def update_mpps(self, uid: str, body: bytes, user: str, address: str) -> MppsRsAnswer:
+        """Update Transaction (15.5): ``MppsAnswer``."""
+        ...
+
+    def retrieve_mpps(self, uid: str, includefields: Sequence[str] = ()) -> MppsRsAnswer:
+        """Retrieve Transaction (15.6): ``MppsAnswer`` with ``dataset``."""
+        ...
+
+
 @dataclass(frozen=True)
 class WebState:
     """What ``create_app`` hands to the views, kept in ``app.extensions["mwl"]``."""
@@ -92,6 +172,8 @@ class WebState:
     hl7_describer: Hl7Describer | None = None
     query_previewer: QueryPreviewer | None = None
     item_lister: ItemLister | None = None
+    # MWL-RS and MPPS-RS under /dicomweb (web.dicomweb); None: those answer 503.
+    dicomweb: DicomWebService | None = None
     # For /health: each listener's name -> whether it is bound (web.health).
     listener_status: Callable[[], Mapping[str, bool]] | None = None
     # ATNA audit (mwl.audit): logins and logouts; None records nothing.

@@ -12,6 +12,7 @@ import datetime as dt
 import logging
 import struct
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import cast
 
 from pydicom.datadict import tag_for_keyword
@@ -37,6 +38,7 @@ from mwl.worklist.mpps import (
     InvalidMppsError,
     MppsFinalError,
     MppsIncompleteError,
+    MppsOutcome,
     UnknownMppsError,
     create_performed_step,
     step_status_table,
@@ -106,10 +108,19 @@ N_SET_NOT_ALLOWED = frozenset(
 class MppsAttributeError(Exception):
     """The attribute list breaks PS3.4 F.7.2; carries the DIMSE status to answer with."""
 
-    def __init__(self, status: int, comment: str, keywords: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        status: int,
+        comment: str,
+        keywords: Iterable[str] = (),
+        *,
+        not_allowed: bool = False,
+    ) -> None:
         self.status = status
         self.comment = comment
         self.keywords = tuple(keywords)
+        # An attribute only N-CREATE may set (PS3.4 Table F.7.2-1 "Not allowed" in N-SET).
+        self.not_allowed = not_allowed
         super().__init__(comment)
 
 
@@ -236,7 +247,10 @@ def performed_step_from_set(ds: Dataset, sop_instance_uid: str) -> PerformedStep
     not_allowed = sorted(e.keyword for e in ds if e.keyword in N_SET_NOT_ALLOWED)
     if not_allowed:
         raise MppsAttributeError(
-            INVALID_ATTRIBUTE_VALUE, f"N-SET may not change {', '.join(not_allowed)}", not_allowed
+            INVALID_ATTRIBUTE_VALUE,
+            f"N-SET may not change {', '.join(not_allowed)}",
+            not_allowed,
+            not_allowed=True,
         )
     status = _status(ds) if "PerformedProcedureStepStatus" in ds else None
     return PerformedStep(
@@ -264,10 +278,43 @@ def _destination(settings: Settings) -> str | None:
     return f"{settings.ris_host}:{settings.ris_port}" if settings.ris_host else None
 
 
+@dataclass(frozen=True)
+class MppsCaller:
+    """Who reports the step: a calling AE title (DIMSE) or a web user (MPPS-RS), and from where."""
+
+    name: str
+    address: str
+    #: The N-CREATE/N-SET log lines say "MPPS N-CREATE"; the REST ones "MPPS-RS create".
+    via: str = "MPPS"
+
+
+@dataclass(frozen=True)
+class MppsRefusal:
+    """Why an MPPS create or update was refused: the DIMSE status and what to fix.
+
+    ``keywords`` name the attributes at fault, ``error_id`` is the Error ID sent with
+    0x0110; ``not_allowed`` marks an update of an attribute only a create may set
+    (PS3.4 Table F.7.2-1), which MPPS-RS answers with 409 (PS3.18 15.5.3.1).
+    """
+
+    status: int
+    comment: str
+    keywords: tuple[str, ...] = ()
+    error_id: int = 0
+    not_allowed: bool = False
+
+    def dataset(self, operation: str) -> Dataset:
+        """The failure status Dataset of a DIMSE response."""
+        # N-CREATE responses have no Attribute Identifier List (PS3.7 Table 10.3-2): the
+        # Error Comment names the attribute instead.
+        keywords = [k for k in self.keywords if k] if operation == "N-SET" else []
+        return _failure(self.status, self.comment, keywords, self.error_id)
+
+
 def _audit_mpps(
     session: Session,
     auditor: Auditor | None,
-    request: DimseRequest,
+    caller: MppsCaller,
     attributes: Dataset,
     sop_instance_uid: str,
     action: str,
@@ -291,17 +338,153 @@ def _audit_mpps(
     objects.append(
         audit_messages.study_object(study_uid or sop_instance_uid, [accession], [sop_instance_uid])
     )
-    requestor = request.requestor
     auditor.record(
         session,
         audit_messages.record(
             audit_messages.PROCEDURE_RECORD,
             action,
             auditor.source,
-            audit_messages.Participant(requestor.ae_title, True, address=requestor.address),
+            audit_messages.Participant(caller.name, True, address=caller.address),
             objects,
         ),
     )
+
+
+def create_mpps(
+    attributes: Dataset,
+    sop_instance_uid: str,
+    caller: MppsCaller,
+    session_factory: sessionmaker[Session],
+    settings: Settings,
+    auditor: Auditor | None = None,
+) -> MppsOutcome | MppsRefusal:
+    """Create a performed step: the one path of N-CREATE and of MPPS-RS Create.
+
+    Checks the attribute list (PS3.4 F.7.2.1.2), stores the step, moves the linked
+    scheduled steps on and queues the RIS events in one unit of work, audits it,
+    logs and counts the outcome.
+    """
+    operation = "N-CREATE"
+    try:
+        # pydicom decodes the attribute list's elements on first access.
+        step = performed_step_from_create(attributes, sop_instance_uid)
+    except MppsAttributeError as exc:
+        return _refuse(operation, caller, exc.status, exc.comment, exc.keywords)
+    except _DECODE_ERRORS as exc:
+        return _refuse(
+            operation,
+            caller,
+            PROCESSING_FAILURE,
+            f"the attribute list cannot be decoded: {type(exc).__name__}",
+        )
+    try:
+        with session_factory.begin() as session:
+            outcome = create_performed_step(
+                session,
+                step,
+                step_status=step_status_table(settings.mpps_step_status),
+                outbox_destination=_destination(settings),
+            )
+            _audit_mpps(session, auditor, caller, attributes, sop_instance_uid, "C")
+    except DuplicateMppsError as exc:
+        return _refuse(operation, caller, DUPLICATE_SOP_INSTANCE, exc.reason)
+    except InvalidMppsError as exc:
+        return _refuse(operation, caller, INVALID_ATTRIBUTE_VALUE, exc.reason, [exc.keyword])
+    except SQLAlchemyError as exc:
+        logger.error(
+            "%s %s from %s: database failure: %s",
+            caller.via,
+            operation,
+            caller.name,
+            type(exc).__name__,
+        )
+        return _refuse(operation, caller, PROCESSING_FAILURE, "the database is unavailable")
+    logger.info(
+        "%s %s from %s: %s, %d scheduled step(s) linked, %d RIS event(s) queued",
+        caller.via,
+        operation,
+        caller.name,
+        outcome.status.value,
+        outcome.linked_steps,
+        outcome.events_queued,
+    )
+    metrics.mpps_answered(operation, outcome.status.value)
+    if settings.log_phi:
+        logger.debug("%s %s %s from %s", caller.via, operation, sop_instance_uid, caller.name)
+    return outcome
+
+
+def set_mpps(
+    modifications: Dataset,
+    sop_instance_uid: str,
+    caller: MppsCaller,
+    session_factory: sessionmaker[Session],
+    settings: Settings,
+    auditor: Auditor | None = None,
+) -> MppsOutcome | MppsRefusal:
+    """Update a performed step: the one path of N-SET and of MPPS-RS Update."""
+    operation = "N-SET"
+    try:
+        change = performed_step_from_set(modifications, sop_instance_uid)
+    except MppsAttributeError as exc:
+        return _refuse(
+            operation, caller, exc.status, exc.comment, exc.keywords, not_allowed=exc.not_allowed
+        )
+    except _DECODE_ERRORS as exc:
+        return _refuse(
+            operation,
+            caller,
+            PROCESSING_FAILURE,
+            f"the modification list cannot be decoded: {type(exc).__name__}",
+        )
+    try:
+        with session_factory.begin() as session:
+            outcome = update_performed_step(
+                session,
+                change,
+                step_status=step_status_table(settings.mpps_step_status),
+                outbox_destination=_destination(settings),
+            )
+            _audit_mpps(session, auditor, caller, modifications, sop_instance_uid, "U")
+    except UnknownMppsError as exc:
+        return _refuse(operation, caller, NO_SUCH_SOP_INSTANCE, exc.reason)
+    except MppsFinalError as exc:
+        return _refuse(
+            operation,
+            caller,
+            PROCESSING_FAILURE,
+            exc.reason,
+            error_id=ERROR_ID_MAY_NO_LONGER_BE_UPDATED,
+        )
+    except MppsIncompleteError as exc:
+        return _refuse(operation, caller, MISSING_ATTRIBUTE_VALUE, exc.reason, [exc.keyword])
+    except InvalidMppsError as exc:
+        return _refuse(operation, caller, INVALID_ATTRIBUTE_VALUE, exc.reason, [exc.keyword])
+    except SQLAlchemyError as exc:
+        logger.error(
+            "%s %s from %s: database failure: %s",
+            caller.via,
+            operation,
+            caller.name,
+            type(exc).__name__,
+        )
+        return _refuse(operation, caller, PROCESSING_FAILURE, "the database is unavailable")
+    logger.info(
+        "%s %s from %s: %s, %d scheduled step(s) changed, %d RIS event(s) queued",
+        caller.via,
+        operation,
+        caller.name,
+        outcome.status.value,
+        outcome.steps_changed,
+        outcome.events_queued,
+    )
+    metrics.mpps_answered(operation, outcome.status.value)
+    return outcome
+
+
+def _caller(request: DimseRequest) -> MppsCaller:
+    requestor = request.requestor
+    return MppsCaller(requestor.ae_title, requestor.address)
 
 
 def handle_n_create(
@@ -329,53 +512,29 @@ def handle_n_create(
     tuple
         ``(Success, attribute list)``, or a failure status Dataset and ``None``.
     """
-    calling = request.requestor.ae_title
+    caller = _caller(request)
     uid = cast(N_CREATE, request.message).AffectedSOPInstanceUID
     # PS3.7 10.1.5.1.3: when the SCU gives no SOP Instance UID, the SCP assigns one
     # and returns it (the association layer moves it into the response).
     assigned = uid is None
     sop_instance_uid = str(uid) if uid is not None else generate_uid()
     try:
-        # pydicom decodes the attribute list's elements on first access.
         attributes = request.dataset()
-        step = performed_step_from_create(attributes, sop_instance_uid)
-    except MppsAttributeError as exc:
-        return _refuse("N-CREATE", calling, exc.status, exc.comment, exc.keywords)
     except DatasetTooLargeError as exc:
-        return _refuse("N-CREATE", calling, PROCESSING_FAILURE, str(exc))
+        return _dimse_refusal("N-CREATE", _refuse("N-CREATE", caller, PROCESSING_FAILURE, str(exc)))
     except _DECODE_ERRORS as exc:
-        return _refuse(
+        return _dimse_refusal(
             "N-CREATE",
-            calling,
-            PROCESSING_FAILURE,
-            f"the attribute list cannot be decoded: {type(exc).__name__}",
+            _refuse(
+                "N-CREATE",
+                caller,
+                PROCESSING_FAILURE,
+                f"the attribute list cannot be decoded: {type(exc).__name__}",
+            ),
         )
-    try:
-        with session_factory.begin() as session:
-            outcome = create_performed_step(
-                session,
-                step,
-                step_status=step_status_table(settings.mpps_step_status),
-                outbox_destination=_destination(settings),
-            )
-            _audit_mpps(session, auditor, request, attributes, sop_instance_uid, "C")
-    except DuplicateMppsError as exc:
-        return _refuse("N-CREATE", calling, DUPLICATE_SOP_INSTANCE, exc.reason)
-    except InvalidMppsError as exc:
-        return _refuse("N-CREATE", calling, INVALID_ATTRIBUTE_VALUE, exc.reason, [exc.keyword])
-    except SQLAlchemyError as exc:
-        logger.error("MPPS N-CREATE from %s: database failure: %s", calling, type(exc).__name__)
-        return _refuse("N-CREATE", calling, PROCESSING_FAILURE, "the database is unavailable")
-    logger.info(
-        "MPPS N-CREATE from %s: %s, %d scheduled step(s) linked, %d RIS event(s) queued",
-        calling,
-        outcome.status.value,
-        outcome.linked_steps,
-        outcome.events_queued,
-    )
-    metrics.mpps_answered("N-CREATE", outcome.status.value)
-    if settings.log_phi:
-        logger.debug("MPPS N-CREATE %s from %s", sop_instance_uid, calling)
+    result = create_mpps(attributes, sop_instance_uid, caller, session_factory, settings, auditor)
+    if isinstance(result, MppsRefusal):
+        return _dimse_refusal("N-CREATE", result)
     reply = Dataset()
     reply.update(attributes)
     if assigned:
@@ -403,73 +562,47 @@ def handle_n_set(
     tuple
         ``(Success, modification list)``, or a failure status Dataset and ``None``.
     """
-    calling = request.requestor.ae_title
+    caller = _caller(request)
     sop_instance_uid = str(cast(N_SET, request.message).RequestedSOPInstanceUID or "")
     try:
         modifications = request.dataset()
-        change = performed_step_from_set(modifications, sop_instance_uid)
-    except MppsAttributeError as exc:
-        return _refuse("N-SET", calling, exc.status, exc.comment, exc.keywords)
     except DatasetTooLargeError as exc:
-        return _refuse("N-SET", calling, PROCESSING_FAILURE, str(exc))
+        return _dimse_refusal("N-SET", _refuse("N-SET", caller, PROCESSING_FAILURE, str(exc)))
     except _DECODE_ERRORS as exc:
-        return _refuse(
+        return _dimse_refusal(
             "N-SET",
-            calling,
-            PROCESSING_FAILURE,
-            f"the modification list cannot be decoded: {type(exc).__name__}",
+            _refuse(
+                "N-SET",
+                caller,
+                PROCESSING_FAILURE,
+                f"the modification list cannot be decoded: {type(exc).__name__}",
+            ),
         )
-    try:
-        with session_factory.begin() as session:
-            outcome = update_performed_step(
-                session,
-                change,
-                step_status=step_status_table(settings.mpps_step_status),
-                outbox_destination=_destination(settings),
-            )
-            _audit_mpps(session, auditor, request, modifications, sop_instance_uid, "U")
-    except UnknownMppsError as exc:
-        return _refuse("N-SET", calling, NO_SUCH_SOP_INSTANCE, exc.reason)
-    except MppsFinalError as exc:
-        return _refuse(
-            "N-SET",
-            calling,
-            PROCESSING_FAILURE,
-            exc.reason,
-            error_id=ERROR_ID_MAY_NO_LONGER_BE_UPDATED,
-        )
-    except MppsIncompleteError as exc:
-        return _refuse("N-SET", calling, MISSING_ATTRIBUTE_VALUE, exc.reason, [exc.keyword])
-    except InvalidMppsError as exc:
-        return _refuse("N-SET", calling, INVALID_ATTRIBUTE_VALUE, exc.reason, [exc.keyword])
-    except SQLAlchemyError as exc:
-        logger.error("MPPS N-SET from %s: database failure: %s", calling, type(exc).__name__)
-        return _refuse("N-SET", calling, PROCESSING_FAILURE, "the database is unavailable")
-    logger.info(
-        "MPPS N-SET from %s: %s, %d scheduled step(s) changed, %d RIS event(s) queued",
-        calling,
-        outcome.status.value,
-        outcome.steps_changed,
-        outcome.events_queued,
-    )
-    metrics.mpps_answered("N-SET", outcome.status.value)
+    result = set_mpps(modifications, sop_instance_uid, caller, session_factory, settings, auditor)
+    if isinstance(result, MppsRefusal):
+        return _dimse_refusal("N-SET", result)
     return int(Status.SUCCESS), modifications
+
+
+def _dimse_refusal(operation: str, refusal: MppsRefusal) -> tuple[Dataset, None]:
+    return refusal.dataset(operation), None
 
 
 def _refuse(
     operation: str,
-    calling: str,
+    caller: MppsCaller,
     status: int,
     comment: str,
     keywords: Iterable[str] = (),
     error_id: int = 0,
-) -> tuple[Dataset, None]:
-    # N-CREATE responses have no Attribute Identifier List (PS3.7 Table 10.3-2): the
-    # Error Comment names the attribute instead.
-    keywords = [k for k in keywords if k] if operation == "N-SET" else []
-    logger.warning("MPPS %s from %s refused: 0x%04X %s", operation, calling, status, comment)
+    *,
+    not_allowed: bool = False,
+) -> MppsRefusal:
+    logger.warning(
+        "%s %s from %s refused: 0x%04X %s", caller.via, operation, caller.name, status, comment
+    )
     metrics.mpps_answered(operation, "refused")
-    return _failure(status, comment, keywords, error_id), None
+    return MppsRefusal(status, comment, tuple(keywords), error_id, not_allowed)
 
 
 __all__ = [
@@ -482,8 +615,12 @@ __all__ = [
     "NO_SUCH_SOP_INSTANCE",
     "PROCESSING_FAILURE",
     "MppsAttributeError",
+    "MppsCaller",
+    "MppsRefusal",
+    "create_mpps",
     "handle_n_create",
     "handle_n_set",
     "performed_step_from_create",
     "performed_step_from_set",
+    "set_mpps",
 ]

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mwl.admin.users import add_user
 from mwl.config import Settings
+from mwl.dicom.dicomweb import DicomWebService
 from mwl.domain import Code
 from mwl.orders.apply import apply_order
 from mwl.store.engine import make_session_factory
@@ -34,16 +35,32 @@ def reader_factory(engine: Engine) -> sessionmaker[Session]:
     return make_session_factory(engine)
 
 
+def _dicomweb(settings: Settings, readers: sessionmaker[Session]) -> DicomWebService:
+    # As mwl.cli.web_app lends it: the DICOM adapter's pipelines on the same database.
+    writers = make_session_factory(readers.kw["bind"], writer=True)
+    return DicomWebService(settings, readers, writers)
+
+
 @pytest.fixture
 def app(settings: Settings, reader_factory: sessionmaker[Session]) -> Flask:
     """The app with CSRF off, for tests about other things (one test turns it on)."""
-    return create_app(settings, reader_factory, config={"TESTING": True, "WTF_CSRF_ENABLED": False})
+    return create_app(
+        settings,
+        reader_factory,
+        config={"TESTING": True, "WTF_CSRF_ENABLED": False},
+        dicomweb_service=_dicomweb(settings, reader_factory),
+    )
 
 
 @pytest.fixture
 def csrf_app(settings: Settings, reader_factory: sessionmaker[Session]) -> Flask:
     """The app as in production: CSRF protection on."""
-    return create_app(settings, reader_factory, config={"TESTING": True})
+    return create_app(
+        settings,
+        reader_factory,
+        config={"TESTING": True},
+        dicomweb_service=_dicomweb(settings, reader_factory),
+    )
 
 
 @pytest.fixture

@@ -584,5 +584,12 @@ def test_openapi_document_is_served_without_a_token(api):
     assert document["openapi"].startswith("3.")
     assert document["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
     paths = {(method.upper(), path) for path, ops in document["paths"].items() for method in ops}
-    assert paths == {(method, path.replace("{message}", "{key}")) for method, path, _, _ in ROUTES}
+    api = {(method, path) for method, path in paths if path.startswith("/api/v1/")}
+    assert api == {(method, path.replace("{message}", "{key}")) for method, path, _, _ in ROUTES}
+    # And the DICOMweb resources (web/dicomweb.py), with the same bearer tokens.
+    assert paths - api == {
+        ("GET", "/dicomweb/modality-scheduled-procedure-steps"),
+        ("GET", "/dicomweb/modality-performed-procedure-steps/{uid}"),
+        ("POST", "/dicomweb/modality-performed-procedure-steps/{uid}"),
+    }
     json.dumps(document)  # plain data only

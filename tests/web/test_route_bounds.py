@@ -28,6 +28,7 @@ from werkzeug.routing import IntegerConverter, Rule
 from mwl.admin.tokens import create_token
 from mwl.admin.users import add_user
 from mwl.config import Settings
+from mwl.dicom.dicomweb import DicomWebService
 from mwl.dicom.listing import item_attributes
 from mwl.dicom.preview import WorklistPreviewer
 from mwl.hl7.describe import describe_message
@@ -83,6 +84,7 @@ QUERY_PARAMETERS: dict[str, tuple[str, ...]] = {
     "alerts": (),
     "static": (),
     "api": (),  # from the OpenAPI document
+    "dicomweb": ("offset", "limit", "fuzzymatching", "includefield", "update", "PatientID"),
 }
 # The form fields of the routes that take a POST but show no form of their own (the
 # button sits on another page); the forms with a page are read from that page.
@@ -112,6 +114,7 @@ def walk_app(settings: Settings, reader_factory: sessionmaker[Session]) -> Flask
         hl7_describer=describe_message,
         query_previewer=WorklistPreviewer(settings, reader_factory),
         item_lister=functools.partial(item_attributes, settings=settings),
+        dicomweb_service=DicomWebService(settings, reader_factory, writers),
     )
 
 
@@ -225,12 +228,13 @@ def test_every_route_answers_hostile_values_with_4xx_never_5xx(walk_app: Flask, 
     for rule in sorted(app.url_map.iter_rules(), key=lambda r: (r.rule, r.endpoint)):
         methods = sorted((rule.methods or set()) - {"HEAD", "OPTIONS"})
         api = rule.rule.startswith("/api/")
-        headers = bearer if api else {}
+        # DICOMweb takes the API's tokens; its parameters are in the table above.
+        headers = bearer if api or rule.rule.startswith("/dicomweb/") else {}
         for method in methods:
             # The session itself is not walked with a logout in the middle of it.
             if rule.endpoint == "auth.logout":
                 continue
-            body = {"json": {}} if api and method != "GET" else {}
+            body = {"json": {}} if headers and method != "GET" else {}
 
             for url in _path_variants(rule):
                 response = client.open(url, method=method, headers=headers, **body)

@@ -78,10 +78,20 @@ ACCESS: dict[tuple[str, str], Role | str] = {
     ("api.list_messages", "GET"): Role.VIEWER,
     ("api.show_message", "GET"): Role.VIEWER,
     ("api.list_aes", "GET"): Role.VIEWER,
+    # DICOMweb (web/dicomweb.py): bearer tokens, as the API.
+    ("dicomweb.search", "GET"): Role.VIEWER,
+    ("dicomweb.retrieve", "GET"): Role.VIEWER,
+    ("dicomweb.create_or_update", "POST"): Role.EDITOR,
 }
+TOKEN_PREFIXES = ("/api/", "/dicomweb/")
 
 # Values for the variable parts of the rules.
-ARGUMENTS = {"key": 1, "name": "hl7_modality_map", "filename": "style.css"}
+ARGUMENTS = {
+    "key": 1,
+    "name": "hl7_modality_map",
+    "filename": "style.css",
+    "uid": "1.2.826.0.1.3680043.10.543.77",
+}
 
 
 def _routes(app: Flask) -> set[tuple[str, str]]:
@@ -138,7 +148,7 @@ def _client_as(app: Flask, role: Role) -> FlaskClient:
 
 
 def _call(client: FlaskClient, method: str, url: str, **kwargs: object):  # noqa: ANN202
-    if method == "PATCH" or (method == "POST" and url.startswith("/api/")):
+    if method == "PATCH" or (method == "POST" and url.startswith(TOKEN_PREFIXES)):
         kwargs.setdefault("json", {})
     return client.open(url, method=method, **kwargs)
 
@@ -148,7 +158,7 @@ def test_anonymous_visitors_are_sent_to_log_in_or_refused(app: Flask, accounts) 
     for endpoint, method, _role in _guarded():
         url = _url(app, endpoint)
         response = _call(client, method, url)
-        if url.startswith("/api/"):
+        if url.startswith(TOKEN_PREFIXES):
             assert response.status_code == 401, (endpoint, method, response.status_code)
             assert response.headers.get("WWW-Authenticate", "").startswith("Bearer")
         else:
@@ -164,7 +174,7 @@ def test_each_role_gets_exactly_the_routes_it_may_use(
     for endpoint, method, least in _guarded():
         url = _url(app, endpoint)
         for role in ROLES:
-            if url.startswith("/api/"):
+            if url.startswith(TOKEN_PREFIXES):
                 client = app.test_client()
                 headers = {"Authorization": f"Bearer {accounts[role]}"}
                 response = _call(client, method, url, headers=headers)
@@ -184,7 +194,7 @@ def test_each_role_gets_exactly_the_routes_it_may_use(
 def test_forms_need_the_csrf_token(csrf_app: Flask, accounts: dict[Role, str]) -> None:
     client = _client_as_with_csrf(csrf_app)
     for (endpoint, method), least in sorted(ACCESS.items(), key=str):
-        if method != "POST" or endpoint.startswith("api.") or least == PUBLIC:
+        if method != "POST" or endpoint.startswith(("api.", "dicomweb.")) or least == PUBLIC:
             continue
         response = client.post(_url(csrf_app, endpoint), data={})
         assert response.status_code == 400, (endpoint, response.status_code)
