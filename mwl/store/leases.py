@@ -41,6 +41,19 @@ logger = logging.getLogger(__name__)
 _KEEPALIVE_PROBES = 3
 
 
+def lock_key(name: str, schema: str | None) -> int:
+    """The advisory lock of lease ``name`` for the brokers of one schema.
+
+    An advisory lock is per database, but brokers of different schemas (a test and
+    a production installation in one database, the test suite's workers) are not
+    the same site: each schema has its own leases. ``public`` keeps the key of the
+    releases before, so that during a rolling upgrade both releases agree on it.
+    """
+    label = f"mwl:{name}" if schema in (None, "public") else f"mwl:{schema}:{name}"
+    digest = hashlib.sha256(label.encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
 class SingletonLease:
     """A non-blocking, process-lifetime lease named ``name`` on ``engine``'s database.
 
@@ -68,8 +81,7 @@ class SingletonLease:
     ) -> None:
         self._engine = engine
         self._name = name
-        digest = hashlib.sha256(f"mwl:{name}".encode()).digest()
-        self._key = int.from_bytes(digest[:8], "big", signed=True)
+        self._key: int | None = None  # PostgreSQL: from the name and the schema
         self._keepalive = keepalive_seconds
         self._lifetime = lifetime_seconds
         self._connection: Connection | None = None
@@ -157,6 +169,10 @@ class SingletonLease:
                 return True
             connection = self._lease_engine().connect()
             try:
+                if self._key is None:
+                    self._key = lock_key(
+                        self._name, connection.scalar(select(func.current_schema()))
+                    )
                 got = bool(connection.scalar(select(func.pg_try_advisory_lock(self._key))))
                 if got:
                     self._set_session_limits(connection)

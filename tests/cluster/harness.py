@@ -242,6 +242,13 @@ class Haproxy:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
+        # The admin socket exists once HAProxy has bound everything; a port some other
+        # process took meanwhile makes it exit instead (its log says which).
+        deadline = time.monotonic() + 20
+        while not Path(self.frontends.stats_socket).exists():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"haproxy did not start:\n{self.log_path.read_text()}")
+            time.sleep(0.05)
         for port in (self.frontends.hl7, self.frontends.dicom, self.frontends.web):
             wait_for_port(port)
 

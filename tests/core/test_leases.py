@@ -119,3 +119,42 @@ def test_a_renewing_holder_keeps_the_lease_beyond_its_lifetime(engine: Engine):
     finally:
         holder.release()
         other.release()
+
+
+def test_each_schema_has_its_own_leases_and_public_keeps_the_old_key():
+    import hashlib
+
+    from mwl.store.leases import lock_key
+
+    old = int.from_bytes(hashlib.sha256(b"mwl:ris-sender").digest()[:8], "big", signed=True)
+    assert lock_key("ris-sender", "public") == old == lock_key("ris-sender", None)
+    assert lock_key("ris-sender", "site_a") != lock_key("ris-sender", "site_b") != old
+
+
+def test_brokers_of_two_schemas_each_hold_their_lease(engine: Engine, tmp_path):
+    _postgres(engine)
+    from sqlalchemy.engine import make_url
+
+    from mwl.store.engine import make_engine
+
+    # The same database, another schema: another installation, not a second holder.
+    other_url = make_url(str(engine.url.render_as_string(hide_password=False))).update_query_dict(
+        {"options": "-csearch_path=placeholder"}
+    )
+    schema = f"mwl_lease_{uuid.uuid4().hex[:8]}"
+    other_url = other_url.update_query_dict({"options": f"-csearch_path={schema}"})
+    with engine.begin() as connection:
+        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    other = make_engine(other_url.render_as_string(hide_password=False))
+    name = _name()
+    here, there = SingletonLease(engine, name), SingletonLease(other, name)
+    try:
+        assert here.acquire()
+        assert there.acquire()
+        assert not SingletonLease(engine, name).acquire()
+    finally:
+        here.release()
+        there.release()
+        other.dispose()
+        with engine.begin() as connection:
+            connection.execute(text(f'DROP SCHEMA "{schema}"'))
