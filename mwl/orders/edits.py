@@ -56,6 +56,7 @@ __all__ = [
     "get_item",
     "is_temporary_patient_id",
     "restore_step",
+    "set_step_status",
 ]
 
 STATUS = "scheduled_procedure_step_status"
@@ -63,6 +64,9 @@ STATUS = "scheduled_procedure_step_status"
 PERFORMED = frozenset({SpsStatus.STARTED, SpsStatus.COMPLETED, SpsStatus.DISCONTINUED})
 # Statuses a restore may give back (those a step has before anyone performs it).
 RESTORABLE = frozenset({SpsStatus.SCHEDULED, SpsStatus.ARRIVED, SpsStatus.READY, SpsStatus.HELD})
+# Statuses staff may set by hand (the day list's bulk change): those of the way to
+# the scanner; STARTED and later come from the modality (MPPS), CANCELED from cancel.
+MANUAL_STATUSES = (SpsStatus.SCHEDULED, SpsStatus.ARRIVED, SpsStatus.READY, SpsStatus.HELD)
 # Reason text is kept in AuditEvent.reason (String(255)).
 REASON_LENGTH = 255
 
@@ -511,3 +515,31 @@ def _status_before_cancel(session: Session, sps_key: int) -> SpsStatus:
             return SpsStatus(change.before)
         break
     return SpsStatus.SCHEDULED
+
+
+def set_step_status(
+    session: Session, sps_key: int, status: SpsStatus, username: str, reason: str = ""
+) -> WorklistItem:
+    """Set step ``sps_key`` to ``status`` (one of :data:`MANUAL_STATUSES`); the caller commits.
+
+    Audited as ``status`` with the status before and after, like a cancel.
+
+    Raises
+    ------
+    UnknownStepError
+        No step has this key.
+    EditError
+        The status cannot be set by hand, the step has it already, is canceled
+        (restore it instead) or a modality has performed it.
+    """
+    if status not in MANUAL_STATUSES:
+        raise EditError.one(
+            STATUS, N_("The status %(status)s cannot be set by hand."), status=status.value
+        )
+    rows = _load(session, sps_key)
+    if rows[0].status == status.value:
+        raise EditError.one(STATUS, N_("The step is %(status)s already."), status=status.value)
+    performed = N_("The modality has performed this step (%(status)s): its status stays.")
+    refuse = {s: performed for s in PERFORMED}
+    refuse[SpsStatus.CANCELED] = N_("The step is canceled: restore it first.")
+    return _set_status(session, rows, status, "status", username, reason, refuse)

@@ -32,6 +32,14 @@ MESSAGES = {
         m.PROCEDURE_RECORD, "U", SOURCE, MODALITY, [m.study_object("1.2.3", ["A1"], ["1.2.3.9"])]
     ),
     "alert": m.security_alert(SOURCE, m.NODE_AUTHENTICATION, MODALITY, "CT01@127.0.0.1"),
+    "export": m.export(
+        SOURCE,
+        "alice",
+        "127.0.0.1",
+        "worklist-2026-11-21.csv",
+        [m.patient_object("PAT0001"), m.patient_object("PAT0002")],
+        "/worklist/export.csv?modality=CT",
+    ),
 }
 
 
@@ -70,3 +78,21 @@ def test_application_activity_codes():
         document = etree.fromstring(MESSAGES[name].encode())
         assert document.find("EventIdentification/EventID").get("csd-code") == "110100"
         assert document.find("EventIdentification/EventTypeCode").get("csd-code") == code
+
+
+def test_export_names_the_user_the_media_and_every_patient():
+    document = etree.fromstring(MESSAGES["export"].encode())
+    ident = document.find("EventIdentification")
+    assert ident.find("EventID").get("csd-code") == "110106"
+    assert ident.get("EventActionCode") == "R"
+    participants = document.findall("ActiveParticipant")
+    assert [p.get("UserID") for p in participants][0] == "alice"
+    assert participants[0].get("UserIsRequestor") == "true"
+    roles = [p.find("RoleIDCode").get("csd-code") for p in participants[1:]]
+    assert roles == ["110153", "110154"]
+    objects = document.findall("ParticipantObjectIdentification")
+    assert [o.get("ParticipantObjectID") for o in objects] == [
+        "PAT0001",
+        "PAT0002",
+        "/worklist/export.csv?modality=CT",
+    ]
