@@ -150,8 +150,12 @@ def test_rows_link_to_why_missing_and_test_as_this_scanner(logged_in, add_order)
     add_order("ACC-A", at(8), station="CT01")
     page = logged_in.get("/?date=2026-11-21").text
     key = re.search(r'data-key="(\d+)"', page).group(1)
-    assert f'<a href="/scanners/test?step={key}&amp;ae=CT01">Why not on CT01?</a>' in page
-    assert '<a href="/scanners/test?ae=CT01">Test as scanner</a>' in page
+    assert f'<a href="/scanners/test?step={key}&amp;ae=CT01">Why not?<span' in page
+    assert "(Doe, Jane on the list of CT01)</span></a>" in page
+    assert (
+        '<a href="/scanners/test?ae=CT01">Test<span class="visually-hidden"> as scanner CT01'
+        in page
+    )
 
 
 def test_csv_export_holds_the_filtered_sorted_list_escaped_and_audited(

@@ -75,7 +75,7 @@ def test_lists_the_days_items_and_not_other_days(logged_in, add_order):
         "MR",
         "MR_ROOM_2",
         "Scheduled",
-        "Why not on MR_ROOM_2? Test as scanner",
+        "Why not? (Müller, Dr. Hans Peter on the list of MR_ROOM_2) Test as scanner MR_ROOM_2",
     ]
 
     other_day = logged_in.get("/?date=2026-11-22").get_data(as_text=True)
