@@ -12,6 +12,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
+from urllib.parse import urlencode
 
 from flask import Blueprint, abort, jsonify, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
@@ -85,6 +86,18 @@ SEX_LABELS: dict[str, LazyString] = {"F": _l("female"), "M": _l("male"), "O": _l
 PRIORITY_LABELS: dict[str, LazyString] = {"STAT": _l("STAT"), "HIGH": _l("Urgent")}
 # The priority filter: the value in the URL -> the stored priorities it keeps.
 PRIORITY_FILTERS: dict[str, frozenset[str]] = {"urgent": URGENT, "stat": frozenset({"STAT"})}
+# The texts of every row, translated once per page (as templates where a row's
+# values go in): a 100-row page would otherwise ask the catalog some 500 times.
+ROW_TEXTS: dict[str, LazyString] = {
+    "select": _l("Select %(name)s at %(time)s"),
+    "no_name": _l("(no name)"),
+    "why": _l("Why not?"),
+    "why_ae": _l("(%(name)s on the list of %(ae)s)"),
+    "why_any": _l("(%(name)s on a scanner’s list)"),
+    "test": _l("Test"),
+    "test_ae": _l("as scanner %(ae)s"),
+    "test_any": _l("as a scanner"),
+}
 SORT_LABELS: dict[DaySort, LazyString] = {
     DaySort.TIME: _l("Time"),
     DaySort.PRIORITY: _l("Priority"),
@@ -479,13 +492,42 @@ def parse_view(args: Mapping[str, str], today: dt.date) -> DayView:
     )
 
 
-def scanner_links(item: WorklistItem) -> tuple[str, str]:
-    """The row's "why not on the station's list?" and "test as this scanner" addresses."""
-    ae = item.scheduled_station_ae_title
-    args: dict[str, Any] = {"ae": ae} if ae else {}
-    why = url_for("scanners.test", step=item.step_key, **args)
-    test = url_for("scanners.test", **args) if ae else url_for("scanners.test")
-    return why, test
+@dataclass(frozen=True)
+class RowTexts:
+    """What every row of a page shares, worked out once per page (see :data:`ROW_TEXTS`)."""
+
+    texts: Mapping[str, str]
+    statuses: Mapping[SpsStatus, str]
+    sexes: Mapping[str, str]
+    priorities: Mapping[str, str]
+    item_base: str
+    test_base: str
+
+    @classmethod
+    def now(cls) -> RowTexts:
+        """The texts in the request's language, and the base addresses of the row links."""
+        # "/items/1" less its key: url_for once, not once per row.
+        item_base = url_for("items.detail", key=1)[:-1]
+        return cls(
+            texts={name: str(text) for name, text in ROW_TEXTS.items()},
+            statuses={status: str(label) for status, label in STATUS_LABELS.items()},
+            sexes={sex: str(label) for sex, label in SEX_LABELS.items()},
+            priorities={value: str(label) for value, label in PRIORITY_LABELS.items()},
+            item_base=item_base,
+            test_base=url_for("scanners.test"),
+        )
+
+    def item_url(self, item: WorklistItem) -> str:
+        """The item page of a row."""
+        return f"{self.item_base}{item.step_key}"
+
+    def scanner_links(self, item: WorklistItem) -> tuple[str, str]:
+        """The row's "why not on the station's list?" and "test as this scanner" addresses."""
+        ae = item.scheduled_station_ae_title
+        if not ae:
+            return f"{self.test_base}?{urlencode({'step': item.step_key})}", self.test_base
+        why = f"{self.test_base}?{urlencode({'step': item.step_key, 'ae': ae})}"
+        return why, f"{self.test_base}?{urlencode({'ae': ae})}"
 
 
 def load_page(view: DayView) -> tuple[DayPage, list[ModalityCount]]:
@@ -557,7 +599,7 @@ def day() -> ResponseReturnValue:
         poll_seconds=POLL_SECONDS,
         can_edit=has_role(Role.EDITOR),
         bulk_statuses=MANUAL_STATUSES,
-        scanner_links=scanner_links,
+        rows=RowTexts.now(),
         updated_at=dt.datetime.now(),
         text_max_length=TEXT_MAX_LENGTH,
         code_max_length=CODE_MAX_LENGTH,
