@@ -530,10 +530,14 @@ class RowTexts:
         return why, f"{self.test_base}?{urlencode({'ae': ae})}"
 
 
-def load_page(view: DayView) -> tuple[DayPage, list[ModalityCount]]:
-    """The page of rows and the per-modality counts a view shows (a few SQL statements)."""
+def load_page(view: DayView) -> tuple[DayPage, list[ModalityCount], int]:
+    """The page of rows, the per-modality counts and the range's unfiltered total.
+
+    The counts per modality apply every filter but the modality, so they give the
+    page's total too; the unfiltered total costs a query only when a filter other
+    than the modality is set.
+    """
     session = db_session()
-    page = day_page(session, view.query(), offset=(view.page - 1) * view.size, limit=view.size)
     f = view.filters
     counts = modality_counts(
         session,
@@ -544,7 +548,22 @@ def load_page(view: DayView) -> tuple[DayPage, list[ModalityCount]]:
         text=f.text,
         priorities=f.priorities(),
     )
-    return page, counts
+    if f.modality:
+        total = sum(c.total for c in counts if c.modality == f.modality)
+    else:
+        total = sum(c.total for c in counts)
+    page = day_page(
+        session,
+        view.query(),
+        offset=(view.page - 1) * view.size,
+        limit=view.size,
+        total=total,
+    )
+    if f.station or f.status or f.text or f.priority:
+        range_total = count_steps(session, DayQuery(first=view.first, last=view.last))
+    else:
+        range_total = sum(c.total for c in counts)
+    return page, counts, range_total
 
 
 @bp.get("/")
@@ -566,18 +585,11 @@ def day() -> ResponseReturnValue:
     # the one to bookmark on a console.
     if request.args.to_dict() != view.args():
         return redirect(view.url(page=view.page))
-    page, counts = load_page(view)
+    page, counts, range_total = load_page(view)
     pages = max(1, -(-page.total // view.size))
     if view.page > pages:
         return redirect(view.page_url(pages))
-    session = db_session()
-    version = day_version(session, view.query())
-    # "4 of 5": how many of the range's steps the filters keep (one more COUNT).
-    range_total = (
-        count_steps(session, DayQuery(first=view.first, last=view.last))
-        if view.filters.active()
-        else page.total
-    )
+    version = day_version(db_session(), view.query())
     return render_template(
         "worklist.html",
         view=view,

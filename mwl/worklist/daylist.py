@@ -362,8 +362,18 @@ def count_steps(session: Session, query: DayQuery) -> int:
     return int(session.scalar(stmt) or 0)
 
 
-def day_page(session: Session, query: DayQuery, *, offset: int = 0, limit: int = 100) -> DayPage:
+def day_page(
+    session: Session,
+    query: DayQuery,
+    *,
+    offset: int = 0,
+    limit: int = 100,
+    total: int | None = None,
+) -> DayPage:
     """One page (``limit`` steps from ``offset``) of ``query``'s steps, with the total.
+
+    ``total``, when the caller knows it already (from :func:`modality_counts`), saves
+    the ``COUNT``.
 
     Raises
     ------
@@ -374,7 +384,8 @@ def day_page(session: Session, query: DayQuery, *, offset: int = 0, limit: int =
         raise ValueError(f"bad page: offset {offset}, limit {limit}")
     rows = session.execute(sorted_statement(query).offset(offset).limit(limit))
     items = [worklist_item(step, procedure, patient) for step, procedure, patient in rows]
-    total = count_steps(session, query) if items or offset else 0
+    if total is None:
+        total = count_steps(session, query) if items or offset else 0
     return DayPage(items, total, offset, limit)
 
 
