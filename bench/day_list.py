@@ -3,7 +3,7 @@ and the cost of live updates with 20 open pages polling /worklist/changes.
 
 The app runs as ``mwl serve`` runs it (cheroot, 8 threads) in a child process on
 127.0.0.1 (an ephemeral port), on a SQLite file in a temporary folder or on
-``--database-url``; synthetic steps are written in bulk, all on one day (the worst
+PostgreSQL (``--backend postgresql``, a database of its own); synthetic steps are written in bulk, all on one day (the worst
 case for a page: the sort and the count cover every step of the day). Times are
 loopback round trips over one keep-alive connection, which is the server's time plus
 well under a millisecond. The comparison row of each size is ``size=500`` (the
@@ -28,7 +28,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchlib import REPO_ROOT, markdown_table, print_header, summary_ms
+from benchlib import (
+    REPO_ROOT,
+    drop_database,
+    markdown_table,
+    print_header,
+    recreate_database,
+    run_pg_url,
+    shown_url,
+    summary_ms,
+)
 
 sys.path.insert(0, str(REPO_ROOT))
 
@@ -226,7 +235,10 @@ def main() -> int:
     parser.add_argument("--poll-seconds", type=float, default=20, help="length of each poll run")
     parser.add_argument("--pollers", type=int, default=20)
     parser.add_argument("--interval", type=float, default=10, help="seconds between polls")
-    parser.add_argument("--database-url", default="", help="default: a temporary SQLite file")
+    parser.add_argument("--backend", choices=("sqlite", "postgresql"), default="sqlite")
+    parser.add_argument(
+        "--pg-url", default="", help="PostgreSQL database to (re)create; default: one of its own"
+    )
     args = parser.parse_args()
     if not all(1 <= n <= 200_000 for n in args.steps) or not 1 <= args.requests <= 10_000:
         parser.error("--steps 1..200000, --requests 1..10000")
@@ -234,14 +246,17 @@ def main() -> int:
         parser.error("--pollers 1..200, --poll-seconds 1..600")
 
     folder = Path(tempfile.mkdtemp(prefix="mwl-bench-daylist-"))
-    url = args.database_url or f"sqlite:///{folder / 'mwl.db'}"
+    url = f"sqlite:///{folder / 'mwl.db'}"
+    if args.backend == "postgresql":
+        url = run_pg_url("mwl_bench_daylist", args.pg_url or None)
+        recreate_database(url)
     engine = make_engine(url)
     upgrade(engine)
     with make_session_factory(engine, writer=True).begin() as session:
         add_user(session, "bench", PASSWORD, "viewer")
     engine.dispose()
     print_header("day list: server time, HTML bytes, live-update polling")
-    print(f"database: {url.split('@')[-1]}; page size 100 (default)")
+    print(f"database: {shown_url(url)}; page size 100 (default)")
     context = multiprocessing.get_context("spawn")
     parent_end, child_end = context.Pipe()
     stop = context.Event()
@@ -276,6 +291,8 @@ def main() -> int:
         if child.is_alive():
             child.terminate()
         shutil.rmtree(folder, ignore_errors=True)
+        if args.backend == "postgresql":
+            drop_database(url)
     return 0
 
 
