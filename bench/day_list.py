@@ -3,13 +3,15 @@ and the cost of live updates with 20 open pages polling /worklist/changes.
 
 The app runs as ``mwl serve`` runs it (cheroot, 8 threads) in a child process on
 127.0.0.1 (an ephemeral port), on a SQLite file in a temporary folder or on
-PostgreSQL (``--backend postgresql``, a database of its own); synthetic steps are written in bulk, all on one day (the worst
-case for a page: the sort and the count cover every step of the day). Times are
+PostgreSQL (``--backend postgresql``, a database of its own); synthetic steps are
+written in bulk, all on one day (the worst case for a page: the sort and the count
+cover every step of the day). Times are
 loopback round trips over one keep-alive connection, which is the server's time plus
 well under a millisecond. The comparison row of each size is ``size=500`` (the
 largest page), as the page before paging rendered the whole day.
 
     python bench/day_list.py --steps 100 2000 20000 --requests 40 --poll-seconds 20
+    python bench/day_list.py --backend postgresql --steps 2000 20000
 """
 
 from __future__ import annotations
