@@ -25,7 +25,7 @@ from web import (
     admin,
     api,
     auth,
-    daylist_actions,
+    daylist,
     display,
     health,
     i18n,
@@ -159,7 +159,7 @@ def create_app(
     app.register_blueprint(status.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(worklist.bp)
-    app.register_blueprint(daylist_actions.bp)
+    app.register_blueprint(daylist.bp)
     app.register_blueprint(messages.bp)
     app.register_blueprint(scanners.bp)
     app.register_blueprint(items.bp)

@@ -20,7 +20,7 @@ from mwl.audit.auditor import Auditor
 from mwl.config import Settings
 from mwl.store.models import AuditEvent, AuditQueueMessage, RequestedProcedure
 from web import create_app
-from web.daylist_actions import safe_cell
+from web.daylist import safe_cell
 
 DAY = dt.date(2026, 11, 21)
 TODAY = dt.date(2026, 11, 24)
@@ -29,7 +29,7 @@ TODAY = dt.date(2026, 11, 24)
 @pytest.fixture(autouse=True)
 def today(monkeypatch: pytest.MonkeyPatch) -> dt.date:
     monkeypatch.setattr("web.worklist.local_today", lambda: TODAY)
-    monkeypatch.setattr("web.daylist_actions.local_today", lambda: TODAY)
+    monkeypatch.setattr("web.daylist.local_today", lambda: TODAY)
     return TODAY
 
 
