@@ -43,7 +43,7 @@ from benchlib import (
 
 sys.path.insert(0, str(REPO_ROOT))
 
-from sqlalchemy import delete, insert  # noqa: E402
+from sqlalchemy import delete, insert, text  # noqa: E402
 
 from mwl.admin.users import add_user  # noqa: E402
 from mwl.config import Settings  # noqa: E402
@@ -65,8 +65,12 @@ NAMES = ("Sample^Anna", "Example^Bert", "Test^Carla", "Demo^Dieter", "Muster^Eri
 PRIORITIES = ("ROUTINE",) * 17 + ("STAT", "HIGH", "")
 
 
-def fill(url: str, steps: int) -> None:
-    """Replace the database's steps by ``steps`` synthetic ones on :data:`DAY`."""
+def fill(url: str, steps: int, days: int = 1) -> None:
+    """Replace the database's steps by ``steps`` synthetic ones over ``days`` days from :data:`DAY`.
+
+    The pages shown are :data:`DAY`'s, so with ``days`` > 1 the other days' steps are
+    in the tables but not on the page (a database that has run for a while).
+    """
     engine = make_engine(url)
     factory = make_session_factory(engine, writer=True)
     with factory.begin() as session:
@@ -100,7 +104,8 @@ def fill(url: str, steps: int) -> None:
                     "updated_at": now,
                 }
             )
-            start = dt.datetime.combine(DAY, dt.time(6)) + dt.timedelta(seconds=(n * 2.1) % 57_600)
+            day = DAY + dt.timedelta(days=n % days)
+            start = dt.datetime.combine(day, dt.time(6)) + dt.timedelta(seconds=(n * 2.1) % 57_600)
             sps.append(
                 {
                     "id": n,
@@ -118,6 +123,10 @@ def fill(url: str, steps: int) -> None:
                             (ScheduledProcedureStep, sps)):  # fmt: skip
             for i in range(0, len(rows), 2000):
                 session.execute(insert(model), rows[i : i + 2000])
+    # Fresh statistics, as a database that has run for a while has them (autovacuum
+    # on PostgreSQL): without them the planner guesses on bulk-loaded tables.
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text("ANALYZE"))
     engine.dispose()
 
 
@@ -173,7 +182,13 @@ class Client:
             raise SystemExit(f"login failed: HTTP {response.status}")
 
 
-def time_pages(client: Client, requests: int) -> list[list[object]]:
+def time_pages(client: Client, requests: int, server_pid: int) -> list[list[object]]:
+    """Per page: median and p95 round trip, the server's CPU per request, KB, count line.
+
+    The CPU per request (user + system time of the server process, over the timed
+    requests) is the figure a loaded machine disturbs least: round trips include
+    the time the server waited for a core.
+    """
     rows: list[list[object]] = []
     for label, template in PAGES.items():
         path = template.format(day=DAY.isoformat())
@@ -181,13 +196,16 @@ def time_pages(client: Client, requests: int) -> list[list[object]]:
         if status != 200:
             raise SystemExit(f"{path}: HTTP {status}")
         times = []
+        cpu_before = cpu_seconds(server_pid)
         for _ in range(requests):
             start = time.perf_counter()
             status, body = client.get(path)
             times.append(time.perf_counter() - start)
+        cpu_ms = 1000 * (cpu_seconds(server_pid) - cpu_before) / requests
         s = summary_ms(times)
         shown = re.search(rb'id="count">([^<]*)<', body)
-        rows.append([label, s["median_ms"], s["p95_ms"], f"{len(body) / 1024:.1f}",
+        rows.append([label, s["median_ms"], s["p95_ms"], f"{cpu_ms:.1f}",
+                     f"{len(body) / 1024:.1f}",
                      (shown.group(1).decode().strip() if shown else "")])  # fmt: skip
     return rows
 
@@ -232,7 +250,12 @@ def pollers(port: int, cookie: str, version: str, count: int, seconds: float, in
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, nargs="+", default=[100, 2000, 20000])
+    parser.add_argument(
+        "--steps",
+        nargs="+",
+        default=["100", "2000", "20000", "20000/10"],
+        help="steps on the day shown, or N/D: N steps over D days (the page shows one)",
+    )
     parser.add_argument("--requests", type=int, default=40, help="timed requests per page")
     parser.add_argument("--poll-seconds", type=float, default=20, help="length of each poll run")
     parser.add_argument("--pollers", type=int, default=20)
@@ -242,8 +265,14 @@ def main() -> int:
         "--pg-url", default="", help="PostgreSQL database to (re)create; default: one of its own"
     )
     args = parser.parse_args()
-    if not all(1 <= n <= 200_000 for n in args.steps) or not 1 <= args.requests <= 10_000:
-        parser.error("--steps 1..200000, --requests 1..10000")
+    try:
+        sizes = [tuple(int(p) for p in (text + "/1").split("/")[:2]) for text in args.steps]
+    except ValueError:
+        parser.error("--steps N or N/D")
+    if not all(1 <= n <= 200_000 and 1 <= d <= 365 for n, d in sizes):
+        parser.error("--steps 1..200000 over 1..365 days")
+    if not 1 <= args.requests <= 10_000:
+        parser.error("--requests 1..10000")
     if not 1 <= args.pollers <= 200 or not 1 <= args.poll_seconds <= 600:
         parser.error("--pollers 1..200, --poll-seconds 1..600")
 
@@ -268,24 +297,28 @@ def main() -> int:
         port = parent_end.recv()
         rows: list[list[object]] = []
         poll_rows: list[list[object]] = []
-        for steps in args.steps:
-            fill(url, steps)
+        for steps, days in sizes:
+            fill(url, steps, days)
             client = Client(port)
             client.log_in()
-            rows += [[f"{steps:,}", *row] for row in time_pages(client, args.requests)]
+            size = f"{steps:,}" + (f" over {days} days" if days > 1 else "")
+            rows += [[size, *row] for row in time_pages(client, args.requests, child.pid)]
             _, body = client.get(f"/?date={DAY.isoformat()}")
             version = re.search(rb'data-version="([0-9a-f]+)"', body).group(1).decode()
             for interval in (args.interval, 0):
                 rate, cpu, failed = pollers(port, client.cookie, version, args.pollers,
                                             args.poll_seconds, interval, child.pid)  # fmt: skip
                 shown = f"every {interval:g} s" if interval else "back to back"
-                poll_rows.append([f"{steps:,}", shown, f"{rate:.1f}", f"{cpu:.1f}", failed])
+                poll_rows.append([size, shown, f"{rate:.1f}", f"{cpu:.1f}", failed])
         print(
-            markdown_table(["steps that day", "page", "median ms", "p95 ms", "KB", "count"], rows)
+            markdown_table(
+                ["steps", "page", "median ms", "p95 ms", "server CPU ms", "KB", "count"],
+                rows,
+            )
         )
         print()
         print(f"{args.pollers} open pages polling /worklist/changes for {args.poll_seconds:g} s:")
-        print(markdown_table(["steps that day", "each page polls", "requests/s",
+        print(markdown_table(["steps", "each page polls", "requests/s",
                               "server CPU % of a core", "failed"], poll_rows))  # fmt: skip
     finally:
         stop.set()
