@@ -162,8 +162,15 @@ class Client:
         self.cookie = cookie
 
     def get(self, path: str) -> tuple[int, bytes]:
-        self.conn.request("GET", path, headers={"Cookie": self.cookie})
-        response = self.conn.getresponse()
+        try:
+            self.conn.request("GET", path, headers={"Cookie": self.cookie})
+            response = self.conn.getresponse()
+        except (http.client.RemoteDisconnected, ConnectionError):
+            # The server closed an idle keep-alive connection: a browser opens another.
+            self.conn.close()
+            self.conn = http.client.HTTPConnection(self.conn.host, self.conn.port, timeout=30)
+            self.conn.request("GET", path, headers={"Cookie": self.cookie})
+            response = self.conn.getresponse()
         body = response.read()
         location = response.getheader("Location")
         if response.status == 302 and location and location.startswith("/?"):
