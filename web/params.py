@@ -87,3 +87,48 @@ DICOMWEB_MAX_LIMIT = 1000
 DICOMWEB_MAX_OFFSET = 1_000_000
 #: MPPS attribute lists: Performed Series Sequences with their image references.
 DICOMWEB_MAX_PAYLOAD_BYTES = 1024 * 1024
+
+
+# Rows on one page of a list: the default keeps a 2,000-step day's first page small
+# (about 60 KB of HTML); the maximum bounds what one request may ask the database for.
+PAGE_SIZE_DEFAULT = 100
+PAGE_SIZE_MAX = 500
+# Pages a list may be asked for: far beyond any real day (20,000 steps are 200 pages
+# of 100), near enough that offset * size stays a small integer for every driver.
+PAGE_MAX = 100_000
+
+
+def page_size(value: str | None) -> int:
+    """A ``size=N`` page size: :data:`PAGE_SIZE_DEFAULT` when absent, else 1 to the maximum.
+
+    Raises
+    ------
+    werkzeug.exceptions.BadRequest
+        When the value is not a whole number from 1 to :data:`PAGE_SIZE_MAX`.
+    """
+    if value is None or value == "":
+        return PAGE_SIZE_DEFAULT
+    if value.isascii() and value.isdigit() and len(value) <= 4 and 1 <= int(value) <= PAGE_SIZE_MAX:
+        return int(value)
+    abort(
+        400,
+        description=_("The page size must be a whole number from 1 to %(max)s.", max=PAGE_SIZE_MAX),
+    )
+
+
+def page_number(value: str | None) -> int:
+    """A ``page=N`` page number (from 1): 1 when absent.
+
+    Raises
+    ------
+    werkzeug.exceptions.BadRequest
+        When the value is not a whole number from 1 to :data:`PAGE_MAX`.
+    """
+    if value is None or value == "":
+        return 1
+    if value.isascii() and value.isdigit() and len(value) <= 6 and 1 <= int(value) <= PAGE_MAX:
+        return int(value)
+    abort(
+        400,
+        description=_("The page number must be a whole number from 1 to %(max)s.", max=PAGE_MAX),
+    )

@@ -1,4 +1,9 @@
-"""The day list page: every scheduled step of one day, filtered, counted, with its status."""
+"""The day list page: the scheduled steps of a day or range, filtered, sorted, paged, live.
+
+Filtering, sorting, paging and counting are SQL (:mod:`mwl.worklist.daylist`); the
+page polls a small JSON endpoint (``/worklist/changes``) instead of reloading itself,
+so what staff typed, ticked or scrolled to stays put.
+"""
 
 from __future__ import annotations
 
@@ -7,27 +12,50 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
+from urllib.parse import urlencode
 
-from flask import Blueprint, abort, redirect, render_template, request, url_for
+from flask import Blueprint, abort, jsonify, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
 from flask_babel import ngettext
 from flask_babel.speaklater import LazyString
-from flask_login import login_required
 
-from mwl.domain import SpsStatus
+from mwl.admin.users import Role
+from mwl.domain import SpsStatus, WorklistItem
+from mwl.orders.edits import MANUAL_STATUSES
 from mwl.timezones import site_today, site_zone
-from mwl.worklist.daylist import ModalityCount, items_for_day, modality_counts
+from mwl.worklist.daylist import (
+    URGENT,
+    DayPage,
+    DayQuery,
+    DaySort,
+    ModalityCount,
+    count_steps,
+    day_page,
+    day_version,
+    modality_counts,
+)
 from web.alerts import firing_for_page
-from web.params import day_in_range, day_range_error
+from web.params import (
+    PAGE_SIZE_DEFAULT,
+    day_in_range,
+    day_range_error,
+    page_number,
+    page_size,
+)
+from web.roles import has_role, role_required
 from web.store import db_session, state
 
 bp = Blueprint("worklist", __name__)
 
-# Refresh interval of today's list, in seconds: a console shows new orders without
-# anyone touching it (a meta refresh, so no JavaScript).
-REFRESH_SECONDS = 60
+# How often an open page asks whether its list changed, in seconds: a console shows
+# new orders without anyone touching it. The check is one aggregate query, so 20
+# open consoles cost about one request a second (bench/day_list.py).
+POLL_SECONDS = 10
+# Longest range of days one page may show: a quarter is plenty for a look back; the
+# bound keeps a typo ("2062") from asking for decades.
+RANGE_MAX_DAYS = 92
 
 # Longest free-text search accepted: a name and an ID fit; anything longer is not a
 # search a person typed.
@@ -56,6 +84,32 @@ STATUS_LABELS: dict[SpsStatus, LazyString] = {
     SpsStatus.HELD: _l("Held"),
 }
 SEX_LABELS: dict[str, LazyString] = {"F": _l("female"), "M": _l("male"), "O": _l("other")}
+# The marker of an urgent step (Requested Procedure Priority): a word, not a colour.
+PRIORITY_LABELS: dict[str, LazyString] = {"STAT": _l("STAT"), "HIGH": _l("Urgent")}
+# The priority filter: the value in the URL -> the stored priorities it keeps.
+PRIORITY_FILTERS: dict[str, frozenset[str]] = {"urgent": URGENT, "stat": frozenset({"STAT"})}
+# The texts of every row, translated once per page (as templates where a row's
+# values go in): a 100-row page would otherwise ask the catalog some 500 times.
+ROW_TEXTS: dict[str, LazyString] = {
+    "select": _l("Select %(name)s at %(time)s"),
+    "no_name": _l("(no name)"),
+    "why": _l("Why not?"),
+    "why_ae": _l("(%(name)s on the list of %(ae)s)"),
+    "why_any": _l("(%(name)s on a scanner’s list)"),
+    "test": _l("Test"),
+    "test_ae": _l("as scanner %(ae)s"),
+    "test_any": _l("as a scanner"),
+}
+SORT_LABELS: dict[DaySort, LazyString] = {
+    DaySort.TIME: _l("Time"),
+    DaySort.PRIORITY: _l("Priority"),
+    DaySort.PATIENT: _l("Patient"),
+    DaySort.PROCEDURE: _l("Procedure"),
+    DaySort.ACCESSION: _l("Accession No."),
+    DaySort.MODALITY: _l("Modality"),
+    DaySort.STATION: _l("Station AE"),
+    DaySort.STATUS: _l("Status"),
+}
 
 
 @dataclass(frozen=True)
@@ -66,6 +120,7 @@ class DayFilters:
     station: str = ""
     status: str = ""  # "", "open" or an SpsStatus value in lower case
     text: str = ""
+    priority: str = ""  # "", or a key of PRIORITY_FILTERS
 
     def statuses(self) -> frozenset[SpsStatus] | None:
         """The statuses to show, or None for all."""
@@ -82,8 +137,13 @@ class DayFilters:
             "station": self.station,
             "status": self.status,
             "q": self.text,
+            "priority": self.priority,
         }
         return {name: value for name, value in pairs.items() if value}
+
+    def priorities(self) -> frozenset[str] | None:
+        """The stored priorities to show, or None for all."""
+        return PRIORITY_FILTERS.get(self.priority)
 
     def replaced(self, **changes: str) -> DayFilters:
         """These filters with some changed (for links in the template)."""
@@ -100,7 +160,28 @@ class DayFilters:
             chips.append((_("Status"), status_filter_label(self.status), replace(self, status="")))
         if self.text:
             chips.append((_("Search"), self.text, replace(self, text="")))
+        if self.priority:
+            label = priority_filter_label(self.priority)
+            chips.append((_("Priority"), label, replace(self, priority="")))
         return chips
+
+    def cleared(self) -> DayFilters:
+        """No filter at all."""
+        return DayFilters()
+
+
+def priority_filter_label(value: str) -> str:
+    """The priority select's option text for a filter value."""
+    if value == "urgent":
+        return _("STAT and urgent")
+    if value == "stat":
+        return _("STAT only")
+    return _("All priorities")
+
+
+def priority_choices() -> list[tuple[str, str]]:
+    """The options of the priority select: (value, label)."""
+    return [(value, priority_filter_label(value)) for value in ("", *PRIORITY_FILTERS)]
 
 
 def status_filter_label(value: str) -> str:
@@ -200,11 +281,23 @@ def parse_filters(args: Mapping[str, str]) -> DayFilters:
         )
     if _CONTROL.search(text):
         abort(400, description=_("The search text must not contain control characters."))
-    return DayFilters(modality=modality, station=station, status=status, text=text)
+    priority = args.get("priority", "").strip().lower()
+    if priority and priority not in PRIORITY_FILTERS:
+        abort(
+            400,
+            description=_(
+                "Unknown priority filter “%(value)s”. Choose one of: %(known)s.",
+                value=priority[:32],
+                known=", ".join(PRIORITY_FILTERS),
+            ),
+        )
+    return DayFilters(
+        modality=modality, station=station, status=status, text=text, priority=priority
+    )
 
 
 def parse_refresh(value: str | None) -> bool:
-    """Whether today's list refreshes itself: on unless ``refresh=off``."""
+    """Whether the list updates itself: on unless ``refresh=off``."""
     if value is None or value in ("", "on"):
         return True
     if value == "off":
@@ -219,6 +312,13 @@ def status_label(status: SpsStatus | str) -> str:
         return str(STATUS_LABELS[SpsStatus(str(status).upper())])
     except (ValueError, KeyError):
         return str(status)
+
+
+@bp.app_template_filter("priority_label")
+def priority_label(priority: str) -> str:
+    """The marker text of an urgent priority (STAT, Urgent); "" for any other."""
+    label = PRIORITY_LABELS.get(priority.strip().upper())
+    return str(label) if label is not None else ""
 
 
 @bp.app_template_filter("sex_label")
@@ -256,76 +356,281 @@ def open_count(count: ModalityCount) -> int:
     return sum(n for status, n in count.by_status.items() if status in OPEN_STATUSES)
 
 
-@bp.get("/")
-@login_required
-def day() -> ResponseReturnValue:
-    """The worklist of one day (``?date=YYYY-MM-DD``, default today), filtered.
+@dataclass(frozen=True)
+class DayView:
+    """Everything the day list's URL says: days, filters, order, page, live updates."""
 
-    Query parameters: ``date``, ``modality``, ``station``, ``status`` (``all``,
-    ``open`` or a step status), ``q`` (patient name, patient ID or accession number)
-    and ``refresh=off``. A GET form sets them, so each room's console can bookmark
-    its own view, e.g. ``/?modality=CT&station=CT01``.
-    """
-    today = local_today()
-    shown = parse_day(request.args.get("date"), today)
-    filters = parse_filters(request.args)
-    refresh = parse_refresh(request.args.get("refresh"))
+    today: dt.date
+    first: dt.date
+    last: dt.date | None = None  # None: one day
+    filters: DayFilters = DayFilters()
+    sort: DaySort = DaySort.TIME
+    descending: bool = False
+    page: int = 1
+    size: int = PAGE_SIZE_DEFAULT
+    refresh: bool = True
 
-    def link_args(on: dt.date, chosen: DayFilters, refreshing: bool) -> dict[str, Any]:
-        # Today's link carries no date, so a console left on it overnight moves on to
-        # the next day by itself (the meta refresh reloads this link).
-        args = dict(chosen.args())
-        if on != today:
-            args["date"] = on.isoformat()
-        if not refreshing:
+    @property
+    def days(self) -> int:
+        """How many days the view spans."""
+        return ((self.last or self.first) - self.first).days + 1
+
+    def query(self) -> DayQuery:
+        """The core query of this view (filters and order, without the page)."""
+        f = self.filters
+        return DayQuery(
+            first=self.first,
+            last=self.last,
+            modality=f.modality,
+            station=f.station,
+            statuses=f.statuses(),
+            text=f.text,
+            priorities=f.priorities(),
+            sort=self.sort,
+            descending=self.descending,
+        )
+
+    def args(self) -> dict[str, str]:
+        """The canonical query string of this view: defaults are left out."""
+        args = dict(self.filters.args())
+        # Today's address carries no date, so a console left on it overnight moves
+        # on to the next day by itself (a range always names its days).
+        if self.first != self.today or self.last is not None:
+            args["date"] = self.first.isoformat()
+        if self.last is not None:
+            args["to"] = self.last.isoformat()
+        if self.sort is not DaySort.TIME:
+            args["sort"] = self.sort.value
+        if self.descending:
+            args["dir"] = "desc"
+        if self.size != PAGE_SIZE_DEFAULT:
+            args["size"] = str(self.size)
+        if self.page != 1:
+            args["page"] = str(self.page)
+        if not self.refresh:
             args["refresh"] = "off"
         return args
 
-    def link(on: dt.date, chosen: DayFilters, refreshing: bool = refresh) -> str:
-        return url_for("worklist.day", **link_args(on, chosen, refreshing))
+    def but(self, **changes: Any) -> DayView:
+        """This view with some parts changed; a change of filter or order goes to page 1."""
+        if "page" not in changes:
+            changes["page"] = 1
+        return replace(self, **changes)
 
-    # The filter form sends empty fields and today's date: the canonical address is
-    # the one to bookmark on a console, and the one the page refreshes to.
-    if request.args.to_dict() != link_args(shown, filters, refresh):
-        return redirect(link(shown, filters))
+    def url(self, endpoint: str = "worklist.day", **changes: Any) -> str:
+        """The address of this view (changed as :meth:`but` does) at ``endpoint``."""
+        view = self.but(**changes) if changes else self
+        args: dict[str, Any] = view.args()
+        return url_for(endpoint, **args)
 
+    def page_url(self, page: int) -> str:
+        """The address of another page of this view."""
+        args: dict[str, Any] = replace(self, page=page).args()
+        return url_for("worklist.day", **args)
+
+    def sort_url(self, sort: DaySort) -> str:
+        """The link of a column header: sort by it, or reverse the order if it is the sort."""
+        if sort is self.sort:
+            return self.url(descending=not self.descending)
+        return self.url(sort=sort, descending=False)
+
+    def shifted(self, days: int) -> DayView | None:
+        """The same span moved by ``days`` (the previous/next links); None past the calendar."""
+        try:
+            first = self.first + dt.timedelta(days=days)
+            last = self.last + dt.timedelta(days=days) if self.last else None
+        except OverflowError:
+            return None
+        if not day_in_range(first) or (last is not None and not day_in_range(last)):
+            return None
+        return self.but(first=first, last=last)
+
+
+def parse_view(args: Mapping[str, str], today: dt.date) -> DayView:
+    """Read and check the whole query string of the day list (see :func:`day`).
+
+    Raises
+    ------
+    werkzeug.exceptions.BadRequest
+        For any malformed parameter, with a message naming it.
+    """
+    first = parse_day(args.get("date"), today)
+    last_text = args.get("to")
+    last = parse_day(last_text, today) if last_text else None
+    if last is not None and last < first:
+        abort(400, description=_("The last day of the range must not lie before the first."))
+    if last is not None and (last - first).days >= RANGE_MAX_DAYS:
+        abort(
+            400,
+            description=_("A range spans at most %(num)s days.", num=RANGE_MAX_DAYS),
+        )
+    if last == first:
+        last = None
+    sort_text = args.get("sort", "") or DaySort.TIME.value
+    try:
+        sort = DaySort(sort_text)
+    except ValueError:
+        abort(
+            400,
+            description=_(
+                "Unknown sort “%(value)s”. Choose one of: %(known)s.",
+                value=sort_text[:32],
+                known=", ".join(s.value for s in DaySort),
+            ),
+        )
+    direction = args.get("dir", "") or "asc"
+    if direction not in ("asc", "desc"):
+        abort(400, description=_("The sort direction must be “asc” or “desc”."))
+    return DayView(
+        today=today,
+        first=first,
+        last=last,
+        filters=parse_filters(args),
+        sort=sort,
+        descending=direction == "desc",
+        page=page_number(args.get("page")),
+        size=page_size(args.get("size")),
+        refresh=parse_refresh(args.get("refresh")),
+    )
+
+
+@dataclass(frozen=True)
+class RowTexts:
+    """What every row of a page shares, worked out once per page (see :data:`ROW_TEXTS`)."""
+
+    texts: Mapping[str, str]
+    statuses: Mapping[SpsStatus, str]
+    sexes: Mapping[str, str]
+    priorities: Mapping[str, str]
+    item_base: str
+    test_base: str
+
+    @classmethod
+    def now(cls) -> RowTexts:
+        """The texts in the request's language, and the base addresses of the row links."""
+        # "/items/1" less its key: url_for once, not once per row.
+        item_base = url_for("items.detail", key=1)[:-1]
+        return cls(
+            texts={name: str(text) for name, text in ROW_TEXTS.items()},
+            statuses={status: str(label) for status, label in STATUS_LABELS.items()},
+            sexes={sex: str(label) for sex, label in SEX_LABELS.items()},
+            priorities={value: str(label) for value, label in PRIORITY_LABELS.items()},
+            item_base=item_base,
+            test_base=url_for("scanners.test"),
+        )
+
+    def item_url(self, item: WorklistItem) -> str:
+        """The item page of a row."""
+        return f"{self.item_base}{item.step_key}"
+
+    def scanner_links(self, item: WorklistItem) -> tuple[str, str]:
+        """The row's "why not on the station's list?" and "test as this scanner" addresses."""
+        ae = item.scheduled_station_ae_title
+        if not ae:
+            return f"{self.test_base}?{urlencode({'step': item.step_key})}", self.test_base
+        why = f"{self.test_base}?{urlencode({'step': item.step_key, 'ae': ae})}"
+        return why, f"{self.test_base}?{urlencode({'ae': ae})}"
+
+
+def load_page(view: DayView) -> tuple[DayPage, list[ModalityCount], int]:
+    """The page of rows, the per-modality counts and the range's unfiltered total.
+
+    The counts per modality apply every filter but the modality, so they give the
+    page's total too; the unfiltered total costs a query only when a filter other
+    than the modality is set.
+    """
     session = db_session()
-    items = items_for_day(
-        session,
-        shown,
-        modality=filters.modality,
-        station=filters.station,
-        statuses=filters.statuses(),
-        text=filters.text,
-    )
+    f = view.filters
     counts = modality_counts(
-        session, shown, station=filters.station, statuses=filters.statuses(), text=filters.text
+        session,
+        view.first,
+        last=view.last,
+        station=f.station,
+        statuses=f.statuses(),
+        text=f.text,
+        priorities=f.priorities(),
     )
-    day_total = (
-        sum(c.total for c in counts)
-        if not (filters.station or filters.status or filters.text)
-        else sum(c.total for c in modality_counts(session, shown))
+    if f.modality:
+        total = sum(c.total for c in counts if c.modality == f.modality)
+    else:
+        total = sum(c.total for c in counts)
+    page = day_page(
+        session,
+        view.query(),
+        offset=(view.page - 1) * view.size,
+        limit=view.size,
+        total=total,
     )
-    previous_day = shown - dt.timedelta(days=1) if shown > dt.date.min else None
-    next_day = shown + dt.timedelta(days=1) if shown < dt.date.max else None
+    if f.station or f.status or f.text or f.priority:
+        range_total = count_steps(session, DayQuery(first=view.first, last=view.last))
+    else:
+        range_total = sum(c.total for c in counts)
+    return page, counts, range_total
+
+
+@bp.get("/")
+@role_required(Role.VIEWER)
+def day() -> ResponseReturnValue:
+    """The worklist of a day (``?date=YYYY-MM-DD``, default today) or range, filtered.
+
+    Query parameters: ``date`` (the first day) and ``to`` (the last, inclusive),
+    ``modality``, ``station``, ``status`` (``all``, ``open`` or a step status),
+    ``q`` (patient name, patient ID or accession number), ``priority`` (``urgent``
+    or ``stat``), ``sort`` (a :class:`~mwl.worklist.daylist.DaySort` value) and
+    ``dir`` (``asc``, ``desc``), ``page`` and ``size``, and ``refresh=off``. A GET
+    form sets them, so each room's console can bookmark its own view, e.g.
+    ``/?modality=CT&station=CT01``. Filters ignore case.
+    """
+    today = local_today()
+    view = parse_view(request.args, today)
+    # The filter form sends empty fields and today's date: the canonical address is
+    # the one to bookmark on a console.
+    if request.args.to_dict() != view.args():
+        return redirect(view.url(page=view.page))
+    page, counts, range_total = load_page(view)
+    pages = max(1, -(-page.total // view.size))
+    if view.page > pages:
+        return redirect(view.page_url(pages))
+    version = day_version(db_session(), view.query())
     return render_template(
         "worklist.html",
         alerts=firing_for_page(),
-        items=items,
+        view=view,
+        items=page.items,
+        total=page.total,
+        range_total=range_total,
+        pages=pages,
         counts=counts,
         open_count=open_count,
-        day_total=day_total,
-        filters=filters,
-        link=link,
+        filters=view.filters,
         status_choices=status_choices(),
-        day=shown,
+        priority_choices=priority_choices(),
+        sorts=SORT_LABELS,
+        day=view.first,
         today=today,
-        previous_day=previous_day,
-        next_day=next_day,
-        refresh=refresh,
-        refresh_seconds=REFRESH_SECONDS if shown == today and refresh else None,
-        refresh_url=link(shown, filters),
-        refreshed_at=dt.datetime.now(),
+        previous_view=view.shifted(-view.days),
+        next_view=view.shifted(view.days),
+        version=version,
+        poll_seconds=POLL_SECONDS,
+        can_edit=has_role(Role.EDITOR),
+        bulk_statuses=MANUAL_STATUSES,
+        rows=RowTexts.now(),
+        updated_at=dt.datetime.now(),
         text_max_length=TEXT_MAX_LENGTH,
         code_max_length=CODE_MAX_LENGTH,
     )
+
+
+@bp.get("/worklist/changes")
+@role_required(Role.VIEWER)
+def changes() -> ResponseReturnValue:
+    """Whether the list a page shows changed: ``{"version": ..., "changed": bool}``.
+
+    Takes the page's own query string plus ``since`` (the version the page has).
+    One aggregate query over the range's start index, so polling stays cheap.
+    """
+    args = {k: v for k, v in request.args.items() if k != "since"}
+    view = parse_view(args, local_today())
+    version = day_version(db_session(), view.query())
+    since = request.args.get("since", "")
+    return jsonify(version=version, changed=bool(since) and since != version)

@@ -59,6 +59,7 @@ APPLICATION_SERVER = CodedValue("4", "Application Server process or thread")
 APPLICATION = CodedValue("110150", "Application")
 SOURCE = CodedValue("110153", "Source Role ID")
 DESTINATION = CodedValue("110152", "Destination Role ID")
+DESTINATION_MEDIA = CodedValue("110154", "Destination Media")
 # Participant object ID types.
 PATIENT_NUMBER = CodedValue("2", "Patient Number", "RFC-3881")
 SOP_CLASS_UID = CodedValue("110181", "SOP Class UID")
@@ -300,6 +301,37 @@ def record(
 ) -> str:
     """110109 Order Record, 110110 Patient Record, 110111 Procedure Record (action C/R/U/D)."""
     return build(event, action, outcome, source, [requestor, broker(source)], objects)
+
+
+def export(
+    source: Source,
+    user: str,
+    address: str,
+    destination: str,
+    patients: Sequence[ParticipantObject],
+    what: str,
+    *,
+    outcome: str = SUCCESS,
+) -> str:
+    """110106 Export (PS3.15 A.5.3.6): data leaves the broker, e.g. a CSV download.
+
+    ``user`` asked for it from ``address``; ``destination`` names the media (a file
+    name); ``what`` identifies the exported list (its URL), as an object of its own
+    besides one object per patient in it.
+    """
+    listing = ParticipantObject(what, URI, "2", "3", name=destination)
+    return build(
+        EXPORT,
+        "R",
+        outcome,
+        source,
+        [
+            Participant(user, True, address=address),
+            broker(source, SOURCE),
+            Participant(destination, False, DESTINATION_MEDIA, address=address),
+        ],
+        [*patients, listing],
+    )
 
 
 def security_alert(

@@ -58,6 +58,7 @@ __all__ = [
     "get_item",
     "is_temporary_patient_id",
     "restore_step",
+    "set_step_status",
 ]
 
 # Statuses a modality reported by MPPS: the step was performed, its schedule is history.
@@ -65,6 +66,10 @@ PERFORMED = frozenset({SpsStatus.STARTED, SpsStatus.COMPLETED, SpsStatus.DISCONT
 # Statuses a restore may give back (those a step has before anyone performs it).
 RESTORABLE = frozenset({SpsStatus.SCHEDULED, SpsStatus.ARRIVED, SpsStatus.READY, SpsStatus.HELD})
 MPPS_NAMES_STEP = N_("A modality has reported performing this step (MPPS): it cannot be restored.")
+# Statuses the day list's bulk change offers: those of the way to the scanner (STARTED
+# and later come from the modality or the item page, CANCELED from cancel). Each step
+# still goes through mwl.orders.status.change_status and its transition table.
+MANUAL_STATUSES = (SpsStatus.SCHEDULED, SpsStatus.ARRIVED, SpsStatus.READY, SpsStatus.HELD)
 # Reason text is kept in AuditEvent.reason (String(255)).
 REASON_LENGTH = 255
 

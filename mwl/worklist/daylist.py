@@ -1,13 +1,21 @@
-"""The day list: every scheduled procedure step of one day, whatever its status."""
+"""The day list: every scheduled procedure step of a day (or range), whatever its status.
+
+Filtering, sorting, counting and paging are all done by the database, so a page of
+a 20,000-step range costs one indexed range scan, one sort and one count, never a
+load of the whole range into Python.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import enum
+import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, func, or_, select
+from sqlalchemy import ColumnElement, Select, and_, case, func, or_, select
 from sqlalchemy.orm import Session
 
 from mwl.domain import SpsStatus, WorklistItem
@@ -43,17 +51,20 @@ def text_terms(text: str | None) -> list[str]:
 def day_conditions(
     day: dt.date,
     *,
+    last: dt.date | None = None,
     modality: str | None = None,
     station: str | None = None,
     statuses: frozenset[SpsStatus] | None = None,
     text: str | None = None,
+    priorities: frozenset[str] | None = None,
 ) -> list[ColumnElement[bool]]:
-    """The ``WHERE`` conditions of one day's steps, over step, procedure and patient.
+    """The ``WHERE`` conditions of the steps from ``day`` to ``last`` (inclusive).
 
-    Parameters are those of :func:`items_for_day`.
+    Parameters are those of :func:`items_for_day`; ``last`` defaults to ``day``,
+    ``priorities`` (stored Requested Procedure Priority values, upper case) to all.
     """
     start = dt.datetime.combine(day, dt.time.min)
-    end = start + dt.timedelta(days=1)
+    end = dt.datetime.combine(max(last or day, day), dt.time.min) + dt.timedelta(days=1)
     step = ScheduledProcedureStep
     conditions: list[ColumnElement[bool]] = [
         # A half-open range on the bare column keeps the index on start_datetime (and
@@ -62,11 +73,17 @@ def day_conditions(
         step.start_datetime < end,
     ]
     if modality:
-        conditions.append(step.modality == modality)
+        conditions.append(step.modality == modality.upper())
     if station:
-        conditions.append(step.scheduled_station_ae_title == station)
+        # AE titles are case-sensitive in DICOM, but people type "ct01" for CT01; the
+        # start range above still narrows the rows before the function applies.
+        conditions.append(func.upper(step.scheduled_station_ae_title) == station.upper())
     if statuses is not None:
         conditions.append(step.status.in_(sorted(s.value for s in statuses)))
+    if priorities is not None:
+        conditions.append(
+            func.upper(RequestedProcedure.requested_procedure_priority).in_(sorted(priorities))
+        )
     for term in text_terms(text):
         conditions.append(_term_condition(term))
     return conditions
@@ -158,9 +175,11 @@ def modality_counts(
     session: Session,
     day: dt.date,
     *,
+    last: dt.date | None = None,
     station: str | None = None,
     statuses: frozenset[SpsStatus] | None = None,
     text: str | None = None,
+    priorities: frozenset[str] | None = None,
 ) -> list[ModalityCount]:
     """Count the steps of ``day`` per modality, and per status within each.
 
@@ -173,8 +192,8 @@ def modality_counts(
         A read-only unit of work.
     day
         The calendar day, in the department's local time.
-    station, statuses, text
-        As for :func:`items_for_day`.
+    last, station, statuses, text, priorities
+        As for :func:`day_conditions`.
 
     Returns
     -------
@@ -182,7 +201,9 @@ def modality_counts(
         One entry per modality that has steps, ordered by modality (a step without
         a modality counts under ``""``, which sorts first).
     """
-    conditions = day_conditions(day, station=station, statuses=statuses, text=text)
+    conditions = day_conditions(
+        day, last=last, station=station, statuses=statuses, text=text, priorities=priorities
+    )
     step = ScheduledProcedureStep
     stmt = (
         select(step.modality, step.status, func.count())
@@ -200,3 +221,202 @@ def modality_counts(
         ModalityCount(modality, sum(by_status.values()), by_status)
         for modality, by_status in per_modality.items()
     ]
+
+
+# Requested Procedure Priority (0040,1003) defined terms, most urgent first; any
+# other stored value (or none) sorts after them, with ROUTINE.
+PRIORITY_ORDER = ("STAT", "HIGH", "MEDIUM", "ROUTINE", "LOW")
+# The priorities the day list marks: those a department calls urgent.
+URGENT = frozenset({"STAT", "HIGH"})
+# The step statuses in the order of the workflow, for sorting by status.
+STATUS_ORDER = (
+    SpsStatus.SCHEDULED,
+    SpsStatus.ARRIVED,
+    SpsStatus.READY,
+    SpsStatus.STARTED,
+    SpsStatus.HELD,
+    SpsStatus.DEPARTED,
+    SpsStatus.COMPLETED,
+    SpsStatus.DISCONTINUED,
+    SpsStatus.CANCELED,
+)
+
+
+class DaySort(enum.StrEnum):
+    """The columns the day list sorts by (the value is the URL's ``sort``)."""
+
+    TIME = "time"
+    PRIORITY = "priority"
+    PATIENT = "patient"
+    PROCEDURE = "procedure"
+    MODALITY = "modality"
+    STATION = "station"
+    STATUS = "status"
+    ACCESSION = "accession"
+
+
+@dataclass(frozen=True)
+class DayQuery:
+    """What the day list shows: a range of days, its filters and its order."""
+
+    first: dt.date
+    last: dt.date | None = None
+    modality: str = ""
+    station: str = ""
+    statuses: frozenset[SpsStatus] | None = None
+    text: str = ""
+    priorities: frozenset[str] | None = None
+    sort: DaySort = DaySort.TIME
+    descending: bool = False
+
+    def conditions(self) -> list[ColumnElement[bool]]:
+        """The ``WHERE`` conditions of this query (see :func:`day_conditions`)."""
+        return day_conditions(
+            self.first,
+            last=self.last,
+            modality=self.modality,
+            station=self.station,
+            statuses=self.statuses,
+            text=self.text,
+            priorities=self.priorities,
+        )
+
+
+@dataclass(frozen=True)
+class DayPage:
+    """One page of the day list and how many steps the whole query matches."""
+
+    items: list[WorklistItem]
+    total: int
+    offset: int
+    limit: int
+
+
+def priority_rank(column: Any) -> ColumnElement[int]:
+    """A number to sort priorities by: 0 for STAT, then HIGH, MEDIUM; ROUTINE and unknown 3."""
+    upper = func.upper(column)
+    whens = [(upper == value, rank) for rank, value in enumerate(PRIORITY_ORDER)]
+    return case(*whens, else_=PRIORITY_ORDER.index("ROUTINE"))
+
+
+def _sort_columns(sort: DaySort) -> list[Any]:
+    step, procedure, patient = ScheduledProcedureStep, RequestedProcedure, Patient
+    if sort is DaySort.PRIORITY:
+        return [priority_rank(procedure.requested_procedure_priority)]
+    if sort is DaySort.PATIENT:
+        return [patient.patient_name_key, patient.patient_id]
+    if sort is DaySort.PROCEDURE:
+        return [procedure.requested_procedure_description]
+    if sort is DaySort.MODALITY:
+        return [step.modality, step.scheduled_station_ae_title]
+    if sort is DaySort.STATION:
+        return [step.scheduled_station_ae_title]
+    if sort is DaySort.STATUS:
+        whens = [(step.status == s.value, rank) for rank, s in enumerate(STATUS_ORDER)]
+        return [case(*whens, else_=len(STATUS_ORDER))]
+    if sort is DaySort.ACCESSION:
+        return [procedure.accession_number]
+    return []
+
+
+def sorted_statement(
+    query: DayQuery,
+) -> Select[ScheduledProcedureStep, RequestedProcedure, Patient]:
+    """The rows of ``query`` in its order; ties (and the time sort) by start, then keys.
+
+    The tie-breakers end in the step's key, so the order is total and paging by
+    offset never shows a step twice or skips one while nothing changes.
+    """
+    keys = _sort_columns(query.sort)
+    step = ScheduledProcedureStep
+    tail: list[Any] = [
+        step.start_datetime,
+        RequestedProcedure.accession_number,
+        step.scheduled_procedure_step_id,
+        step.id,
+    ]
+    if query.descending:
+        # Descending applies to the chosen column (or the time); ties stay by time.
+        order = [k.desc() for k in keys] + tail if keys else [c.desc() for c in tail]
+    else:
+        order = keys + tail
+    return (
+        select(step, RequestedProcedure, Patient)
+        .join(RequestedProcedure, step.procedure_key == RequestedProcedure.id)
+        .join(Patient, RequestedProcedure.patient_key == Patient.id)
+        .where(and_(*query.conditions()))
+        .order_by(*order)
+    )
+
+
+def count_steps(session: Session, query: DayQuery) -> int:
+    """How many steps ``query`` matches (one ``COUNT`` in SQL)."""
+    step = ScheduledProcedureStep
+    stmt = (
+        select(func.count())
+        .select_from(step)
+        .join(RequestedProcedure, step.procedure_key == RequestedProcedure.id)
+        .join(Patient, RequestedProcedure.patient_key == Patient.id)
+        .where(and_(*query.conditions()))
+    )
+    return int(session.scalar(stmt) or 0)
+
+
+def day_page(
+    session: Session,
+    query: DayQuery,
+    *,
+    offset: int = 0,
+    limit: int = 100,
+    total: int | None = None,
+) -> DayPage:
+    """One page (``limit`` steps from ``offset``) of ``query``'s steps, with the total.
+
+    ``total``, when the caller knows it already (from :func:`modality_counts`), saves
+    the ``COUNT``.
+
+    Raises
+    ------
+    ValueError
+        When ``offset`` is negative or ``limit`` is not positive.
+    """
+    if offset < 0 or limit < 1:
+        raise ValueError(f"bad page: offset {offset}, limit {limit}")
+    rows = session.execute(sorted_statement(query).offset(offset).limit(limit))
+    items = [worklist_item(step, procedure, patient) for step, procedure, patient in rows]
+    if total is None:
+        total = count_steps(session, query) if items or offset else 0
+    return DayPage(items, total, offset, limit)
+
+
+def day_items(session: Session, query: DayQuery, *, limit: int) -> list[WorklistItem]:
+    """The first ``limit`` steps of ``query`` in its order (for an export)."""
+    rows = session.execute(sorted_statement(query).limit(limit))
+    return [worklist_item(step, procedure, patient) for step, procedure, patient in rows]
+
+
+def day_version(session: Session, query: DayQuery) -> str:
+    """A short token that changes whenever what ``query`` shows may have changed.
+
+    It hashes the count and the newest ``updated_at`` of the steps in the range,
+    their procedures and patients (one aggregate over the start index): a new,
+    changed, canceled or purged step changes it. Filters other than the days are
+    left out on purpose: a step that leaves the filter changes its row's time too.
+    """
+    step = ScheduledProcedureStep
+    conditions = day_conditions(query.first, last=query.last)
+    stmt = (
+        select(
+            func.count(),
+            func.max(step.updated_at),
+            func.max(RequestedProcedure.updated_at),
+            func.max(Patient.updated_at),
+        )
+        .select_from(step)
+        .join(RequestedProcedure, step.procedure_key == RequestedProcedure.id)
+        .join(Patient, RequestedProcedure.patient_key == Patient.id)
+        .where(and_(*conditions))
+    )
+    row = session.execute(stmt).one()
+    text = "|".join("" if value is None else str(value) for value in row)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

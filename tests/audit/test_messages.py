@@ -45,6 +45,14 @@ MESSAGES = {
         m.user_object("bob"),
         "role set to editor",
     ),
+    "export": m.export(
+        SOURCE,
+        "alice",
+        "127.0.0.1",
+        "worklist-2026-11-21.csv",
+        [m.patient_object("PAT0001"), m.patient_object("PAT0002")],
+        "/worklist/export.csv?modality=CT",
+    ),
 }
 
 
@@ -116,3 +124,21 @@ def test_a_read_names_each_patient_once_and_splits_long_lists():
 )
 def test_a_settings_change_has_the_event_type_of_its_most_severe_setting(names, code):
     assert m.configuration_event(names).code == code
+
+
+def test_export_names_the_user_the_media_and_every_patient():
+    document = etree.fromstring(MESSAGES["export"].encode())
+    ident = document.find("EventIdentification")
+    assert ident.find("EventID").get("csd-code") == "110106"
+    assert ident.get("EventActionCode") == "R"
+    participants = document.findall("ActiveParticipant")
+    assert [p.get("UserID") for p in participants][0] == "alice"
+    assert participants[0].get("UserIsRequestor") == "true"
+    roles = [p.find("RoleIDCode").get("csd-code") for p in participants[1:]]
+    assert roles == ["110153", "110154"]
+    objects = document.findall("ParticipantObjectIdentification")
+    assert [o.get("ParticipantObjectID") for o in objects] == [
+        "PAT0001",
+        "PAT0002",
+        "/worklist/export.csv?modality=CT",
+    ]

@@ -119,7 +119,7 @@ def test_log_in_see_and_filter_the_day_list(
         expect(page.get_by_role("row").filter(has_text="SYN-0003")).to_contain_text("Canceled")
         expect(page.get_by_role("row").filter(has_text="SYN-0004")).to_contain_text("Started")
         expect(page.get_by_text("4 scheduled procedure steps")).to_be_visible()
-        expect(page.get_by_text("this list refreshes every minute")).to_be_visible()
+        expect(page.get_by_text("this list updates itself")).to_be_visible()
 
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         shot = ARTIFACTS / "daylist.png"

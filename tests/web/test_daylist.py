@@ -25,7 +25,7 @@ def at(hour: int, minute: int = 0, day: dt.date = DAY) -> dt.datetime:
 
 def accessions(page: str) -> list[str]:
     """Accession numbers of the table's rows, top to bottom."""
-    return re.findall(r"Accession No\. ([^<\s]+)<", page)
+    return re.findall(r'<td class="accession">([^<]*)</td>', page)
 
 
 def modality_links(page: str) -> dict[str, tuple[str, bool]]:
@@ -135,26 +135,28 @@ def test_form_submissions_redirect_to_the_address_to_bookmark(logged_in, departm
     assert logged_in.get("/?date=2026-11-21&status=open&q=x").status_code == 200
 
 
-def test_today_refreshes_itself_keeping_its_filters(logged_in, add_order, today):
+def test_the_list_updates_itself_by_polling_keeping_its_filters(logged_in, add_order, today):
     add_order("CT-NOW", dt.datetime.combine(today, dt.time(9)))
     page = logged_in.get("/?modality=CT&station=CT01").text
-    # The refresh reloads the list without a date, so a console left on it overnight
-    # shows the next day.
-    assert '<meta http-equiv="refresh" content="60; url=/?modality=CT&amp;station=CT01">' in page
+    # No meta refresh (it reset scroll and typed text): the page's script polls the
+    # changes endpoint with the page's own filters; today's address has no date, so
+    # a console left on it overnight shows the next day.
+    assert 'http-equiv="refresh"' not in page
+    assert 'data-changes-url="/worklist/changes?modality=CT&amp;station=CT01"' in page
+    assert 'data-poll-seconds="10"' in page
     assert accessions(page) == ["CT-NOW"]
-    stop = re.search(r'<a href="([^"]+)">Stop refreshing</a>', page)
+    stop = re.search(r'<a href="([^"]+)">Stop updating</a>', page)
     assert stop and html.unescape(stop.group(1)) == "/?modality=CT&station=CT01&refresh=off"
 
     paused = logged_in.get("/?modality=CT&station=CT01&refresh=off").text
-    assert 'http-equiv="refresh"' not in paused
-    assert "Automatic refresh is off." in paused
+    assert 'data-poll-seconds="0"' in paused
+    assert "Automatic updates are off." in paused
     assert '<input type="hidden" name="refresh" value="off">' in paused
     assert 'href="/?modality=CT&amp;station=CT01&amp;date=2026-11-23&amp;refresh=off"' in paused
-    resume = re.search(r'<a href="([^"]+)">Refresh every minute</a>', paused)
+    resume = re.search(r'<a href="([^"]+)">Update automatically</a>', paused)
     assert resume and html.unescape(resume.group(1)) == "/?modality=CT&station=CT01"
 
     other_day = logged_in.get("/?modality=CT&date=2026-11-21").text
-    assert 'http-equiv="refresh"' not in other_day and "Stop refreshing" not in other_day
     assert 'href="/?modality=CT"' in other_day  # "Today" keeps the filters
 
 

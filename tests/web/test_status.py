@@ -43,7 +43,7 @@ def test_unexpected_errors_show_no_traceback(logged_in, monkeypatch, caplog):
     def broken(*_args: object, **_kwargs: object) -> None:
         raise RuntimeError("Secret^Patient internal detail")
 
-    monkeypatch.setattr("web.worklist.items_for_day", broken)
+    monkeypatch.setattr("web.worklist.day_page", broken)
     response = logged_in.get("/")
     assert response.status_code == 500
     page = response.get_data(as_text=True)

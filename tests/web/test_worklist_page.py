@@ -62,17 +62,20 @@ def test_lists_the_days_items_and_not_other_days(logged_in, add_order):
     assert "Other, Day" not in page and "ACC-OTHER" not in page
     assert "2 scheduled procedure steps" in page
     first, second = rows(page)
-    assert cells(first)[:2] == ["07:30", "Doe, Jane ID PID-8 (HOSP)"]
-    # Columns: time, patient (name, ID), birth date (age that day), sex, procedure
-    # (with protocol and accession number), modality / room, status.
+    assert cells(first)[:3] == ["07:30", "", "Doe, Jane PID-8"]
+    # One line per step: time, priority, patient (name, ID), birth date (age that
+    # day, sex), procedure, accession number, modality, station, status, checks.
     assert cells(second) == [
         "14:05",
-        "Müller, Dr. Hans Peter ID PID-7 (HOSP)",
-        "1970-01-01 56 years",
-        "male",
-        "MR knee left Protocol: Knee standard (KNEE1) Accession No. ACC100",
-        "MR MR_ROOM_2",
+        "",
+        "Müller, Dr. Hans Peter PID-7",
+        "1970-01-01 (56 years) male",
+        "MR knee left",
+        "ACC100",
+        "MR",
+        "MR_ROOM_2",
         "Scheduled",
+        "Why not? (Müller, Dr. Hans Peter on the list of MR_ROOM_2) Test as scanner MR_ROOM_2",
     ]
 
     other_day = logged_in.get("/?date=2026-11-22").get_data(as_text=True)
@@ -85,25 +88,32 @@ def test_age_in_months_for_infants_and_nothing_for_unknown_births(logged_in, add
     add_order("ACC-NONE", at(9), patient_id="P2", birth_date="", sex="")
     add_order("ACC-ODD", at(10), patient_id="P3", birth_date="2026", sex="U")
     baby, unknown, odd = (cells(r) for r in rows(logged_in.get("/?date=2026-11-21").text))
-    assert baby[2:4] == ["2026-03-21 8 months", "female"]
-    assert unknown[2:4] == ["", ""]
-    assert odd[2:4] == ["2026", "U"]  # shown as received, not judged
+    assert baby[3] == "2026-03-21 (8 months) female"
+    assert unknown[3] == ""
+    assert odd[3] == "2026 U"  # shown as received, not judged
 
 
 def test_table_and_page_are_accessible(logged_in, add_order):
     add_order("ACC1", at(9))
     page = logged_in.get("/?date=2026-11-21").get_data(as_text=True)
-    for column in (
-        "Time",
+    headers = [
+        " ".join(re.sub(r"<[^>]+>", " ", h).split())
+        for h in re.findall(r'<th scope="col"[^>]*>(.*?)</th>', page, flags=re.S)
+    ]
+    assert headers == [
+        "Time ▲",
+        "Priority",
         "Patient",
         "Birth date",
-        "Sex",
         "Procedure",
-        "Modality / room",
+        "Accession No.",
+        "Modality",
+        "Station AE",
         "Status",
-    ):
-        assert f'<th scope="col">{column}</th>' in page
-    assert "<caption>Scheduled procedure steps on 2026-11-21, by start time</caption>" in page
+        "Check",
+    ]
+    assert '<th scope="col" aria-sort="ascending"><a href="/?date=2026-11-21&amp;dir=desc">' in page
+    assert "Scheduled procedure steps, sorted by Time</caption>" in page
     assert '<th scope="row" class="patient">' in page
     # Landmarks, skip link, the current page marked in the navigation.
     assert '<a class="skip" href="#main">' in page and '<main id="main">' in page
@@ -111,7 +121,7 @@ def test_table_and_page_are_accessible(logged_in, add_order):
     assert 'role="search"' in page
     # Every form control has a label.
     controls = re.findall(r'<(?:input|select)(?![^>]*type="hidden")[^>]*\bid="([^"]+)"', page)
-    assert {"date", "modality", "station", "status", "q", "lang"} <= set(controls)
+    assert {"date", "to", "modality", "station", "status", "priority", "q", "lang"} <= set(controls)
     for control in controls:
         assert f'<label for="{control}">' in page, control
     assert 'aria-describedby="q-hint"' in page and 'id="q-hint"' in page
@@ -124,8 +134,8 @@ def test_status_is_text_not_colour_alone(logged_in, add_order):
     add_order("ACC-IP", at(12), patient_id="P2", control="XO", order_status="IP")
     canceled, started = rows(logged_in.get("/?date=2026-11-21").get_data(as_text=True))
     assert 'class="status-canceled"' in canceled
-    assert cells(canceled)[-1] == "Canceled" and "ACC-CA" in canceled
-    assert 'class="status-started"' in started and cells(started)[-1] == "Started"
+    assert cells(canceled)[-2] == "Canceled" and "ACC-CA" in canceled
+    assert 'class="status-started"' in started and cells(started)[-2] == "Started"
 
 
 def test_values_are_escaped(logged_in, add_order):
@@ -153,15 +163,18 @@ def test_day_navigation_and_default_today(logged_in, add_order):
     assert "Nothing is scheduled on this day." in page
     assert "0 scheduled procedure steps" in page
     assert "Saturday, November 21, 2026" in page
-    assert 'http-equiv="refresh"' not in page  # another day does not change by itself
+    assert 'http-equiv="refresh"' not in page
 
     add_order("ACC-TODAY", dt.datetime.combine(TODAY, dt.time(12)))
     page = logged_in.get("/").get_data(as_text=True)
     assert "ACC-TODAY" in page
     assert '<time datetime="2026-11-24">Tuesday, November 24, 2026</time>' in page
     assert "(today)" in page and 'href="/?date=2026-11-23"' in page
-    assert '<meta http-equiv="refresh" content="60; url=/">' in page
-    assert "this list refreshes every minute" in page
+    # No meta refresh: the page polls /worklist/changes with its own filters.
+    assert 'http-equiv="refresh"' not in page
+    assert "this list updates itself" in page
+    assert 'data-changes-url="/worklist/changes"' in page
+    assert '<script src="/static/daylist.js" defer></script>' in page
 
 
 def test_every_role_sees_the_day_list(app, session_factory, password, add_order):
