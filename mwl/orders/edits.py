@@ -58,7 +58,6 @@ __all__ = [
     "get_item",
     "is_temporary_patient_id",
     "restore_step",
-    "set_step_status",
 ]
 
 # Statuses a modality reported by MPPS: the step was performed, its schedule is history.
