@@ -34,6 +34,7 @@ from web import (
     scanners,
     sso,
     status,
+    users,
     worklist,
 )
 from web import tokens as token_page
@@ -165,6 +166,7 @@ def create_app(
     app.register_blueprint(admin.bp)
     app.register_blueprint(token_page.bp)
     app.register_blueprint(account.bp)
+    app.register_blueprint(users.bp)
 
     # Lets the navigation show links only to pages that exist.
     app.jinja_env.globals["url_endpoints"] = app.view_functions

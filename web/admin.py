@@ -48,6 +48,7 @@ from mwl.errors import SettingsError
 from mwl.orders.apply import DEFAULT_STATUS_TABLE
 from web.roles import role_required
 from web.store import db_session, state, writer
+from web.worklist import STATUS_LABELS
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
@@ -90,7 +91,11 @@ def _charset_choices(default_label: Any) -> list[SelectChoice]:
 
 
 def _statuses() -> list[SelectChoice]:
-    return [SelectChoice(s.value) for s in SpsStatus]
+    # The defined term is what the settings file holds; the label says it in words.
+    return [
+        SelectChoice(s.value, _l("%(label)s (%(term)s)", label=STATUS_LABELS[s], term=s.value))
+        for s in SpsStatus
+    ]
 
 
 class ProfileRow(Form):

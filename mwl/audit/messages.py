@@ -65,6 +65,7 @@ SOP_CLASS_UID = CodedValue("110181", "SOP Class UID")
 STUDY_INSTANCE_UID = CodedValue("110180", "Study Instance UID")
 NODE_ID = CodedValue("110182", "Node ID")
 URI = CodedValue("12", "URI", "RFC-3881")
+USER_IDENTIFIER = CodedValue("11", "User Identifier", "RFC-3881")
 
 SUCCESS, MINOR_FAILURE, SERIOUS_FAILURE, MAJOR_FAILURE = "0", "4", "8", "12"
 
@@ -321,5 +322,33 @@ def security_alert(
         [reporter, broker(source)],
         [alerted],
         event_type=event_type,
+        outcome_text=text,
+    )
+
+
+def user_change(
+    source: Source,
+    reporter: Participant,
+    username: str,
+    *,
+    roles: bool,
+    text: str,
+) -> str:
+    """110113 Security Alert about a user account an admin changed.
+
+    The event type is 110136 Security Roles Changed for a role given or taken, else
+    110137 User Security Attributes Changed (created, disabled, enabled, password
+    reset, removed); ``text`` says which. The account is the alert subject: a person
+    (type 1) in the role User (6), identified by its user name (RFC 3881 code 11).
+    """
+    subject = ParticipantObject(username, USER_IDENTIFIER, "1", "6")
+    return build(
+        SECURITY_ALERT,
+        "E",
+        SUCCESS,
+        source,
+        [reporter, broker(source)],
+        [subject],
+        event_type=SECURITY_ROLES_CHANGED if roles else USER_SECURITY_ATTRIBUTES_CHANGED,
         outcome_text=text,
     )

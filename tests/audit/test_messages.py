@@ -32,6 +32,16 @@ MESSAGES = {
         m.PROCEDURE_RECORD, "U", SOURCE, MODALITY, [m.study_object("1.2.3", ["A1"], ["1.2.3.9"])]
     ),
     "alert": m.security_alert(SOURCE, m.NODE_AUTHENTICATION, MODALITY, "CT01@127.0.0.1"),
+    "role changed": m.user_change(
+        SOURCE,
+        m.Participant("admin", True, address="127.0.0.1"),
+        "bob",
+        roles=True,
+        text="role: viewer -> editor",
+    ),
+    "user created": m.user_change(
+        SOURCE, m.Participant("admin", True), "carol", roles=False, text="created (viewer)"
+    ),
 }
 
 
@@ -70,3 +80,15 @@ def test_application_activity_codes():
         document = etree.fromstring(MESSAGES[name].encode())
         assert document.find("EventIdentification/EventID").get("csd-code") == "110100"
         assert document.find("EventIdentification/EventTypeCode").get("csd-code") == code
+
+
+def test_user_changes_are_security_alerts_about_the_account():
+    for name, event_type in (("role changed", "110136"), ("user created", "110137")):
+        document = etree.fromstring(MESSAGES[name].encode())
+        assert document.find("EventIdentification/EventID").get("csd-code") == "110113"
+        assert document.find("EventIdentification/EventTypeCode").get("csd-code") == event_type
+        assert document.find("EventIdentification").get("EventOutcomeIndicator") == "0"
+        obj = document.find("ParticipantObjectIdentification")
+        assert obj.get("ParticipantObjectTypeCode") == "1"
+        assert obj.get("ParticipantObjectTypeCodeRole") == "6"
+        assert obj.find("ParticipantObjectIDTypeCode").get("csd-code") == "11"

@@ -80,6 +80,7 @@ QUERY_PARAMETERS: dict[str, tuple[str, ...]] = {
     "admin": (),
     "tokens": (),
     "account": (),
+    "users": (),
     "static": (),
     "api": (),  # from the OpenAPI document
 }
