@@ -62,13 +62,13 @@ def test_lists_the_days_items_and_not_other_days(logged_in, add_order):
     assert "Other, Day" not in page and "ACC-OTHER" not in page
     assert "2 scheduled procedure steps" in page
     first, second = rows(page)
-    assert cells(first)[:2] == ["07:30", "Doe, Jane ID PID-8 (HOSP)"]
+    assert cells(first)[:2] == ["7:30 AM", "Doe, Jane ID PID-8 (HOSP)"]
     # Columns: time, patient (name, ID), birth date (age that day), sex, procedure
     # (with protocol and accession number), modality / room, status.
     assert cells(second) == [
-        "14:05",
+        "2:05 PM",
         "Müller, Dr. Hans Peter ID PID-7 (HOSP)",
-        "1970-01-01 56 years",
+        "Jan 1, 1970 56 years",
         "male",
         "MR knee left Protocol: Knee standard (KNEE1) Accession No. ACC100",
         "MR MR_ROOM_2",
@@ -85,7 +85,7 @@ def test_age_in_months_for_infants_and_nothing_for_unknown_births(logged_in, add
     add_order("ACC-NONE", at(9), patient_id="P2", birth_date="", sex="")
     add_order("ACC-ODD", at(10), patient_id="P3", birth_date="2026", sex="U")
     baby, unknown, odd = (cells(r) for r in rows(logged_in.get("/?date=2026-11-21").text))
-    assert baby[2:4] == ["2026-03-21 8 months", "female"]
+    assert baby[2:4] == ["Mar 21, 2026 8 months", "female"]
     assert unknown[2:4] == ["", ""]
     assert odd[2:4] == ["2026", "U"]  # shown as received, not judged
 
@@ -103,7 +103,7 @@ def test_table_and_page_are_accessible(logged_in, add_order):
         "Status",
     ):
         assert f'<th scope="col">{column}</th>' in page
-    assert "<caption>Scheduled procedure steps on 2026-11-21, by start time</caption>" in page
+    assert "<caption>Scheduled procedure steps on Nov 21, 2026, by start time</caption>" in page
     assert '<th scope="row" class="patient">' in page
     # Landmarks, skip link, the current page marked in the navigation.
     assert '<a class="skip" href="#main">' in page and '<main id="main">' in page
