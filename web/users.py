@@ -22,9 +22,9 @@ from flask_login import current_user
 from flask_wtf import FlaskForm
 from sqlalchemy.orm import Session
 from wtforms import PasswordField, SelectField, StringField
-from wtforms.validators import EqualTo, InputRequired, Length
+from wtforms.validators import EqualTo, InputRequired, Length, ValidationError
 
-from mwl.admin.passwords import MIN_LENGTH, PasswordRule, WeakPasswordError
+from mwl.admin.passwords import MIN_LENGTH, PasswordRule, WeakPasswordError, password_problem
 from mwl.admin.users import (
     USERNAME_MAX_LENGTH,
     Role,
@@ -94,7 +94,19 @@ def _password_fields() -> tuple[Any, Any]:
     return new, repeat
 
 
-class NewUserForm(FlaskForm):  # type: ignore[misc]
+class _PolicyChecked:
+    """Checks the password against the policy with the other fields, so all errors show at once."""
+
+    def account_name(self) -> str:
+        raise NotImplementedError
+
+    def validate_password(self, field: Any) -> None:
+        problem = password_problem(field.data or "", self.account_name())
+        if problem is not None:
+            raise ValidationError(rule_message(problem))
+
+
+class NewUserForm(_PolicyChecked, FlaskForm):  # type: ignore[misc]
     """A new local account: name, role and a first password the user changes."""
 
     username = StringField(
@@ -103,8 +115,11 @@ class NewUserForm(FlaskForm):  # type: ignore[misc]
     role = SelectField(_l("Role"), default=Role.VIEWER.value)
     password, repeat_password = _password_fields()
 
+    def account_name(self) -> str:
+        return str(self.username.data or "")
 
-class ResetForm(FlaskForm):  # type: ignore[misc]
+
+class ResetForm(_PolicyChecked, FlaskForm):  # type: ignore[misc]
     """An admin's new password for an account."""
 
     class Meta:
@@ -112,6 +127,10 @@ class ResetForm(FlaskForm):  # type: ignore[misc]
         csrf = False
 
     password, repeat_password = _password_fields()
+    username = ""  # the account's, set by the view
+
+    def account_name(self) -> str:
+        return self.username
 
 
 class RoleForm(FlaskForm):  # type: ignore[misc]
@@ -363,6 +382,7 @@ def reset(key: int) -> ResponseReturnValue:
     if user.external_source is not None:
         abort(409, description=_("This account's password is kept by its directory."))
     form = ResetForm(prefix=f"r{key}")
+    form.username = user.username
     if not form.validate_on_submit():
         return _page(reset=(key, form), status=400)
     try:

@@ -122,7 +122,8 @@ def test_all_errors_at_once_and_values_kept(admin):
         },
     )
     assert response.status_code == 400
-    assert response.text.count('class="field-error"') == 2  # no name, passwords differ
+    # No name, a password too short, and the two differ: all three at once.
+    assert response.text.count('class="field-error"') == 3
     assert '<option selected value="editor">' in response.text
 
 
