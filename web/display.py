@@ -146,6 +146,10 @@ def field_text(item: WorklistItem, field: StoredField) -> str:
         from web.worklist import status_label
 
         return status_label(SpsStatus(value))
+    if field.name == "patient_sex":
+        from web.worklist import SEX_LABELS
+
+        return str(SEX_LABELS.get(value, value))
     text: str = value
     return text
 
