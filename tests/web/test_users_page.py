@@ -269,3 +269,11 @@ def _key(session_factory: sessionmaker[Session], name: str) -> int:
         found = find_user(session, name)
         assert found is not None
         return found.id
+
+
+def test_the_language_switch_on_a_form_with_errors_comes_back_to_the_form(admin):
+    response = _create(admin, "", password="x")
+    assert response.status_code == 400
+    assert '<input type="hidden" name="next" value="/admin/users">' in response.text
+    listed = admin.get("/admin/users?sort=name&x=%C3%A4").text
+    assert '<input type="hidden" name="next" value="/admin/users?sort=name&amp;x=%C3%A4">' in listed
