@@ -6,6 +6,7 @@ Usage (from the repository root, with the project's virtual environment)::
     python tools/i18n.py update     # extract from web/ and merge into every messages.po
     python tools/i18n.py compile    # messages.po -> messages.mo (both are committed)
     python tools/i18n.py check      # exit 1, listing every msgid without a translation
+                                    # and every text of the page not marked at all
     python tools/i18n.py extract    # write web/translations/messages.pot (for PO editors)
 
 ``update --lang xx`` starts a catalog for a new language. What is extracted is
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import importlib.metadata
+import importlib.util
 import io
 import sys
 from collections.abc import Callable, Iterable
@@ -55,6 +57,16 @@ COMMENT_TAGS = ("TRANSLATORS:",)
 # tree (tests, virtual environments, artifacts) would only be slow.
 SOURCE_DIRS = (("web",), ("mwl", "worklist"), ("mwl", "orders"))
 PO_WIDTH = 100
+
+
+def swiss(text: str) -> str:
+    """German as written in Switzerland: no ß, which Swiss orthography writes ss."""
+    return text.replace("ß", "ss").replace("ẞ", "SS")
+
+
+# Catalogs compiled from another language's, so that translators keep one .po: only
+# the .mo is written (and committed); the check sees that it is up to date.
+DERIVED: dict[str, tuple[str, Callable[[str], str]]] = {"de_CH": ("de", swiss)}
 
 Key = tuple[str, str | None]  # (msgid, context); a plural message by its singular
 
@@ -206,12 +218,37 @@ def update(
             out(f"{path.relative_to(root)} is up to date")
 
 
-def compile_catalogs(root: Path = ROOT, out: Callable[[str], None] = print) -> None:
-    """Write each language's ``messages.mo`` from its ``messages.po``."""
+def derived_catalog(lang: str, root: Path = ROOT) -> Catalog:
+    """The catalog of a :data:`DERIVED` language, made from its source's ``.po``."""
+    source, transform = DERIVED[lang]
+    original = read_catalog(po_path(source, root), source)
+    catalog = Catalog(locale=lang, domain=DOMAIN, charset="utf-8", fuzzy=False)
+    for message in original:
+        if not message.id:
+            continue
+        strings = message.string
+        if isinstance(strings, tuple | list):
+            changed: str | tuple[str, ...] = tuple(transform(s) for s in strings)
+        else:
+            changed = transform(strings or "")
+        catalog.add(message.id, changed, flags=message.flags, context=message.context)
+    return catalog
+
+
+def _compiled(root: Path) -> Iterable[tuple[str, Path, Catalog]]:
     for lang in languages(root):
         path = po_path(lang, root)
-        mo = path.with_suffix(".mo")
-        data = mo_bytes(read_catalog(path, lang))
+        yield lang, path.with_suffix(".mo"), read_catalog(path, lang)
+    for lang, (source, _transform) in DERIVED.items():
+        if po_path(source, root).exists():
+            yield lang, po_path(lang, root).with_suffix(".mo"), derived_catalog(lang, root)
+
+
+def compile_catalogs(root: Path = ROOT, out: Callable[[str], None] = print) -> None:
+    """Write each language's ``messages.mo`` from its ``messages.po`` (and the derived ones)."""
+    for _lang, mo, catalog in _compiled(root):
+        data = mo_bytes(catalog)
+        mo.parent.mkdir(parents=True, exist_ok=True)
         if not mo.exists() or mo.read_bytes() != data:
             mo.write_bytes(data)
             out(f"compiled {mo.relative_to(root)}")
@@ -263,7 +300,49 @@ def problems(root: Path = ROOT) -> dict[str, list[Problem]]:
                     Problem("stale-mo", "", str(mo.relative_to(root)), "differs from the .po")
                 )
         found[lang] = listed
+    for lang, (source, _transform) in DERIVED.items():
+        if not po_path(source, root).exists():
+            continue
+        mo = po_path(lang, root).with_suffix(".mo")
+        listed = []
+        if not mo.exists():
+            listed.append(Problem("stale-mo", "", str(mo.relative_to(root)), "missing"))
+        else:
+            with mo.open("rb") as compiled:
+                served = translations_of(read_mo(compiled))
+            if served != translations_of(derived_catalog(lang, root)):
+                listed.append(
+                    Problem(
+                        "stale-mo", "", str(mo.relative_to(root)), f"differs from {source}'s .po"
+                    )
+                )
+        found[lang] = listed
     return found
+
+
+def _unmarked_module() -> object:
+    # Beside this file; loaded by path, as this tool is (a script, not a package).
+    path = Path(__file__).with_name("i18n_unmarked.py")
+    spec = importlib.util.spec_from_file_location("i18n_unmarked", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("i18n_unmarked", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def unmarked_report(root: Path = ROOT) -> str:
+    """Text of the templates and views that is not marked for translation, if any."""
+    found = _unmarked_module().unmarked(root)  # type: ignore[attr-defined]
+    if not found:
+        return ""
+    lines = [f"text not marked for translation: {len(found)}"]
+    lines += [f"  {item.where}  {item.text[:80]!r}" for item in found]
+    lines.append(
+        "Fix: wrap it in {{ _('...') }} (templates) or _()/_l() (Python), or, when it reads"
+        " the same in every language, add it to SAME_IN_EVERY_LANGUAGE in tools/i18n_unmarked.py."
+    )
+    return "\n".join(lines)
 
 
 def report(found: dict[str, list[Problem]], root: Path = ROOT) -> str:
@@ -310,12 +389,14 @@ def main(argv: list[str] | None = None) -> int:
         compile_catalogs(root)
     else:
         found = problems(root)
-        text = report(found, root)
+        text = "\n".join(t for t in (report(found, root), unmarked_report(root)) if t)
         if text:
             print(text)
             return 1
         counted = len([m for m in extract(root) if m.id])
-        print(f"every catalog translates all {counted} messages: {', '.join(found)}")
+        print(
+            f"every catalog translates all {counted} messages: {', '.join(found)}; no unmarked text"
+        )
     return 0
 
 

@@ -40,6 +40,7 @@ from web import (
     scanners,
     sso,
     status,
+    users,
     worklist,
 )
 from web import tokens as token_page
@@ -184,6 +185,7 @@ def create_app(
     app.register_blueprint(alerts.bp)
     app.register_blueprint(token_page.bp)
     app.register_blueprint(account.bp)
+    app.register_blueprint(users.bp)
 
     # Lets the navigation show links only to pages that exist.
     app.jinja_env.globals["url_endpoints"] = app.view_functions

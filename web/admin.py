@@ -48,6 +48,7 @@ from mwl.errors import SettingsError
 from mwl.orders.apply import DEFAULT_STATUS_TABLE
 from web import audit_events
 from web.confirm import confirmation_page, confirmed
+from web.display import STATUS_LABELS
 from web.roles import role_required
 from web.store import db_session, state, writer
 
@@ -102,7 +103,11 @@ def _charset_choices(default_label: Any) -> list[SelectChoice]:
 
 
 def _statuses() -> list[SelectChoice]:
-    return [SelectChoice(s.value) for s in SpsStatus]
+    # The defined term is what the settings file holds; the label says it in words.
+    return [
+        SelectChoice(s.value, _l("%(label)s (%(term)s)", label=STATUS_LABELS[s], term=s.value))
+        for s in SpsStatus
+    ]
 
 
 class ProfileRow(Form):

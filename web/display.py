@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, Literal
 
 from flask import Flask
+from flask_babel import format_date, format_datetime, format_time
 from flask_babel import lazy_gettext as _l
 
 from mwl.domain import Code, SpsStatus, WorklistItem
@@ -51,11 +52,55 @@ def dicom_date(value: str) -> str:
         return value
 
 
-def local_time(value: dt.datetime | None, fmt: str = "%Y-%m-%d %H:%M:%S") -> str:
-    """A naive UTC timestamp from the logs, shown in the server's local time."""
+# How a moment is shown; the words are CLDR's widths, in the page's locale:
+# date       03.12.2026 (de-CH, de-DE) · Dec 3, 2026 (en) · 3 Dec 2026 (en-GB)
+# day        Donnerstag, 3. Dezember 2026 · Thursday, December 3, 2026
+# datetime   03.12.2026, 14:05:09 · Dec 3, 2026, 2:05:09 PM
+# minute     03.12.2026, 14:05 · Dec 3, 2026, 2:05 PM
+# time       14:05 · 2:05 PM
+# seconds    14:05:09 · 2:05:09 PM
+When = Literal["date", "day", "datetime", "minute", "time", "seconds"]
+
+
+def when_text(value: dt.date | dt.datetime | None, form: When = "datetime") -> str:
+    """A date or a (naive, local) date and time in the page's locale, through Babel.
+
+    The one place the page formats dates and times for people: inputs of type
+    date, ``<time datetime>``, the API and CSV keep ISO 8601. Needs a request (the
+    locale is the reader's, see :mod:`web.i18n`).
+    """
     if value is None:
         return ""
-    return value.replace(tzinfo=dt.UTC).astimezone().strftime(fmt)
+    if form == "date":
+        return str(format_date(value, "medium"))
+    if form == "day":
+        return str(format_date(value, "full"))
+    if not isinstance(value, dt.datetime):
+        value = dt.datetime.combine(value, dt.time())
+    if form == "time":
+        return str(format_time(value, "short"))
+    if form == "seconds":
+        return str(format_time(value, "medium"))
+    if form == "minute":
+        return f"{format_date(value, 'medium')}, {format_time(value, 'short')}"
+    return str(format_datetime(value, "medium"))
+
+
+def local_time(value: dt.datetime | None, form: When = "datetime") -> str:
+    """A naive UTC timestamp from the logs, in the server's local time and the page's locale."""
+    if value is None:
+        return ""
+    local = value.replace(tzinfo=dt.UTC).astimezone().replace(tzinfo=None)
+    return when_text(local, form)
+
+
+def birth_date(value: str) -> str:
+    """A DICOM date (``YYYYMMDD``) in the page's locale; anything else unchanged."""
+    try:
+        day = dt.datetime.strptime(value, "%Y%m%d").date()
+    except ValueError:
+        return value
+    return when_text(day, "date")
 
 
 def step_status_text(value: SpsStatus | str) -> str:
@@ -68,7 +113,7 @@ def step_status_text(value: SpsStatus | str) -> str:
 
 def start_text(value: dt.datetime) -> str:
     """A scheduled start (local time of the department) as the page shows it."""
-    return value.strftime("%Y-%m-%d %H:%M:%S")
+    return when_text(value, "minute")
 
 
 def code_text(code: Code | None) -> str:
@@ -105,16 +150,16 @@ ITEM_SECTIONS: dict[str, tuple[StoredField, ...]] = {s.value: in_section(s) for 
 def field_text(item: WorklistItem, field: StoredField) -> str:
     """A stored field of ``item`` as the item page shows it, as text.
 
-    Names as people write them, dates as ``YYYY-MM-DD``, codes as ``meaning (value)``
-    (several separated by commas), the start as ``YYYY-MM-DD HH:MM:SS``, the status
-    as its defined term; text as it is.
+    Names as people write them, dates and the start in the page's locale
+    (:func:`when_text`), codes as ``meaning (value)`` (several separated by
+    commas), the status as its defined term; text as it is.
     """
     value = getattr(item, field.name)
     kind = field.kind
     if kind is Kind.PERSON_NAME:
         return person_name(value)
     if kind is Kind.DATE:
-        return dicom_date(value)
+        return birth_date(value)
     if kind is Kind.CODE:
         return code_text(value)
     if kind is Kind.CODES:
@@ -123,6 +168,10 @@ def field_text(item: WorklistItem, field: StoredField) -> str:
         return start_text(value)
     if kind is Kind.STATUS:
         return step_status_text(value)
+    if field.name == "patient_sex":
+        from web.worklist import SEX_LABELS
+
+        return str(SEX_LABELS.get(value, value))
     text: str = value
     return text
 
@@ -158,11 +207,35 @@ def _shown_for(field: StoredField, item: WorklistItem) -> bool:
     return bool(field_text(item, field))
 
 
+# The statuses of a performed step (PS3.3 C.4.14) and the HL7 outcomes that are
+# words; AA, AE and AR are HL7's acknowledgment codes (Table 0008), shown as such.
+_MPPS_STATUS = {
+    "IN PROGRESS": _l("in progress"),
+    "COMPLETED": _l("completed"),
+    "DISCONTINUED": _l("discontinued"),
+}
+_OUTCOMES = {"RECEIVED": _l("received")}
+
+
+def mpps_status(value: str) -> str:
+    """A performed step's status in the reader's language (the defined term if unknown)."""
+    return str(_MPPS_STATUS.get(value, value))
+
+
+def outcome_label(value: str) -> str:
+    """An HL7 message's outcome: the ACK code, or "received" (not processed yet)."""
+    return str(_OUTCOMES.get(value, value))
+
+
 def register_filters(app: Flask) -> None:
     """Make the functions above available to the templates (filters, a global, a test)."""
     app.add_template_filter(person_name, "person_name")
-    app.add_template_filter(dicom_date, "dicom_date")
+    # The templates' "dicom_date" is for people: the locale's form, not ISO (the API's).
+    app.add_template_filter(birth_date, "dicom_date")
     app.add_template_filter(local_time, "local_time")
+    app.add_template_filter(when_text, "when")
+    app.add_template_filter(mpps_status, "mpps_status")
+    app.add_template_filter(outcome_label, "outcome_label")
     app.add_template_filter(code_text, "code_text")
     app.add_template_filter(hl7_text, "hl7_text")
     app.add_template_filter(step_status_text, "step_status")

@@ -37,6 +37,7 @@ from mwl.worklist.daylist import (
     modality_counts,
 )
 from web.alerts import firing_for_page
+from web.display import STATUS_LABELS, step_status_text
 from web.params import (
     PAGE_SIZE_DEFAULT,
     day_in_range,
@@ -71,18 +72,7 @@ OPEN_STATUSES = frozenset(
     {SpsStatus.SCHEDULED, SpsStatus.ARRIVED, SpsStatus.READY, SpsStatus.STARTED, SpsStatus.HELD}
 )
 
-# How each status reads on the page; the stored value stays the DICOM defined term.
-STATUS_LABELS: dict[SpsStatus, LazyString] = {
-    SpsStatus.SCHEDULED: _l("Scheduled"),
-    SpsStatus.ARRIVED: _l("Arrived"),
-    SpsStatus.READY: _l("Ready"),
-    SpsStatus.STARTED: _l("Started"),
-    SpsStatus.DEPARTED: _l("Departed"),
-    SpsStatus.COMPLETED: _l("Completed"),
-    SpsStatus.DISCONTINUED: _l("Discontinued"),
-    SpsStatus.CANCELED: _l("Canceled"),
-    SpsStatus.HELD: _l("Held"),
-}
+# How each status reads on the page: one table, in web.display.
 SEX_LABELS: dict[str, LazyString] = {"F": _l("female"), "M": _l("male"), "O": _l("other")}
 # The marker of an urgent step (Requested Procedure Priority): a word, not a colour.
 PRIORITY_LABELS: dict[str, LazyString] = {"STAT": _l("STAT"), "HIGH": _l("Urgent")}
@@ -308,10 +298,7 @@ def parse_refresh(value: str | None) -> bool:
 @bp.app_template_filter("status_label")
 def status_label(status: SpsStatus | str) -> str:
     """A step status as the page shows it (translated); unknown values unchanged."""
-    try:
-        return str(STATUS_LABELS[SpsStatus(str(status).upper())])
-    except (ValueError, KeyError):
-        return str(status)
+    return step_status_text(str(status).upper() if isinstance(status, str) else status)
 
 
 @bp.app_template_filter("priority_label")

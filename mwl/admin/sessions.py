@@ -95,6 +95,8 @@ def session_user(
     if found is None:
         return None
     row, user = found
+    if user.disabled:
+        return None
     if now - row.last_seen_at >= policy.idle or now - row.created_at >= policy.lifetime:
         return None
     return SessionUser(row.id, user.id, user.username, user.role, row.last_seen_at)

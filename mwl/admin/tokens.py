@@ -164,6 +164,8 @@ def authenticate_token(
     if found is None:
         return None
     row, user = found
+    if user.disabled:
+        return None
     if use_is_due(row.last_used_at, now):
         record_use(session, row.id, now)
     return user

@@ -212,8 +212,9 @@ def authenticate(session: Session, username: str, password: str) -> User | None:
     """
     global _dummy_hash
     user = find_user(session, username) if username.strip() else None
-    # An external account (mwl.admin.external) logs in at its provider only.
-    if user is None or user.external_source is not None:
+    # An external account (mwl.admin.external) logs in at its provider only; a
+    # disabled one nowhere. Both cost a hash like an unknown name.
+    if user is None or user.external_source is not None or user.disabled:
         if _dummy_hash is None:
             _dummy_hash = hash_password(secrets.token_urlsafe(16))
         check_password(_dummy_hash, password)
@@ -292,13 +293,71 @@ def set_role(session: Session, username: str, role: str | Role) -> User:
     Raises
     ------
     UserError
-        Unknown user or unknown role.
+        Unknown or external user, or unknown role.
     """
     user = _existing(session, username)
+    if user.external_source is not None:
+        # Its directory's groups or its provider's claim give the role at every login.
+        raise UserError(
+            f"user {user.username!r} logs in through {user.external_source}, which gives its role",
+            user.username,
+        )
     user.role = _valid_role(role).value
     end_user_sessions(session, user.id)
     session.flush()
     return user
+
+
+def reset_password(session: Session, username: str, password: str) -> User:
+    """An admin's new password for ``username``, to be changed at its next login.
+
+    The same policy as :func:`set_password` (which the CLI's ``mwl user passwd``
+    and the change-password form use); only the owner should know the password
+    they keep, so the account is sent to the change-password form at its next
+    login. Its web sessions end. The caller commits.
+
+    Raises
+    ------
+    UserError
+        Unknown or external user; :class:`~mwl.admin.passwords.WeakPasswordError`.
+    """
+    user = set_password(session, username, password)
+    user.must_change_password = True
+    session.flush()
+    return user
+
+
+def set_disabled(session: Session, username: str, disabled: bool) -> User:
+    """Disable or enable the local account ``username``; the caller commits.
+
+    A disabled account cannot log in and its API tokens are refused; its web
+    sessions end now. An external account is disabled at its directory or
+    identity provider, which decides at every login.
+
+    Raises
+    ------
+    UserError
+        Unknown or external user.
+    """
+    user = _existing(session, username)
+    if user.external_source is not None:
+        raise UserError(
+            f"user {user.username!r} logs in through {user.external_source}: disable it there",
+            user.username,
+        )
+    user.disabled = disabled
+    if disabled:
+        end_user_sessions(session, user.id)
+    session.flush()
+    return user
+
+
+def enabled_admins(session: Session) -> int:
+    """How many enabled accounts hold the admin role (a broker needs one)."""
+    rows = session.scalars(
+        select(User.id).where(User.role == Role.ADMIN.value, User.disabled.is_(False))
+    )
+    return len(list(rows))
 
 
 def list_users(session: Session) -> list[User]:

@@ -457,3 +457,21 @@ def patient_reads(
             )
         )
     return found
+
+
+def user_change(
+    source: Source,
+    reporter: Participant,
+    username: str,
+    *,
+    roles: bool,
+    text: str,
+) -> str:
+    """110113 Security Alert about a user account that was changed (page or command).
+
+    The event type is 110136 Security Roles Changed for a role given or taken, else
+    110137 User Security Attributes Changed (created, disabled, enabled, password
+    reset, removed); ``text`` says which. The account is the alert subject.
+    """
+    event_type = SECURITY_ROLES_CHANGED if roles else USER_SECURITY_ATTRIBUTES_CHANGED
+    return security_change(source, event_type, reporter, user_object(username), text)

@@ -261,6 +261,10 @@ class User(Base):
     # Such an account has no usable local password, and its role is the one the
     # provider's claim or the directory's groups gave at the last login. None: local.
     external_source: Mapped[str | None] = mapped_column(String(16), nullable=True, default=None)
+    # Set by an admin on the users page (mwl.admin.users.set_disabled): the account
+    # can neither log in nor use its API tokens, but its audit trail and tokens stay,
+    # so enabling it again restores it as it was.
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 # Which scheduled steps an MPPS performed (PS3.4 F.7.2.1: the Scheduled Step Attributes

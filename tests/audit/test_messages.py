@@ -53,6 +53,16 @@ MESSAGES = {
         [m.patient_object("PAT0001"), m.patient_object("PAT0002")],
         "/worklist/export.csv?modality=CT",
     ),
+    "role changed": m.user_change(
+        SOURCE,
+        m.Participant("admin", True, address="127.0.0.1"),
+        "bob",
+        roles=True,
+        text="role: viewer -> editor",
+    ),
+    "user created": m.user_change(
+        SOURCE, m.Participant("admin", True), "carol", roles=False, text="created (viewer)"
+    ),
 }
 
 
@@ -142,3 +152,15 @@ def test_export_names_the_user_the_media_and_every_patient():
         "PAT0002",
         "/worklist/export.csv?modality=CT",
     ]
+
+
+def test_user_changes_are_security_alerts_about_the_account():
+    for name, event_type in (("role changed", "110136"), ("user created", "110137")):
+        document = etree.fromstring(MESSAGES[name].encode())
+        assert document.find("EventIdentification/EventID").get("csd-code") == "110113"
+        assert document.find("EventIdentification/EventTypeCode").get("csd-code") == event_type
+        assert document.find("EventIdentification").get("EventOutcomeIndicator") == "0"
+        obj = document.find("ParticipantObjectIdentification")
+        assert obj.get("ParticipantObjectTypeCode") == "1"
+        assert obj.get("ParticipantObjectTypeCodeRole") == "6"
+        assert obj.find("ParticipantObjectIDTypeCode").get("csd-code") == "11"

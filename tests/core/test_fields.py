@@ -259,7 +259,9 @@ def test_the_item_page_shows_every_field(stored, settings: Settings, engine: Eng
     page = client.get(f"/items/{stored.step_key}", headers={"Accept-Language": "en"}).text
     missing = []
     for field in FIELDS:
-        shown = html.escape(field_text(stored, field), quote=False)
+        # Dates, statuses and codes in the page's locale: formatted as in a request.
+        with app.test_request_context(headers={"Accept-Language": "en"}):
+            shown = html.escape(field_text(stored, field), quote=False)
         if f"<dt>{field.label}</dt><dd>" not in page or shown not in page:
             missing.append(f"{field.name}: {field.label!r} {shown!r}")
     assert missing == []

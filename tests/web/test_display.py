@@ -5,9 +5,19 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
+from flask import Flask
 
 from mwl.domain import Code
-from web.display import code_text, dicom_date, hl7_text, local_time, person_name
+from web.display import (
+    birth_date,
+    code_text,
+    dicom_date,
+    hl7_text,
+    local_time,
+    person_name,
+    when_text,
+)
+from web.i18n import init_i18n
 from web.scanners import local_midnight_utc
 
 
@@ -38,11 +48,51 @@ def test_dicom_date_and_code_text():
     assert code_text(None) == ""
 
 
-def test_local_time_converts_utc_to_local():
+@pytest.fixture
+def in_locale():
+    """Run a function inside a request whose browser asks for a language."""
+    app = Flask(__name__)
+    init_i18n(app)
+
+    def run(accept: str, function, *args):
+        with app.test_request_context(headers={"Accept-Language": accept}):
+            return function(*args)
+
+    return run
+
+
+def test_local_time_converts_utc_to_local_in_the_locale_form(in_locale):
     stored = dt.datetime(2026, 11, 21, 12, 0, 0)
-    expected = stored.replace(tzinfo=dt.UTC).astimezone().strftime("%Y-%m-%d %H:%M:%S")
-    assert local_time(stored) == expected
-    assert local_time(None) == ""
+    local = stored.replace(tzinfo=dt.UTC).astimezone()
+    assert in_locale("de-CH", local_time, stored) == local.strftime("%d.%m.%Y, %H:%M:%S")
+    assert in_locale("de-CH", local_time, None) == ""
+
+
+@pytest.mark.parametrize(
+    ("accept", "date", "day", "minute", "time"),
+    [
+        ("de-CH", "03.12.2026", "Donnerstag, 3. Dezember 2026", "03.12.2026, 14:05", "14:05"),
+        ("de-DE", "03.12.2026", "Donnerstag, 3. Dezember 2026", "03.12.2026, 14:05", "14:05"),
+        ("de", "03.12.2026", "Donnerstag, 3. Dezember 2026", "03.12.2026, 14:05", "14:05"),
+        ("en-GB", "3 Dec 2026", "Thursday, 3 December 2026", "3 Dec 2026, 14:05", "14:05"),
+        (
+            "en",
+            "Dec 3, 2026",
+            "Thursday, December 3, 2026",
+            "Dec 3, 2026, 2:05\u202fPM",
+            "2:05\u202fPM",
+        ),
+    ],
+)
+def test_dates_and_times_in_the_readers_locale(in_locale, accept, date, day, minute, time):
+    moment = dt.datetime(2026, 12, 3, 14, 5, 9)
+    assert in_locale(accept, when_text, moment.date(), "date") == date
+    assert in_locale(accept, when_text, moment.date(), "day") == day
+    assert in_locale(accept, when_text, moment, "minute") == minute
+    assert in_locale(accept, when_text, moment, "time") == time
+    assert in_locale(accept, birth_date, "20261203") == date
+    assert in_locale(accept, birth_date, "2026") == "2026"  # shown, not judged
+    assert dicom_date("20261203") == "2026-12-03"  # the API's form stays ISO
 
 
 def test_hl7_text_one_segment_per_line_in_either_charset():

@@ -327,7 +327,10 @@ def test_tool_extracts_updates_compiles_and_checks(tmp_path, run_tool):
     assert run_tool("compile", root=tmp_path).returncode == 0
     done = run_tool("check", root=tmp_path)
     assert done.returncode == 0, done.stdout
-    assert done.stdout == "every catalog translates all 4 messages: de\n"
+    assert done.stdout == "every catalog translates all 4 messages: de, de_CH; no unmarked text\n"
+    swiss = tmp_path / "web" / "translations" / "de_CH" / "LC_MESSAGES" / "messages.mo"
+    with swiss.open("rb") as mo:
+        assert served(read_mo(mo))[("Birth date", None)] == "Geburtsdatum"
 
     # A new message appears, an old one goes: translations of the others stay.
     page.write_text("<h1>{{ _('Worklist') }}</h1>{{ _('New sentence') }}\n", encoding="utf-8")
@@ -343,3 +346,24 @@ def test_tool_extracts_updates_compiles_and_checks(tmp_path, run_tool):
     assert run_tool("extract", root=tmp_path).returncode == 0
     pot = (tmp_path / "web" / "translations" / "messages.pot").read_text(encoding="utf-8")
     assert 'msgid "New sentence"' in pot and 'msgid_plural "%(num)s steps"' in pot
+
+    # Text outside {{ _() }} fails the check, in a template and in a view.
+    page.write_text("<h1>{{ _('Worklist') }}</h1>\n<p title='Shown day'>Nothing today</p>\n")
+    views.write_text(views.read_text() + "def g():\n    flash('Saved.')\n", encoding="utf-8")
+    unmarked = run_tool("check", root=tmp_path)
+    assert unmarked.returncode == 1
+    assert "text not marked for translation: 3" in unmarked.stdout
+    assert "  web/templates/page.html:2  'Shown day'" in unmarked.stdout
+    assert "  web/templates/page.html:2  'Nothing today'" in unmarked.stdout
+    assert "  web/views.py:6  'Saved.'" in unmarked.stdout
+
+
+def test_swiss_german_is_german_without_sharp_s():
+    with PO.open("rb") as po:
+        german = served(read_po(po, locale="de"))
+    with (REPO / "web/translations/de_CH/LC_MESSAGES/messages.mo").open("rb") as mo:
+        swiss = served(read_mo(mo))
+    assert swiss.keys() == german.keys()
+    assert german[("Request Entity Too Large", None)] == "Anfrage zu groß"
+    assert swiss[("Request Entity Too Large", None)] == "Anfrage zu gross"
+    assert not any("ß" in str(text) for text in swiss.values())

@@ -444,7 +444,7 @@ def test_the_item_page_shows_messages_mpps_and_the_dicom_listing(
     )
     html = sign_in(app, "viewer").get(f"/items/{step_key}").get_data(as_text=True)
     assert f'href="/messages/{message_key}"' in html and "CTRL42" in html
-    assert "1.2.826.0.1.3680043.2.1" in html and "2026-11-21 09:41:00" in html
+    assert "1.2.826.0.1.3680043.2.1" in html and "Nov 21, 2026, 9:41:00 AM" in html
     listing = html[html.index("What the modality receives") :]
     assert "(0010,0010)" in listing and "Patient&#39;s Name" in listing
     assert "Doe^Jane" in listing

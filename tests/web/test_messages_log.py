@@ -9,6 +9,7 @@ import logging
 import re
 
 import pytest
+from babel.dates import format_datetime
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
@@ -175,7 +176,8 @@ def test_filters_and_what_the_list_shows(web, log) -> None:
     assert "x x …" in page or "x…" in page  # shortened, full text on hover
     assert 'title="102 at OBR-24' in page
     assert "1 matching message shown" in page
-    assert local(log + dt.timedelta(hours=2), "%Y-%m-%d %H:%M:%S") in page
+    shown = (log + dt.timedelta(hours=2)).replace(tzinfo=dt.UTC).astimezone()
+    assert format_datetime(shown.replace(tzinfo=None), "medium", locale="en") in page
 
     # Received from/until, in local time; "until 09:00" includes the minute 09:00.
     since = local(log + dt.timedelta(hours=1))
@@ -242,14 +244,18 @@ def test_empty_log_and_empty_result(web) -> None:
 def test_message_page_names_every_field_and_shows_the_ack(web, settings, session_factory) -> None:
     key = received(settings, session_factory, BAD_ORDER)
     page = log_in(web, "viewer").get(f"/messages/{key}").get_data(as_text=True)
-    assert '<abbr title="Patient Identification">PID</abbr>' in page
+    assert '<abbr title="Patient Identification" translate="no">PID</abbr>' in page
     assert (
-        '<span class="hl7-field" title="PID-5 Patient Name">Sample^Anna^Maria^^Dr.</span>' in page
+        '<span class="hl7-field" translate="no" title="PID-5 Patient Name">'
+        "Sample^Anna^Maria^^Dr.</span>" in page
     )
     assert 'title="OBR-24 Diagnostic Serv Sect ID">COMPUTEDTOMOGRAPHY</span>' in page
     # The same names without a mouse: a field list per segment (details/summary).
     assert "<summary>Fields of PID (" in page
-    assert '<th scope="row">PID-5.1</th>' in page and "<td>Family Last Name</td>" in page
+    assert (
+        '<th scope="row">PID-5.1</th>' in page
+        and '<td translate="no">Family Last Name</td>' in page
+    )
     assert "Field names from HL7 v2.3.1" in page
     # The ACK we sent (AE with ERR), segment by segment and as text.
     assert 'title="MSA-1 Acknowledgment Code">AE</span>' in page
@@ -431,7 +437,7 @@ def test_message_page_in_a_browser(web, settings, session_factory) -> None:
         )
         browser_log_in(page, base, "editor", PASSWORD)
         page.goto(f"{base}/messages?outcome=AE")
-        page.get_by_role("link", name=re.compile(r"\d{4}-\d\d-\d\d")).first.click()
+        page.get_by_role("link", name=re.compile(r"\w{3} \d+, \d{4}")).first.click()
         name = page.locator("#message-segments .hl7-field[title='PID-5 Patient Name']")
         expect(name).to_have_text("Sample^Anna^Maria^^Dr.")
         # Without a mouse: tab to the PID field list and open it with the keyboard.

@@ -115,6 +115,7 @@ QUERY_PARAMETERS: dict[str, tuple[str, ...]] = {
     "tokens": (),
     "account": (),
     "alerts": (),
+    "users": (),
     "static": (),
     "api": (),  # from the OpenAPI document
     "dicomweb": ("offset", "limit", "fuzzymatching", "includefield", "update", "PatientID"),

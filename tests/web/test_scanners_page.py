@@ -439,9 +439,9 @@ def test_edited_keys_show_what_the_ae_gets(viewer):
     assert "Scheduled station AE title" in words and "any status except" in words
     assert f"{day} 00:00 to {day} 23:59" in words
     # The other steps of the day are offered for "why not?".
-    assert "Why not: 10:00 Beta, Bert, ACC-CT02" in page
-    assert "Why not: 12:00 Delta, Dora, ACC-MR" in page
-    assert "Why not: 13:00 Omega, Olga, ACC-GONE" in page
+    assert "Why not: 10:00 AM Beta, Bert, ACC-CT02" in page
+    assert "Why not: 12:00 PM Delta, Dora, ACC-MR" in page
+    assert "Why not: 1:00 PM Omega, Olga, ACC-GONE" in page
     assert "Why not: 09:00" not in page
 
 
@@ -461,7 +461,7 @@ def test_why_names_the_station_key(viewer):
 def test_why_by_patient_id_and_by_step_link(viewer):
     page = viewer.get("/scanners/test?ae=CT01&station=CT01&why=PA").get_data(as_text=True)
     assert "CT01 gets this item: it meets every condition." in page
-    link = re.search(r'href="([^"]*step=\d+[^"]*)"[^>]*>Why not: 12:00 Delta', page)
+    link = re.search(r'href="([^"]*step=\d+[^"]*)"[^>]*>Why not: 12:00 PM Delta', page)
     assert link is not None
     explained = viewer.get(html.unescape(link.group(1))).get_data(as_text=True)
     assert "Scheduled station AE title: asked CT01, the item has MR01." in explained

@@ -62,14 +62,14 @@ def test_lists_the_days_items_and_not_other_days(logged_in, add_order):
     assert "Other, Day" not in page and "ACC-OTHER" not in page
     assert "2 scheduled procedure steps" in page
     first, second = rows(page)
-    assert cells(first)[:3] == ["07:30", "", "Doe, Jane PID-8"]
+    assert cells(first)[:3] == ["7:30 AM", "", "Doe, Jane PID-8"]
     # One line per step: time, priority, patient (name, ID), birth date (age that
     # day, sex), procedure, accession number, modality, station, status, checks.
     assert cells(second) == [
-        "14:05",
+        "2:05 PM",
         "",
         "Müller, Dr. Hans Peter PID-7",
-        "1970-01-01 (56 years) male",
+        "Jan 1, 1970 (56 years) male",
         "MR knee left",
         "ACC100",
         "MR",
@@ -88,7 +88,7 @@ def test_age_in_months_for_infants_and_nothing_for_unknown_births(logged_in, add
     add_order("ACC-NONE", at(9), patient_id="P2", birth_date="", sex="")
     add_order("ACC-ODD", at(10), patient_id="P3", birth_date="2026", sex="U")
     baby, unknown, odd = (cells(r) for r in rows(logged_in.get("/?date=2026-11-21").text))
-    assert baby[3] == "2026-03-21 (8 months) female"
+    assert baby[3] == "Mar 21, 2026 (8 months) female"
     assert unknown[3] == ""
     assert odd[3] == "2026 U"  # shown as received, not judged
 
