@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from flask import request
 from sqlalchemy.orm import Session
@@ -51,6 +52,26 @@ def items_read(username: str, items: Iterable[WorklistItem], what: str) -> None:
         [(i.patient_id, i.study_instance_uid, i.accession_number) for i in items],
         what,
     )
+
+
+def _first(dataset: Mapping[str, Any], tag: str) -> str:
+    """A DICOM JSON attribute's first value; for an MPPS also from the scheduled step."""
+    values = (dataset.get(tag) or {}).get("Value") or []
+    if values:
+        return str(values[0])
+    for item in (dataset.get("00400270") or {}).get("Value") or []:  # Sched. Step Attributes
+        found = (item.get(tag) or {}).get("Value") or []
+        if found:
+            return str(found[0])
+    return ""
+
+
+def json_datasets_read(username: str, datasets: Iterable[Mapping[str, Any]], what: str) -> None:
+    """``username`` got these DICOM JSON datasets (DICOMweb): their patients were read."""
+    studies = [
+        (_first(ds, "00100020"), _first(ds, "0020000D"), _first(ds, "00080050")) for ds in datasets
+    ]
+    _record_reads(username, [s for s in studies if any(s)], what)
 
 
 def message_read(username: str, changes: Iterable[MessageChange], what: str) -> None:

@@ -23,7 +23,7 @@ from typing import Any
 from flask import Blueprint, Response, request, url_for
 
 from mwl.admin.users import Role
-from web import params
+from web import audit_events, params
 from web.api import ApiError, authenticate, error_response, require
 from web.dicomxml import DICOM_XML, MULTIPART_XML, multipart, native_dicom_model
 from web.store import DicomWebService, state
@@ -162,6 +162,7 @@ def search() -> Response:
     if answer.status >= 400:
         raise ApiError(answer.status, answer.reason)
     items = answer.items[:limit]
+    audit_events.json_datasets_read(user.username, items, "MWL-RS search")
     cut = len(answer.items) > limit and (asked is None or asked > limit)
     response = _datasets(list(items), media_type) if items else Response(status=204)
     for text in answer.warnings:
@@ -201,7 +202,7 @@ def create_or_update(uid: str) -> Response:
 @bp.get("/modality-performed-procedure-steps/<path:uid>")
 def retrieve(uid: str) -> Response:
     """Retrieve Transaction (PS3.18 15.6): the step's attributes, ``includefield`` honoured."""
-    require(Role.VIEWER)
+    user = require(Role.VIEWER)
     media_type = _negotiated()
     includes = request.args.getlist("includefield")
     if sum(len(v) for v in includes) > params.DICOMWEB_MAX_VALUE_LENGTH:
@@ -209,4 +210,5 @@ def retrieve(uid: str) -> Response:
     answer = _service().retrieve_mpps(uid, includes)
     if answer.status >= 400:
         raise ApiError(answer.status, answer.reason)
+    audit_events.json_datasets_read(user.username, [answer.dataset or {}], f"MPPS-RS {uid}")
     return _datasets([answer.dataset or {}], media_type)

@@ -152,6 +152,16 @@ def test_reads_and_changes_are_audited(broker: Broker, syslog: Rsyslog):
     assert isinstance(messages_page, dict)
     message_key = messages_page["messages"][0]["key"]
     _api(broker, f"/messages/{message_key}")
+    # DICOMweb MWL-RS: the same worklist over REST is a read too.
+    search = urllib.request.Request(
+        f"http://127.0.0.1:{broker.web_port}/dicomweb/modality-scheduled-procedure-steps",
+        headers={
+            "Authorization": f"Bearer {broker.token}",  # type: ignore[attr-defined]
+            "Accept": "application/dicom+json",
+        },
+    )
+    with urllib.request.urlopen(search, timeout=30) as response:
+        assert len(json.load(response)) == 1
     # The page: the item and the message, then a change of a setting.
     web = WebClient(f"http://127.0.0.1:{broker.web_port}")
     status, url, _ = web.login("admin", ADMIN_PASSWORD)
@@ -186,6 +196,8 @@ def test_reads_and_changes_are_audited(broker: Broker, syslog: Rsyslog):
         assert {"PAT0001", STUDY_UID} <= _objects(read), read.xml
         assert "ACC0001" in read.xml
         assert _requestor(read) == ("admin", "127.0.0.1")
+    (rest,) = _readers(found, "R", "MWL-RS search")
+    assert {"PAT0001", STUDY_UID} <= _objects(rest) and "ACC0001" in rest.xml
     (api_message,) = _readers(found, "R", f"GET /api/v1/messages/{message_key}")
     (page_message,) = _readers(found, "R", f"message page {message_key}")
     assert "PAT0001" in _objects(api_message) and "PAT0001" in _objects(page_message)
