@@ -62,15 +62,7 @@ AE_SETTINGS = (
     "dicom_response_charset",
 )
 # The watchdog's thresholds, changed on their own page (web.alerts).
-WATCHDOG_SETTINGS = (
-    "watchdog_hours",
-    "watchdog_hl7_silent_minutes",
-    "watchdog_scanner_silent_minutes",
-    "watchdog_scanner_failures",
-    "watchdog_outbox_minutes",
-    "watchdog_overdue_minutes",
-    "watchdog_missing_station",
-)
+WATCHDOG_SETTINGS = tuple(name for name in EDITABLE if name.startswith("watchdog_"))
 HL7_SETTINGS = (
     "hl7_modality_map",
     "hl7_station_rules",

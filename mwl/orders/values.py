@@ -21,28 +21,8 @@ import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from mwl.domain import CHARSET_CODECS
 from mwl.errors import MwlError
-
-# Specific Character Set defined term -> Python codec (PS3.3 C.12.1.1.2, single-byte
-# sets without code extensions, and UTF-8).
-CHARSET_CODECS: Mapping[str, str] = {
-    "": "ascii",
-    "ISO_IR 6": "ascii",
-    "ISO_IR 100": "latin_1",
-    "ISO_IR 101": "iso8859_2",
-    "ISO_IR 109": "iso8859_3",
-    "ISO_IR 110": "iso8859_4",
-    "ISO_IR 144": "iso_ir_144",
-    "ISO_IR 127": "iso_ir_127",
-    "ISO_IR 126": "iso_ir_126",
-    "ISO_IR 138": "iso_ir_138",
-    "ISO_IR 148": "iso_ir_148",
-    "ISO_IR 13": "shift_jis",
-    "ISO_IR 166": "iso_ir_166",
-    "ISO_IR 192": "UTF8",
-    "GB18030": "GB18030",
-    "GBK": "GBK",
-}
 
 # The same terms (but the empty default) with a name a person recognises, in the order
 # the settings page offers them. Kept in the core because the core may not ask

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from mwl.config import DicomAeProfile, Settings
 from mwl.domain import (
+    CHARSET_CODECS,
     HIDDEN_BY_DEFAULT,
     KeyMatch,
     MatchKind,
@@ -76,25 +77,8 @@ VR: Mapping[str, str] = {
     "CurrentPatientLocation": "LO",
 }
 
-# Python codecs of the single-byte Specific Character Sets a profile may name
-# (PS3.3 C.12.1.1.2; the same as pydicom's table, which the test compares).
-CODECS: Mapping[str, str] = {
-    "ISO_IR 6": "iso8859",
-    "ISO_IR 100": "latin_1",
-    "ISO_IR 101": "iso8859_2",
-    "ISO_IR 109": "iso8859_3",
-    "ISO_IR 110": "iso8859_4",
-    "ISO_IR 144": "iso_ir_144",
-    "ISO_IR 127": "iso_ir_127",
-    "ISO_IR 126": "iso_ir_126",
-    "ISO_IR 138": "iso_ir_138",
-    "ISO_IR 148": "iso_ir_148",
-    "ISO_IR 13": "shift_jis",
-    "ISO_IR 166": "iso_ir_166",
-    "ISO_IR 192": "UTF8",
-    "GB18030": "GB18030",
-    "GBK": "GBK",
-}
+# The Python codec of each Specific Character Set: the core's one table.
+CODECS: Mapping[str, str] = CHARSET_CODECS
 
 
 @dataclass(frozen=True)
