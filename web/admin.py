@@ -494,7 +494,7 @@ def _rows(
             for name, field in row._fields.items()
             if name != "remove" and isinstance(field.data, str)
         }
-        if not filled[required]:
+        if not filled.get(required):  # a field not sent at all (a hand-made POST)
             if any(filled.values()):
                 row[required].errors = [message]
                 valid = False

@@ -115,7 +115,7 @@ def test_rows_fit_the_screen_and_axe_finds_nothing_serious(
             )
             page = context.new_page()
             log_in(page, base, lang, user, password, "/")
-            assert page.locator("html").get_attribute("lang") == lang
+            assert (page.locator("html").get_attribute("lang") or "").split("-")[0] == lang
             page.screenshot(path=str(screenshot(page, f"daylist-{lang}-{width}")).replace(
                 ".png", "-viewport.png"))  # fmt: skip
             if width == 1366:

@@ -180,7 +180,7 @@ def test_editing_saves_records_and_shows_the_trail(app, sign_in, step_key, sessi
     assert "Doe^Jane</span>" not in trail  # values are shown as text, not markup
     # ... in the forms the page shows them in (a name as people write it).
     assert "Doe, Jane → Doe, Janet" in trail
-    assert "2026-11-21 09:30:00 → 2026-11-21 11:45:00" in trail
+    assert "Nov 21, 2026, 9:30\u202fAM → Nov 21, 2026, 11:45\u202fAM" in trail
     name, start, _status, events = stored(session_factory)
     assert (name, start, events) == ("Doe^Janet", dt.datetime(2026, 11, 21, 11, 45), 1)
 
