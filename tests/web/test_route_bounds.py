@@ -32,7 +32,7 @@ from mwl.dicom.dicomweb import DicomWebService
 from mwl.dicom.listing import item_attributes
 from mwl.dicom.preview import WorklistPreviewer
 from mwl.hl7.describe import describe_message
-from mwl.hl7.reprocess import reprocess_message
+from mwl.hl7.reprocess import ChainRunner, reprocess_message
 from mwl.store.models import Hl7Message, QueryLogEntry
 from tests.web.conftest import PASSWORD
 from web import create_app
@@ -147,6 +147,7 @@ def walk_app(settings: Settings, reader_factory: sessionmaker[Session]) -> Flask
         reader_factory,
         config={"TESTING": True, "WTF_CSRF_ENABLED": False},
         hl7_reprocessor=functools.partial(reprocess_message, settings, writers),
+        chain_reprocessor=ChainRunner(lambda: settings, writers),
         hl7_describer=describe_message,
         query_previewer=WorklistPreviewer(settings, reader_factory),
         item_lister=functools.partial(item_attributes, settings=settings),
