@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -675,6 +675,31 @@ def _args_without(*names: str) -> dict[str, str]:
 
 
 __all__ = ["bp", "local_midnight_utc"]
+
+
+def device_findings_for(items: Sequence[WorklistItem]) -> dict[int, list[Any]]:
+    """Per step key, what each item's station device would drop or truncate (a page of them).
+
+    The profiles are read once and each station's limits worked out once, so a page of
+    a hundred rows costs one settings read, not a hundred.
+    """
+    session = db_session()
+    try:
+        settings = apply_overrides(state().settings, load_overrides(session))
+    except SettingsError:
+        settings = state().settings
+    limits: dict[str, DeviceLimits | None] = {}
+    found: dict[int, list[Any]] = {}
+    for item in items:
+        ae = item.scheduled_station_ae_title
+        if ae not in limits:
+            limits[ae] = limits_for_ae(settings, ae, "") if ae else None
+        device = limits[ae]
+        if device is not None:
+            findings = check_item(item, device)
+            if findings:
+                found[item.step_key] = findings
+    return found
 
 
 def device_findings(item: WorklistItem) -> list[Any]:

@@ -46,6 +46,7 @@ from web.params import (
     page_size,
 )
 from web.roles import has_role, role_required
+from web.scanners import device_findings_for
 from web.store import db_session, state
 
 bp = Blueprint("worklist", __name__)
@@ -584,6 +585,7 @@ def day() -> ResponseReturnValue:
         alerts=firing_for_page(),
         view=view,
         items=page.items,
+        device_notes=device_findings_for(page.items),
         total=page.total,
         range_total=range_total,
         pages=pages,
