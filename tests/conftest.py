@@ -66,8 +66,20 @@ SERVER_MARKERS = ("e2e", "browser")
 
 @pytest.hookimpl(tryfirst=True)  # before -m deselects by these markers
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark ``e2e`` every test that takes a server fixture; ``slow`` every long run."""
+    """Mark ``e2e`` every test that takes a server fixture; ``slow`` every long run.
+
+    A browser test's PostgreSQL variant is a ``sweep``: the page, not the database, is
+    what a browser test is about, and its database side runs on PostgreSQL in the
+    default run through the page's own tests; CI runs the sweep after that.
+    """
     for item in items:
+        callspec = getattr(item, "callspec", None)
+        if (
+            item.get_closest_marker("browser")
+            and callspec is not None
+            and "postgresql" in callspec.id.split("-")
+        ):
+            item.add_marker(pytest.mark.sweep)
         if SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.e2e)
         if any(item.get_closest_marker(name) for name in LONG_RUNS):

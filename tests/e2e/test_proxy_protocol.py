@@ -322,6 +322,12 @@ def test_hl7_allowed_peers_apply_to_the_caller_behind_the_balancer(setup: Setup)
     # 127.0.0.3 is not in hl7_allowed_peers, HAProxy's 127.0.0.5 is: the caller counts.
     assert mllp(setup.front["hl7"], order(2), source=OTHER) is None
     assert messages_from(setup, "PXY00002") == []
+    # The broker's output is read by a thread of its own: give the line time to arrive.
+    deadline = time.monotonic() + TIMEOUT_S
+    while time.monotonic() < deadline and not any(
+        "HL7 connection from 127.0.0.3 closed at once" in line for line in setup.broker.output
+    ):
+        time.sleep(0.1)
     assert any(
         "HL7 connection from 127.0.0.3 closed at once" in line for line in setup.broker.output
     )

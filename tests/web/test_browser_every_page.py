@@ -30,7 +30,8 @@ from tests.browser import axe_violations, chromium, log_in, screenshot, serving
 from tests.factories import one_step_order
 from web import create_app
 
-pytestmark = pytest.mark.browser
+# Every page twice, in Chromium: CI runs it in the sweep after the default run.
+pytestmark = [pytest.mark.browser, pytest.mark.sweep]
 
 PASSWORD = "correct horse battery staple"
 TODAY = dt.date.today()

@@ -251,7 +251,8 @@ def _check(failures: list[str], response, what: str) -> None:  # noqa: ANN001
         failures.append(f"{response.status_code} {what}")
 
 
-@pytest.mark.slow  # about 3,000 requests per database
+# About 3,000 requests per database: CI runs it in the sweep after the default run.
+@pytest.mark.sweep
 def test_every_route_answers_hostile_values_with_4xx_never_5xx(walk_app: Flask, token: str):
     app = walk_app
     client = app.test_client()
