@@ -60,8 +60,36 @@ SERVER_FIXTURES = frozenset(
 # Marked tests the default run leaves out (pyproject.toml's addopts); they count as
 # slow too, so that a hand-written ``-m`` for the fast subset leaves them out as well.
 LONG_RUNS = ("soak", "cluster", "sweep")
+# Long real-peer suites the default run leaves to the sweep (CI runs it after the
+# default run, which must stay under six minutes on two cores): file -> which of its
+# tests, "*" for all, "postgresql" for the PostgreSQL variants (their SQLite variants
+# stay in the default run, so each path still runs there once).
+SWEEP_SUITES: dict[str, str] = {
+    # Floods and descriptor exhaustion against a real broker: stress, not behaviour.
+    "tests/hl7/test_exhaustion.py": "*",
+    # Each test runs the mwl command several times (a Python start each).
+    "tests/core/test_cli_users.py": "postgresql",
+    # Orthanc as a modality for every key case.
+    "tests/dicom/test_orthanc.py": "postgresql",
+    # A Prometheus server scraping a scripted run.
+    "tests/e2e/test_monitoring.py": "postgresql",
+    # rsyslogd stopped and started under HL7 load.
+    "tests/audit/test_atna.py::test_nothing_is_lost_while_the_repository_is_down": "postgresql",
+}
 # The tests allowed to listen on a socket: everything else is the fast subset's.
 SERVER_MARKERS = ("e2e", "browser")
+
+
+def _in_sweep(item: pytest.Item) -> bool:
+    path = item.nodeid.split("::")[0]
+    function = item.nodeid.split("[")[0]
+    which = SWEEP_SUITES.get(function) or SWEEP_SUITES.get(path)
+    if which is None:
+        return False
+    callspec = getattr(item, "callspec", None)
+    return which == "*" or (
+        callspec is not None and "postgresql" in callspec.id.split("-") and which == "postgresql"
+    )
 
 
 @pytest.hookimpl(tryfirst=True)  # before -m deselects by these markers
@@ -79,6 +107,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             and callspec is not None
             and "postgresql" in callspec.id.split("-")
         ):
+            item.add_marker(pytest.mark.sweep)
+        if _in_sweep(item):
             item.add_marker(pytest.mark.sweep)
         if SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.e2e)
