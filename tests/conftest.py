@@ -114,6 +114,30 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.e2e)
         if any(item.get_closest_marker(name) for name in LONG_RUNS):
             item.add_marker(pytest.mark.slow)
+    _long_files_first(items)
+
+
+def _long_files_first(items: list[pytest.Item]) -> None:
+    """Files with browser tests, then with servers, then the rest (each file's order kept).
+
+    pytest-xdist (``--dist loadfile``) hands files out in this order: the long ones
+    start first and the many short ones fill in around them, instead of a browser
+    file starting last and keeping one core busy alone at the end.
+    """
+
+    def weight(item: pytest.Item) -> int:
+        if item.get_closest_marker("browser"):
+            return 0
+        return 1 if item.get_closest_marker("e2e") else 2
+
+    by_file: dict[str, int] = {}
+    for item in items:
+        path = item.nodeid.split("::")[0]
+        by_file[path] = min(by_file.get(path, 2), weight(item))
+    position = {path: n for n, path in enumerate(by_file)}
+    items.sort(
+        key=lambda item: (by_file[item.nodeid.split("::")[0]], position[item.nodeid.split("::")[0]])
+    )
 
 
 @pytest.fixture(autouse=True)
