@@ -118,7 +118,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def _long_files_first(items: list[pytest.Item]) -> None:
-    """Files with browser tests, then with servers, then the rest (each file's order kept).
+    """Files with browser tests, then with servers or slow ones, then the rest (order kept).
 
     pytest-xdist (``--dist loadfile``) hands files out in this order: the long ones
     start first and the many short ones fill in around them, instead of a browser
@@ -128,7 +128,7 @@ def _long_files_first(items: list[pytest.Item]) -> None:
     def weight(item: pytest.Item) -> int:
         if item.get_closest_marker("browser"):
             return 0
-        return 1 if item.get_closest_marker("e2e") else 2
+        return 1 if item.get_closest_marker("e2e") or item.get_closest_marker("slow") else 2
 
     by_file: dict[str, int] = {}
     for item in items:
