@@ -124,7 +124,11 @@ def test_a_token_revoked_on_one_node_is_refused_on_the_other_at_once(shared_clus
     script = Browser(second.web)
     assert script.get("/api/v1/items", headers=api).status_code == 200
 
-    revoked = admin.submit(admin.get("/account/tokens"), "/revoke")
+    # The revoke button asks first (web.confirm); its page posts again with confirm=yes.
+    asked = admin.submit(admin.get("/account/tokens"), "/revoke")
+    assert asked.status_code == 200 and 'name="confirm"' in asked.text
+    assert script.get("/api/v1/items", headers=api).status_code == 200  # not yet revoked
+    revoked = admin.submit(asked, "/revoke")
     assert revoked.status_code in (200, 302)
     assert script.get("/api/v1/items", headers=api).status_code == 401
     assert Browser(first.web).get("/api/v1/items", headers=api).status_code == 401
