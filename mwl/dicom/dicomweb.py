@@ -24,7 +24,7 @@ import dataclasses
 import json
 import logging
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -420,22 +420,22 @@ class DicomWebService:
 
     def create_mpps(self, uid: str, body: bytes, user: str, address: str) -> MppsAnswer:
         """Create Transaction (PS3.18 15.4, N-CREATE): 201, or 400/409/503 with the reason."""
-        try:
-            _check_uid(uid)
-            dataset = parse_payload(body)
-            _check_instance_uid(dataset, uid)
-        except DicomWebError as exc:
-            return MppsAnswer(exc.status, exc.reason)
-        caller = MppsCaller(user, address, via="MPPS-RS")
-        result = create_mpps(
-            dataset, uid, caller, self._writers, current_settings(self._settings), self._auditor
-        )
-        if isinstance(result, MppsRefusal):
-            return _http_refusal(result)
-        return MppsAnswer(201)
+        return self._store_mpps(create_mpps, 201, uid, body, user, address)
 
     def update_mpps(self, uid: str, body: bytes, user: str, address: str) -> MppsAnswer:
         """Update Transaction (PS3.18 15.5, N-SET): 200, or 400/404/409/503 with the reason."""
+        return self._store_mpps(set_mpps, 200, uid, body, user, address)
+
+    def _store_mpps(
+        self,
+        store: Callable[..., object],
+        done: int,
+        uid: str,
+        body: bytes,
+        user: str,
+        address: str,
+    ) -> MppsAnswer:
+        """Check the request, then the DIMSE path's create or set: ``done`` or the refusal."""
         try:
             _check_uid(uid)
             dataset = parse_payload(body)
@@ -443,12 +443,12 @@ class DicomWebService:
         except DicomWebError as exc:
             return MppsAnswer(exc.status, exc.reason)
         caller = MppsCaller(user, address, via="MPPS-RS")
-        result = set_mpps(
+        result = store(
             dataset, uid, caller, self._writers, current_settings(self._settings), self._auditor
         )
         if isinstance(result, MppsRefusal):
             return _http_refusal(result)
-        return MppsAnswer(200)
+        return MppsAnswer(done)
 
     def retrieve_mpps(self, uid: str, includefields: Sequence[str] = ()) -> MppsAnswer:
         """Retrieve Transaction (PS3.18 15.6, N-GET): the stored attributes, N-SETs merged."""
